@@ -28,9 +28,166 @@ def main() -> None:
 # === end section: synth ===
 
 # === section: build (build, freeze, verify, info, preview, bench) ===
+def _store_errors():
+    """Turn the data side's expected errors into clean CLI messages (exit status 1)."""
+    from mpt_data.build import RecipeError
+    from mpt_data.store import StoreError
+
+    return (RecipeError, StoreError, FileNotFoundError)
+
+
+@main.command()
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe YAML (e.g. pipelines/demo.yaml).")
+@click.option("--out", type=click.Path(file_okay=False), help="Store directory to write.  [default: store]")
+@click.option("--amass-root", type=click.Path(file_okay=False), help="Overrides sources.amass_root.")
+@click.option("--body-models", "body_model_dir", type=click.Path(file_okay=False), help="Overrides body_model.dir.")
+@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), help="Overrides body_model.type.")
+@click.option("--num-betas", type=int, help="Overrides body_model.num_betas.")
+@click.option("--h36m-regressor", type=click.Path(dir_okay=False), help="J_regressor_h36m.npy: adds the h36m17 joint set.")
+@click.option("--target-fps", type=float, help="Sample this many frames per second of motion.")
+@click.option("--target-meshes", type=int, help="Sample about this many meshes in all (replaces --target-fps).")
+@click.option("--cameras", type=click.Choice(["1", "2", "4", "8"]), help="Virtual cameras per mesh.")
+@click.option("--include", "subsets_include", multiple=True, help="Only these AMASS subsets (repeat).")
+@click.option("--exclude", "subsets_exclude", multiple=True, help="Leave out these AMASS subsets (repeat).")
+@click.option("--chunk-meshes", type=int, help="Meshes per chunk (the loader's read unit).")
+@click.option("--shard-meshes", type=int, help="Meshes per shard file (one Dask task each).")
+@click.option("--batch-size", type=int, help="Meshes per body-model forward.")
+@click.option("--workers", type=int, help="Local worker processes (default: all cores; 0: run in this process).")
+@click.option("--scheduler", help="Address of an existing dask.distributed scheduler (tcp://host:8786).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted build: redo only partitions without a valid record.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing unfrozen store at --out first.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **options):
+    """Build a sharded Zarr store of meshes and 2D views from AMASS (recipe values, overridden by flags).
+
+    \b
+    Relative paths in a recipe resolve against the current directory.
+      mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
+      mpt-data build --recipe pipelines/amass-mpt.yaml --amass-root /data/amass --body-models /data/smplh
+    """
+    from mpt_data.build import build_store, load_recipe
+
+    try:
+        cfg = load_recipe(
+            recipe, cameras=int(cameras) if cameras else None, progress=not no_progress,
+            subsets_include=tuple(subsets_include) or None, subsets_exclude=tuple(subsets_exclude) or None,
+            **{k: (None if v is False else v) for k, v in options.items()},
+        )
+        if cfg.out == "store" and options.get("out") is None and recipe is None:
+            click.echo("writing to ./store (use --out to choose)", err=True)
+        path = build_store(cfg)
+    except _store_errors() as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"store ready: {path}  (next: mpt-data freeze {path})")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifest.yaml", show_default=True,
+              help="Manifest whose `stores:` list records the frozen store ('' to skip).")
+@click.option("--name", help="Name of the store in the manifest.  [default: the folder name]")
+def freeze(store, manifest, name):
+    """Seal a complete store: fingerprint, consolidated metadata, read-only files, manifest entry."""
+    from mpt_data.store import freeze_store
+
+    try:
+        fp = freeze_store(store, manifest or None, name)
+    except _store_errors() as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"frozen {store}\nfingerprint {fp}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+def verify(store):
+    """Re-read every chunk and compare with the build-time checksums; name anything that differs."""
+    from mpt_data.store import verify_store
+
+    try:
+        report = verify_store(store)
+    except _store_errors() as err:
+        raise click.ClickException(str(err)) from err
+    for line in report.mismatches:
+        click.echo(f"MISMATCH {line}")
+    click.echo(f"checked {report.chunks_checked} chunks; fingerprint stored {report.stored_fingerprint} "
+               f"computed {report.computed_fingerprint}")
+    if not report.ok:
+        raise click.ClickException(f"{store} does not verify ({len(report.mismatches)} difference(s))"
+                                   + ("" if report.stored_fingerprint else "; it is not frozen yet"))
+    click.echo("OK")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(store, as_json):
+    """Summarise a store: counts, sizes on disk, recipe, split sizes, fingerprint."""
+    import json
+
+    from mpt_data.store import format_info, store_info
+
+    try:
+        summary = store_info(store)
+    except _store_errors() as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(json.dumps(summary, indent=1, sort_keys=True) if as_json else format_info(summary))
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--mesh", "mesh_index", type=int, default=0, show_default=True, help="Global mesh index.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG to write.")
+def preview(store, mesh_index, out):
+    """Draw one mesh in every camera: the 224 crop with its 17 heatmaps (sigma 3), skeleton and mesh."""
+    from mpt_data.preview import write_preview
+
+    try:
+        write_preview(store, mesh_index, out)
+    except (*_store_errors(), IndexError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--meshes", type=int, default=2048, show_default=True, help="Meshes per end-to-end run.")
+@click.option("--batch", type=int, default=512, show_default=True, help="Body-model batch size.")
+@click.option("--vertices", type=int, default=6890, show_default=True, help="Vertices of the synthetic model.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Scratch folder (default: a temporary one).")
+def bench(meshes, batch, vertices, workdir):
+    """Body-model forward vs plain smplx, end-to-end meshes/s per worker core, bytes per mesh, 1 vs 2 workers."""
+    from mpt_data.bench import BenchConfig, run_bench
+
+    run_bench(BenchConfig(meshes=meshes, batch=batch, num_vertices=vertices, workdir=workdir), echo=click.echo)
 # === end section: build ===
 
 # === section: images (SPIN-format image datasets -> Parquet shards) ===
+@main.command()
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="SPIN-style .npz (imgname, center, scale, part; optional S, pose, shape, has_smpl, vertices).")
+@click.option("--images", "image_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder the imgname paths are relative to.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root; <dataset>/ is made in it.")
+@click.option("--dataset", default="", help="Dataset name (default: the .npz file name).")
+@click.option("--context", default=1.5, show_default=True, help="Stored crop side / person box side.")
+@click.option("--crop-px", default=336, show_default=True, help="Stored crop side in pixels.")
+@click.option("--rows-per-shard", default=512, show_default=True)
+@click.option("--rows-per-group", default=32, show_default=True, help="Parquet row group: the trainer's read unit.")
+@click.option("--jpeg-quality", default=92, show_default=True)
+def images(annotations, image_root, out, dataset, context, crop_px, rows_per_shard, rows_per_group, jpeg_quality):
+    """Ingest a SPIN-format image dataset into Parquet shards of JPEG person crops and labels.
+
+    Bad samples (missing or corrupt image, box outside the image, NaN labels) are skipped and
+    counted in OUT/<dataset>/summary.json; a malformed annotation file stops with its reason.
+    """
+    from .images import ImagesConfig, ingest
+
+    cfg = ImagesConfig(annotations, image_root, out, dataset, context, crop_px, rows_per_shard, rows_per_group,
+                       jpeg_quality)
+    summary = ingest(cfg, progress=True)
+    click.echo(f"{summary.dataset}: {summary.written} of {summary.total} persons written in "
+               f"{len(summary.shards)} shard(s); skipped {summary.skipped or 'none'}")
+
+
 # === end section: images ===
 
 

@@ -83,6 +83,14 @@ COCO_FROM_SMPL: dict[str, str] = {
     "left_knee": "left_knee", "right_knee": "right_knee",
     "left_ankle": "left_ankle", "right_ankle": "right_ankle",
 }
+# COCO hips as fixed affine combinations of SMPL joints (weights sum to 1): COCO marks the
+# hips on the outside of the pelvis, wider and higher than SMPL's hip-joint centres, so
+# each is hip + 0.3 (hip - other hip) + 0.1 (hip - same-side knee). Overrides the plain
+# hip entries of COCO_FROM_SMPL; mpt_data.body applies it to joints and regressors alike.
+COCO_HIP_FROM_SMPL: dict[str, tuple[tuple[str, float], ...]] = {
+    "left_hip": (("left_hip", 1.4), ("right_hip", -0.3), ("left_knee", -0.1)),
+    "right_hip": (("right_hip", 1.4), ("left_hip", -0.3), ("right_knee", -0.1)),
+}
 
 # ---------------------------------------------------------------------------------------
 # Human3.6M 17 joints, in the order of the public H36M regressor (J_regressor_h36m.npy).
@@ -134,3 +142,28 @@ SMPL_FACE_VERTEX_IDS: dict[str, int] = {
     "nose": 332, "left_eye": 2800, "right_eye": 6260, "left_ear": 583, "right_ear": 4071,
 }
 SMPL_NUM_VERTICES = 6890
+
+# ---------------------------------------------------------------------------------------
+# SPIN-style image annotation files (`part` (N,24,3) 2D, `S` (N,24,4) 3D): their 24
+# ground-truth joints. 0-11 are the LSP-14 limbs, then LSP neck and head top, MPII pelvis
+# and thorax, H36M spine, jaw and head, then the five COCO face points. Kept out of
+# JOINT_SETS on purpose: no body-model regressor produces this set.
+SPIN_JOINTS: tuple[str, ...] = (
+    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+    "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist",
+    "neck", "head_top", "pelvis", "thorax", "spine", "jaw", "head",
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+)
+SPIN_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
+    (0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9), (20, 21), (22, 23),
+)
+# COCO-17 joint k is SPIN joint SPIN_TO_COCO[k].
+SPIN_TO_COCO: tuple[int, ...] = tuple(SPIN_JOINTS.index(name) for name in COCO_JOINTS)
+
+
+def permutation_from_pairs(num_joints: int, pairs: tuple[tuple[int, int], ...]) -> list[int]:
+    """Index permutation of ``num_joints`` joints that swaps each pair (left <-> right)."""
+    perm = list(range(num_joints))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm

@@ -9,6 +9,9 @@ SCHEMA_VERSION = 1
 
 VERTEX_SCALE_M = 1e-4  # int16 vertices: metres = stored * VERTEX_SCALE_M (0.1 mm)
 CROP_SIZE = 224  # pixels of the square person crop
+# Continuous pixel coordinates: crop pixel i covers [i, i + 1), its centre is at i + PIXEL_CENTRE;
+# the crop spans [0, CROP_SIZE] (the rule of mpt_data.images and of the trainer's heatmaps).
+PIXEL_CENTRE = 0.5
 
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
@@ -29,3 +32,19 @@ CAMERA_T = "cameras/t"  # (C, 3) float32 world -> camera translation, metres
 CAMERA_SIZE = "cameras/image_size"  # (C, 2) int32 width, height
 TOPOLOGY = "topology"  # template (V,3), faces (F,3), level<l>/..., regressors/<set> (J,V)
 SEQUENCES_TABLE = "sequences.parquet"
+
+# Group attributes (JSON) the writer sets and the trainer checks.
+ATTR_SCHEMA = "schema"  # int: SCHEMA_VERSION
+ATTR_STATE = "state"  # str: "building" while written, STATE_FROZEN once frozen
+ATTR_FINGERPRINT = "fingerprint"  # str: content fingerprint, set by freeze
+STATE_FROZEN = "frozen"
+ATTR_SCALE_M = "scale_m"  # attribute of VERTICES: metres per stored integer unit
+
+# Topology layout under TOPOLOGY (level 0 is the full mesh; level l+1 is coarser than l).
+TOPOLOGY_TEMPLATE = "topology/template"  # (V, 3) float32, metres, body frame
+TOPOLOGY_FACES = "topology/faces"  # (F, 3) int32
+TOPOLOGY_LEVEL = "topology/level{level}"  # group per coarse level l >= 1:
+#   vertex_ids (V_l,) int32 ids into level l-1 kept by down-sampling
+#   faces (F_l, 3) int32 over the level's vertices
+#   up_index (V_{l-1}, 3) int32, up_weight (V_{l-1}, 3) float32: level l -> l-1 up-sampling rows
+TOPOLOGY_REGRESSORS = "topology/regressors"  # regressors/<set>: (J, V) float32, rows sum to 1

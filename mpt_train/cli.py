@@ -25,9 +25,269 @@ def main() -> None:
 
 
 # === section: pretrain (pretrain, evaluate, bench) ===
+@main.command()
+@click.option("--shards", required=True, help="Store path or fsspec URL (a frozen MPT store).")
+@click.option("--out", default="runs/pretrain", show_default=True, help="Run folder: checkpoints, metrics.jsonl.")
+@click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", show_default=True,
+              help="Model preset: paper (3x4 layers, hidden 1024/256/64) or tiny (same structure, small).")
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: from --epochs).")
+@click.option("--epochs", type=float, default=None, help="Epochs over the train split (alternative to --steps).")
+@click.option("--batch-size", type=int, default=None, help="Samples per rank and step (tiny 32, paper 32).")
+@click.option("--lr", type=float, default=None, help="Peak Adam learning rate (paper 2e-4; tiny 1e-3).")
+@click.option("--warmup-frac", type=float, default=0.1, show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm; 0 = off.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Loader worker processes per rank.")
+@click.option("--patch", type=int, default=None, help="Heatmap patch side in px (paper 8, tiny 16).")
+@click.option("--mask-ratio", type=float, default=0.3, show_default=True, help="Masked Heatmap Modeling ratio.")
+@click.option("--no-mhm", is_flag=True, help="Turn MHM, noise and jitter off (Table 3c ablation).")
+@click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
+@click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
+@click.option("--joint-set", default="coco17", show_default=True, help="3D joint set the model predicts.")
+@click.option("--log-every", type=int, default=20, show_default=True)
+@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--val-every", type=int, default=0, show_default=True, help="Validate every N steps (0: at the end).")
+@click.option("--val-batches", type=int, default=0, show_default=True, help="Val batches (0: the whole split).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+@click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
+@click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, grad_clip, precision, device, seed,
+             workers, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, log_every, checkpoint_every,
+             val_every, val_batches, resume, force, allow_unfrozen, no_progress):
+    """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
+
+    \b
+    One process:   mpt-train pretrain --shards ./store --preset tiny --steps 2000 --out runs/tiny
+    Many GPUs:     torchrun --nproc-per-node 8 -m mpt_train.cli pretrain --shards ./store --preset paper ...
+    """
+    import dataclasses
+
+    from .data import LoaderConfig
+    from .inputs import InputConfig
+    from .losses import LossConfig
+    from .model import ModelConfig
+    from .trainer import TrainConfig, build_pretrain_task, cleanup_distributed, train
+
+    if (steps is None) == (epochs is None):
+        raise click.UsageError("give exactly one of --steps and --epochs")
+    tiny = preset == "tiny"
+    model_cfg = ModelConfig.tiny(joint_set=joint_set) if tiny else ModelConfig.paper(joint_set=joint_set)
+    if mvm_ratio is not None:
+        model_cfg = dataclasses.replace(model_cfg, mvm_ratio=mvm_ratio)
+    inputs_cfg = InputConfig(patch=patch or (16 if tiny else 8), mask_ratio=mask_ratio, use_mhm=not no_mhm,
+                             use_heatmaps=not coords)
+    cfg = TrainConfig(out=out, steps=steps or 1, batch_size=batch_size or 32, lr=lr or (1e-3 if tiny else 2e-4),
+                      warmup_frac=warmup_frac, grad_clip=grad_clip, precision=precision, seed=seed,
+                      log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every,
+                      val_batches=val_batches, progress=not no_progress, device=device)
+    loader_cfg = LoaderConfig(shards=shards, num_workers=workers, allow_unfrozen=allow_unfrozen)
+    task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg)
+    if epochs is not None:
+        per_epoch = task.train_batches.num_batches(0)
+        if per_epoch == 0:
+            raise click.UsageError(f"{shards}: the train split has fewer samples than one batch per rank")
+        cfg = dataclasses.replace(cfg, steps=max(1, int(round(epochs * per_epoch))))
+    click.echo(f"{task.train_batches.reader.describe()}\npre-training {preset}: {cfg.steps} steps of "
+               f"{cfg.batch_size} per rank -> {out}", err=True)
+    try:
+        result = train(cfg, task, resume=resume, force=force)
+    finally:
+        cleanup_distributed()
+    if result:
+        click.echo(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="Checkpoint folder, run folder, or RUN/latest.")
+@click.option("--shards", required=True, help="Store path or fsspec URL.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--mask-ratio", type=float, default=0.3, show_default=True,
+              help="Ratio of joints removed for the missing-joints evaluation.")
+@click.option("--max-batches", type=int, default=0, show_default=True, help="0: the whole split.")
+@click.option("--no-baseline", is_flag=True, help="Skip the mean-pose baseline.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_out", default=None, help="Also write the figures to this JSON file.")
+@click.option("--allow-unfrozen", is_flag=True)
+@click.option("--force", is_flag=True, help="Evaluate even if the store fingerprint differs from training.")
+def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_baseline, device, json_out,
+             allow_unfrozen, force):
+    """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
+    import json
+
+    from .evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
+                              max_batches=max_batches, baseline=not no_baseline, device=device,
+                              allow_unfrozen=allow_unfrozen, force=force)
+    names = sorted({k for r in res.values() for k in r if k != "samples"})
+    click.echo(f"{'':16s}" + "".join(f"{n:>18s}" for n in names))
+    for row, r in res.items():
+        click.echo(f"{row:16s}" + "".join(f"{r.get(n, float('nan')):18.1f}" for n in names))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+@main.command()
+@click.option("--shards", default=None, help="A local store for the loader benchmark (optional).")
+@click.option("--batch-size", type=int, default=None, help="Paper-step batch (default: 64 on CUDA, 2 on CPU).")
+@click.option("--steps", type=int, default=None, help="Timed paper steps (default: 20 on CUDA, 2 on CPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def bench(shards, batch_size, steps, device):
+    """Heatmap render + MHM, loader samples/s, and a `paper` training step in samples/s and TFLOP/s."""
+    from . import bench as benchmarks
+
+    if hasattr(benchmarks, "run_input_benchmarks"):
+        benchmarks.run_input_benchmarks(shards=shards, device=device)
+    res = benchmarks.paper_step_bench(batch_size=batch_size, steps=steps, device=device)
+    for k, v in res.items():
+        click.echo(f"{k:32s} {v}")
 # === end section: pretrain ===
 
 # === section: finetune (finetune, predict, image evaluation) ===
+def _backbone_options(f):
+    """Options naming the 2D pose backbone (shared by finetune and evaluate-images)."""
+    opts = [
+        click.option("--backbone", type=click.Choice(["pose_resnet", "pose_hrnet", "pose_higher_hrnet", "tiny"]),
+                     default="pose_resnet", show_default=True,
+                     help="SimpleBaseline ResNet, HRNet, HigherHRNet, or the small CPU demo ResNet-18."),
+        click.option("--depth", default=50, show_default=True, help="ResNet depth (pose_resnet)."),
+        click.option("--width", default=0, help="HRNet width 32/48 (default 32), or ResNet base width (default 64)."),
+        click.option("--backbone-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="A public COCO keypoint .pth for the backbone; loaded strictly."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
+    from .backbones import TINY_BACKBONE, BackboneConfig
+
+    if backbone == "tiny":
+        base = TINY_BACKBONE
+    elif backbone == "pose_resnet":
+        base = BackboneConfig(kind="pose_resnet", depth=depth, width=width or 64)
+    else:
+        base = BackboneConfig(kind=backbone, width=width or 32)
+    import dataclasses
+
+    return dataclasses.replace(base, checkpoint=checkpoint, frozen=frozen)
+
+
+@main.command()
+@click.option("--init", required=True, type=click.Path(exists=True), help="Pre-trained (or fine-tuned) checkpoint.")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Mixture YAML.")
+@click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Shard folder(s) for validation (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@_backbone_options
+@click.option("--freeze-backbone", is_flag=True, help="Keep the 2D network fixed (the paper's Table 4).")
+@click.option("--scratch-store", default=None, help="Re-initialise the transformer on this store's topology "
+              "(the from-scratch baseline).")
+@click.option("--fraction", default=1.0, show_default=True, help="Share of each dataset's data to train on.")
+@click.option("--no-augment", is_flag=True)
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Per rank.")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers per rank.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-every", default=500, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--precision", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True)
+def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
+             fraction, no_augment, steps, batch_size, lr, workers, seed, val_every, checkpoint_every, precision,
+             device, resume):
+    """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
+    from .finetune import FinetuneConfig, build_finetune_task
+    from .losses import LossConfig
+    from .trainer import TrainConfig, cleanup_distributed, train
+
+    tc = TrainConfig(out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_every=val_every,
+                     checkpoint_every=checkpoint_every, precision=precision, device=device)
+    ft = FinetuneConfig(init=init, data=data, val=tuple(val),
+                        backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
+                        freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=workers,
+                        augment=not no_augment, fraction=fraction)
+    try:
+        res = train(tc, build_finetune_task(tc, ft, LossConfig()), resume=resume)
+    finally:
+        cleanup_distributed()
+    click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
+
+
+@main.command("evaluate-images")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True))
+@click.option("--shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test).")
+@click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "train-metrics"]), default="h36m-p2",
+              show_default=True)
+@click.option("--no-finetune", is_flag=True, help="CHECKPOINT is a pre-trained transformer: put the frozen "
+              "off-the-shelf backbone in front of it (test without fine-tuning).")
+@_backbone_options
+@click.option("--h36m-regressor", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="J_regressor_h36m.npy (17, V) when the model carries none.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-batches", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint,
+                    h36m_regressor, batch_size, max_batches, device):
+    """Score a model on image shards: Human3.6M protocol 2 (MPJPE, PA-MPJPE on 14 joints) or 3DPW
+    (MPVE, MPJPE, PA-MPJPE), in mm. See mpt_train/protocols.py for the exact rules."""
+    import numpy as np
+    import torch
+
+    from .evaluate import evaluate_model
+    from .finetune import BackboneMPT, ImageEvalBatches, image_prepare, load_checkpoint_model, no_finetune_model
+    from .protocols import evaluate_protocol
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if no_finetune:
+        model = no_finetune_model(checkpoint, _backbone_config(backbone, depth, width, backbone_checkpoint, True))
+    else:
+        model = load_checkpoint_model(checkpoint)
+        if not isinstance(model, BackboneMPT):
+            raise click.UsageError(f"{checkpoint} is a pre-trained transformer; add --no-finetune and a backbone")
+    model.to(dev)
+    batches = ImageEvalBatches(list(folders), batch_size, model.cfg.level_sizes[-1])
+    prepare = image_prepare(dev)
+    if protocol == "train-metrics":
+        res = evaluate_model(model, batches, prepare, device=dev, max_batches=max_batches)
+    else:
+        reg = torch.from_numpy(np.load(h36m_regressor)).float() if h36m_regressor else None
+        res = evaluate_protocol(model, batches, prepare, protocol, reg, dev, max_batches)
+    click.echo(f"{protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="A fine-tuned checkpoint.")
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--bbox", default=None, help="Person box x,y,w,h in pixels; default: the whole image is the crop.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def predict(checkpoint, image, bbox, out, device):
+    """Reconstruct the mesh of the person in IMAGE: writes mesh.obj, overlay.png, prediction.json."""
+    from .predict import PredictConfig, run
+
+    box = None
+    if bbox:
+        try:
+            box = tuple(float(v) for v in bbox.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{bbox!r}: expected four numbers x,y,w,h") from None
+        if len(box) != 4:
+            raise click.BadParameter(f"{bbox!r}: expected four numbers x,y,w,h")
+    info = run(PredictConfig(checkpoint, image, out, box, device))
+    click.echo(f"{out}/mesh.obj ({info['num_vertices']} vertices), {out}/overlay.png")
+
+
 # === end section: finetune ===
 
 

@@ -1,0 +1,778 @@
+"""`mpt-data build`: AMASS folder + recipe -> a sharded Zarr store, written by a Dask cluster.
+
+The build has three phases:
+
+1. **Plan** (deterministic, on the driver; the file scan runs on the cluster). Every motion file under the
+   AMASS root is read and validated in full, hashed, and either kept or skipped with a reason. Kept sequences
+   get their sampled frames (`mpt_data.sampling`), and global mesh indices in the order of their sorted paths.
+   The mesh range is cut into partitions of exactly one shard each, so the layout is fixed before anything
+   is written and a bad file can never shift indices.
+2. **Write** (parallel). One task per partition reads its sequences, runs the body model in batches (built
+   once per worker process), projects the joints into every camera, writes its shards and then, last and
+   atomically, its completion record (counts, per-chunk checksums, recipe hash, source files). A task
+   re-run after a worker died writes the same bytes; `--resume` skips partitions whose record is valid.
+3. **Finish**: state `complete`, then a summary of skipped files. `mpt-data freeze` seals the store.
+
+The build has no randomness: sampling is strided and the camera rig is fixed, so the same inputs and recipe
+give the same store, byte for byte in its arrays, with any number of workers.
+Relative paths in a recipe resolve against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpt_data import __version__, conventions, schema
+from mpt_data import store as st
+
+SPLIT_NAMES = tuple(schema.SPLITS)
+CAMERA_COUNTS = (1, 2, 4, 8)
+
+
+class RecipeError(ValueError):
+    """A recipe or option that cannot work; the message says which field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A resolved build recipe (YAML `pipelines/*.yaml`, overridden by CLI flags) plus runtime options.
+
+    Recipe fields (stored in the store's `recipe` attribute): sources, body model, sampling, cameras, splits,
+    layout. Runtime fields (`out`, `workers`, `scheduler`, `resume`, `overwrite`, `progress`) change how a
+    build runs, never what it writes.
+    """
+
+    name: str = "store"
+    amass_root: str = ""
+    subsets_include: tuple[str, ...] = ()  # empty: every subset under the root
+    subsets_exclude: tuple[str, ...] = ()
+    fps_overrides: tuple[tuple[str, float], ...] = ()  # (subset, fps): replaces the files' frame rates
+    body_model_dir: str = ""
+    body_model_type: str = "smplh"
+    num_betas: int = 16
+    h36m_regressor: str | None = None  # J_regressor_h36m.npy (17, V); adds the h36m17 joint set
+    target_fps: float | None = None  # exactly one of target_fps / target_meshes
+    target_meshes: int | None = None
+    cameras: int = 4
+    splits: tuple[tuple[str, str], ...] = ()  # (subset, split); subsets not listed are train
+    chunk_meshes: int = 32
+    shard_meshes: int = 2048
+    batch_size: int = 512  # meshes per body-model forward
+    # runtime
+    out: str = "store"
+    workers: int | None = None  # None: all cores; 0: in this process, no cluster
+    scheduler: str | None = None  # address of an existing dask.distributed scheduler
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    RUNTIME_FIELDS = ("out", "workers", "scheduler", "resume", "overwrite", "progress")
+    PATH_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor")
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe part as plain JSON-able data (what the store records)."""
+        d = dataclasses.asdict(self)
+        for k in self.RUNTIME_FIELDS:
+            d.pop(k)
+        d["fps_overrides"] = dict(self.fps_overrides)
+        d["splits"] = dict(self.splits)
+        d["subsets_include"] = list(self.subsets_include)
+        d["subsets_exclude"] = list(self.subsets_exclude)
+        return d
+
+    def validate(self) -> None:
+        """Raise RecipeError naming the first field that cannot work."""
+        if not self.amass_root or not Path(self.amass_root).is_dir():
+            raise RecipeError(f"sources.amass_root {self.amass_root!r} is not a directory: point it at the AMASS folder (<root>/<subset>/<subject>/*_poses.npz)")
+        if not self.body_model_dir or not Path(self.body_model_dir).is_dir():
+            raise RecipeError(f"body_model.dir {self.body_model_dir!r} is not a directory: point it at the folder with the {self.body_model_type.upper()} model files")
+        if (self.target_fps is None) == (self.target_meshes is None):
+            raise RecipeError("sampling: give exactly one of target_fps or target_meshes")
+        if self.target_fps is not None and not (self.target_fps > 0):
+            raise RecipeError(f"sampling.target_fps must be > 0, got {self.target_fps}")
+        if self.target_meshes is not None and not (self.target_meshes > 0):
+            raise RecipeError(f"sampling.target_meshes must be > 0, got {self.target_meshes}")
+        if self.cameras not in CAMERA_COUNTS:
+            raise RecipeError(f"cameras must be one of {CAMERA_COUNTS}, got {self.cameras}")
+        if self.num_betas < 1:
+            raise RecipeError(f"body_model.num_betas must be >= 1, got {self.num_betas}")
+        if self.chunk_meshes < 1 or self.shard_meshes < 1 or self.shard_meshes % self.chunk_meshes:
+            raise RecipeError(f"store.shard_meshes ({self.shard_meshes}) must be a positive multiple of store.chunk_meshes ({self.chunk_meshes})")
+        if self.batch_size < 1:
+            raise RecipeError(f"store.batch_size must be >= 1, got {self.batch_size}")
+        for subset, split in self.splits:
+            if split not in schema.SPLITS:
+                raise RecipeError(f"splits: subset {subset!r} has split {split!r}; use one of {SPLIT_NAMES}")
+        for subset, fps in self.fps_overrides:
+            if not (float(fps) > 0):
+                raise RecipeError(f"sources.fps_overrides[{subset!r}] must be > 0, got {fps}")
+        if self.h36m_regressor and not Path(self.h36m_regressor).is_file():
+            raise RecipeError(f"body_model.h36m_regressor {self.h36m_regressor!r} does not exist: give the path of J_regressor_h36m.npy or remove the key")
+        if self.workers is not None and self.workers < 0:
+            raise RecipeError(f"workers must be >= 0, got {self.workers}")
+
+
+_RECIPE_KEYS = {
+    "name": "name",
+    "sources.amass_root": "amass_root",
+    "sources.include": "subsets_include",
+    "sources.exclude": "subsets_exclude",
+    "sources.fps_overrides": "fps_overrides",
+    "body_model.dir": "body_model_dir",
+    "body_model.type": "body_model_type",
+    "body_model.num_betas": "num_betas",
+    "body_model.h36m_regressor": "h36m_regressor",
+    "sampling.target_fps": "target_fps",
+    "sampling.target_meshes": "target_meshes",
+    "cameras": "cameras",
+    "store.chunk_meshes": "chunk_meshes",
+    "store.shard_meshes": "shard_meshes",
+    "store.batch_size": "batch_size",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in ("sources.fps_overrides", "splits.subsets"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def manifest_splits(manifest: str | Path) -> dict[str, str]:
+    """{subset: split} declared in a data manifest's `sources.amass.subsets` list."""
+    import yaml
+
+    path = Path(manifest)
+    if not path.is_file():
+        raise RecipeError(f"splits.from: manifest {str(path)!r} not found (relative paths resolve against the current directory)")
+    data = yaml.safe_load(path.read_text()) or {}
+    subsets = (((data.get("sources") or {}).get("amass") or {}).get("subsets")) or []
+    return {s["name"]: s.get("split", "train") for s in subsets}
+
+
+def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
+    """Read a recipe YAML into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win."""
+    import yaml
+
+    fields: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe {str(p)!r} not found")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise RecipeError(f"recipe {p}: top level must be a mapping")
+        flat = _flatten(raw)
+        splits: dict[str, str] = {}
+        if "splits.from" in flat:
+            splits.update(manifest_splits(flat.pop("splits.from")))
+        splits.update(flat.pop("splits.subsets", None) or {})
+        for key, value in flat.items():
+            if key not in _RECIPE_KEYS:
+                raise RecipeError(f"recipe {p}: unknown key {key!r}; known keys: {sorted(_RECIPE_KEYS) + ['splits.from', 'splits.subsets']}")
+            fields[_RECIPE_KEYS[key]] = value
+        fields["splits"] = splits
+    for k, v in overrides.items():
+        if v is not None:
+            fields[k] = v
+    for k in ("subsets_include", "subsets_exclude"):
+        if k in fields:
+            fields[k] = tuple(fields[k] or ())
+    if isinstance(fields.get("fps_overrides"), dict):
+        fields["fps_overrides"] = tuple(sorted((str(a), float(b)) for a, b in fields["fps_overrides"].items()))
+    if isinstance(fields.get("splits"), dict):
+        fields["splits"] = tuple(sorted(fields["splits"].items()))
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    unknown = set(fields) - names
+    if unknown:
+        raise RecipeError(f"unknown option(s) {sorted(unknown)}")
+    try:
+        return BuildConfig(**fields)
+    except TypeError as err:
+        raise RecipeError(str(err)) from err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The sampled frames of one sequence that fall in one partition."""
+
+    row: int  # sequences.parquet row
+    path: str  # absolute file path
+    size: int  # bytes, checked again when the task reads the file
+    gender: str
+    split: int
+    frames: tuple[int, ...]  # source frame indices
+    mesh_start: int  # global mesh index of frames[0]
+
+
+@dataclass(frozen=True)
+class Partition:
+    index: int
+    start: int
+    stop: int
+    segments: tuple[Segment, ...]
+
+
+def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str, Any]:
+    """Read and validate one motion file fully; return its sequences-table row (status 'ok' or 'skipped')."""
+    from mpt_data.amass import MotionError, file_sha256, read_motion, subset_and_subject
+
+    p = Path(path)
+    rel = p.resolve().relative_to(Path(root).resolve()).as_posix()
+    subset, subject = subset_and_subject(rel)
+    row: dict[str, Any] = {"path": rel, "subset": subset, "subject": subject, "gender": "", "fps": 0.0,
+                           "frames": 0, "size": 0, "sha256": "", "status": "skipped", "reason": ""}
+    try:
+        row["size"] = p.stat().st_size
+        motion = read_motion(p, root, fps_overrides)
+        row["sha256"] = file_sha256(p)
+    except MotionError as err:
+        row["reason"] = str(err)
+        return row
+    except OSError as err:
+        row["reason"] = f"unreadable file: {err.strerror or err}"
+        return row
+    row.update(gender=motion.gender, fps=float(motion.fps), frames=motion.num_frames, status="ok")
+    return row
+
+
+def plan_build(cfg: BuildConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Partition], int]:
+    """Sample frames and assign global mesh indices; returns (table rows, partitions, number of meshes)."""
+    from mpt_data.sampling import allocate_target, sample_indices
+
+    rows = sorted(rows, key=lambda r: r["path"])
+    splits = dict(cfg.splits)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise RecipeError(f"no usable motion files under {cfg.amass_root} (after include/exclude); nothing to build")
+    if cfg.target_fps is not None:
+        rate = float(cfg.target_fps)
+    else:
+        rate = allocate_target([r["frames"] for r in ok], [r["fps"] for r in ok], int(cfg.target_meshes))
+    next_mesh = 0
+    sampled: dict[int, np.ndarray] = {}
+    for i, r in enumerate(rows):
+        r["index"] = i
+        r["split"] = splits.get(r["subset"], "train")
+        if r["status"] != "ok":
+            r["sampled"], r["first_mesh"] = 0, -1
+            continue
+        idx = sample_indices(r["frames"], r["fps"], rate)
+        sampled[i] = idx
+        r["sampled"], r["first_mesh"] = int(idx.shape[0]), next_mesh
+        next_mesh += int(idx.shape[0])
+    n = next_mesh
+    root = Path(cfg.amass_root)
+    parts: list[Partition] = []
+    order = sorted(sampled)  # sequences in mesh order: their ranges are contiguous and increasing
+    k = 0
+    for pi in range(-(-n // cfg.shard_meshes)):
+        start, stop = pi * cfg.shard_meshes, min((pi + 1) * cfg.shard_meshes, n)
+        segs = []
+        while k < len(order) and rows[order[k]]["first_mesh"] + sampled[order[k]].shape[0] <= start:
+            k += 1
+        j = k
+        while j < len(order) and rows[order[j]]["first_mesh"] < stop:
+            i = order[j]
+            r, idx, first = rows[i], sampled[i], rows[i]["first_mesh"]
+            lo, hi = max(start, first), min(stop, first + idx.shape[0])
+            segs.append(Segment(row=i, path=str(root / r["path"]), size=r["size"], gender=r["gender"],
+                                split=schema.SPLITS[r["split"]], frames=tuple(int(f) for f in idx[lo - first:hi - first]),
+                                mesh_start=lo))
+            j += 1
+        parts.append(Partition(pi, start, stop, tuple(segs)))
+    for r in rows:
+        r["sample_fps"] = rate
+    return rows, parts, n
+
+
+def sequences_table_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """sequences.parquet contents for the planned rows (deterministic bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {
+        "index": pa.array([r["index"] for r in rows], pa.int32()),
+        "path": pa.array([r["path"] for r in rows], pa.string()),
+        "subset": pa.array([r["subset"] for r in rows], pa.string()),
+        "subject": pa.array([r["subject"] for r in rows], pa.string()),
+        "gender": pa.array([r["gender"] for r in rows], pa.string()),
+        "fps": pa.array([r["fps"] for r in rows], pa.float64()),
+        "frames": pa.array([r["frames"] for r in rows], pa.int64()),
+        "sampled": pa.array([r["sampled"] for r in rows], pa.int64()),
+        "first_mesh": pa.array([r["first_mesh"] for r in rows], pa.int64()),
+        "split": pa.array([r["split"] for r in rows], pa.string()),
+        "size": pa.array([r["size"] for r in rows], pa.int64()),
+        "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
+        "status": pa.array([r["status"] for r in rows], pa.string()),
+        "reason": pa.array([r["reason"] for r in rows], pa.string()),
+    }
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def recipe_hash(cfg: BuildConfig, model_files: dict[str, str]) -> str:
+    """SHA-256 of what decides the store's content besides the motion files: the recipe without its paths
+    and the hashes of the body-model files used (the motion files' hashes are in sequences.parquet)."""
+    recipe = cfg.recipe()
+    for k in BuildConfig.PATH_FIELDS:
+        recipe.pop(k)
+    recipe.pop("name")
+    blob = json.dumps({"recipe": recipe, "model_files": model_files, "schema": schema.SCHEMA_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Write
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a partition task needs besides its partition (small, picklable)."""
+
+    out: str
+    amass_root: str
+    fps_overrides: tuple[tuple[str, float], ...]
+    body_model_dir: str
+    body_model_type: str
+    num_betas: int
+    h36m_regressor: str | None
+    cameras: int
+    layout: st.StoreLayout
+    recipe_hash: str
+    batch_size: int
+    torch_threads: int | None  # 1 inside cluster workers (one process per core); None: leave as is
+
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def _body_model(ctx: TaskContext, gender: str):
+    """The body model for `gender`, built once per process and kept for later tasks."""
+    key = (ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = _load_body_model(ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor)
+    return _MODEL_CACHE[key]
+
+
+def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
+    """Compute and write one partition's shards, then its completion record; returns the record.
+
+    Idempotent: a re-run (after a worker died) writes the same bytes and the same record.
+    """
+    from mpt_data.amass import read_motion
+
+    if ctx.torch_threads:
+        import torch
+
+        torch.set_num_threads(ctx.torch_threads)
+    n = part.stop - part.start
+    lay = ctx.layout
+    arrays = {name: np.zeros((n, *rest), dtype=dtype) for name, (rest, dtype) in st.mesh_array_specs(lay).items()}
+    overrides = dict(ctx.fps_overrides)
+    rig = _camera_rig(ctx.cameras)
+    sources = []
+    for seg in part.segments:
+        size = os.stat(seg.path).st_size
+        if size != seg.size:
+            raise st.StoreError(f"{seg.path} changed size since the plan ({seg.size} -> {size} bytes); restart the build")
+        motion = read_motion(seg.path, ctx.amass_root, overrides)
+        frames = np.asarray(seg.frames, dtype=np.int64)
+        lo = seg.mesh_start - part.start
+        model = _body_model(ctx, seg.gender)
+        betas = _fit_betas(motion.betas, ctx.num_betas)
+        for b in range(0, frames.shape[0], ctx.batch_size):
+            fr = frames[b : b + ctx.batch_size]
+            sl = slice(lo + b, lo + b + fr.shape[0])
+            poses = motion.poses[fr]
+            verts, joints = _forward(model, poses, betas)
+            arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
+            for name, j in joints.items():
+                arrays[f"{schema.JOINTS_GROUP}/{name}"][sl] = j
+            j2d, vis, crop = _project_views(rig, joints[conventions.HEATMAP_JOINT_SET], verts)
+            arrays[schema.JOINTS2D][sl] = j2d
+            arrays[schema.VISIBLE][sl] = vis
+            arrays[schema.CROP][sl] = crop
+            arrays[schema.POSE][sl] = poses
+            arrays[schema.BETAS][sl] = betas[None]
+            arrays[schema.SEQUENCE][sl] = seg.row
+            arrays[schema.FRAME][sl] = fr
+            arrays[schema.SPLIT][sl] = seg.split
+        sources.append({"path": seg.path, "size": size, "meshes": int(frames.shape[0])})
+    sums = st.write_mesh_block(ctx.out, part.start, arrays, lay.chunk_meshes)
+    record = {
+        "partition": part.index,
+        "start": part.start,
+        "stop": part.stop,
+        "recipe_hash": ctx.recipe_hash,
+        "counts": {"meshes": n, "views": n * ctx.cameras},
+        "checksums": sums,
+        "sources": sources,
+        "tool_version": __version__,
+    }
+    st.write_json_atomic(st.partition_record_path(ctx.out, part.index), record)
+    return record
+
+
+def _fit_betas(betas: np.ndarray, num: int) -> np.ndarray:
+    """Truncate or zero-pad a sequence's betas to the model's count, (num,) float32."""
+    out = np.zeros(num, dtype=np.float32)
+    k = min(num, betas.shape[0])
+    out[:k] = betas[:k]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _connect(cfg: BuildConfig):
+    """(client, cluster): an existing scheduler, a new LocalCluster, or (None, None) for in-process."""
+    if cfg.scheduler:
+        from distributed import Client
+
+        client = Client(cfg.scheduler)
+        _log(f"scheduler {cfg.scheduler}; dashboard {client.dashboard_link}")
+        return client, None
+    if cfg.workers == 0:
+        return None, None
+    import importlib.util
+
+    from distributed import Client, LocalCluster
+
+    n = cfg.workers or os.cpu_count() or 1
+    has_dashboard = importlib.util.find_spec("bokeh") is not None
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    client = Client(cluster)
+    dash = client.dashboard_link if has_dashboard else "not served (install bokeh for the Dask dashboard)"
+    _log(f"local cluster: {n} worker processes x 1 thread; dashboard {dash}")
+    return client, cluster
+
+
+def _selected_files(cfg: BuildConfig) -> list[Path]:
+    from mpt_data.amass import find_motion_files, subset_and_subject
+
+    root = Path(cfg.amass_root)
+    out = []
+    for p in find_motion_files(root):
+        subset, _ = subset_and_subject(p.relative_to(root).as_posix())
+        if cfg.subsets_include and subset not in cfg.subsets_include:
+            continue
+        if subset in cfg.subsets_exclude:
+            continue
+        out.append(p)
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="part", disable=not enabled, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build did: the store, its size, which partitions this run wrote, and phase timings."""
+
+    path: Path
+    meshes: int
+    partitions: int
+    written: tuple[int, ...]  # partition indices written by this run (all of them unless resuming)
+    skipped_files: int
+    plan_seconds: float
+    write_seconds: float
+
+
+def build_store(config: BuildConfig) -> Path:
+    """Build (or, with `resume`, finish) the store `config.out`; returns its path. State ends 'complete'.
+
+    Stable entry point for tests and fixtures: `build_store(load_recipe(None, amass_root=..., body_model_dir=...,
+    target_fps=..., out=..., workers=0))` builds a small store in this process.
+    Raises RecipeError for a bad recipe or missing body-model file, FrozenStoreError on a frozen store.
+    """
+    return run_build(config).path
+
+
+def run_build(config: BuildConfig) -> BuildResult:
+    """`build_store` with a report of what was done (used by tests and the benchmark)."""
+    config.validate()
+    out = Path(config.out)
+    static_arrays, static_attrs, model_info = _static_content(config)
+    rhash = recipe_hash(config, model_info["files"])
+
+    fresh = True
+    if (out / "zarr.json").exists():
+        group = st.open_store(out)  # raises for foreign schema
+        if group.attrs.get("state") == st.STATE_FROZEN:
+            raise st.FrozenStoreError(f"{out} is frozen and refuses writes; choose another --out")
+        if config.resume and (out / st.STATIC_RECORD).exists():
+            if group.attrs.get("recipe_hash") != rhash:
+                raise RecipeError(f"{out} was built with another recipe or body model; resume needs the same recipe (or use --overwrite)")
+            fresh = False
+        elif config.resume or config.overwrite:
+            st.remove_store(out)
+        else:
+            raise st.StoreError(f"{out} already exists; pass --resume to finish it or --overwrite to rebuild it")
+    elif out.exists() and any(out.iterdir()):
+        raise st.StoreError(f"{out} exists and is not an MPT store; choose another --out")
+
+    t0 = time.perf_counter()
+    client, cluster = _connect(config)
+    try:
+        files = _selected_files(config)
+        overrides = dict(config.fps_overrides)
+        _log(f"plan: reading and validating {len(files)} motion files")
+        if client is None:
+            rows = [scan_file(str(p), config.amass_root, overrides) for p in files]
+        else:
+            futures = client.map(scan_file, [str(p) for p in files], root=config.amass_root, fps_overrides=overrides)
+            rows = client.gather(futures)
+        rows, parts, n = plan_build(config, rows)
+        missing = sorted({r["gender"] for r in rows if r["status"] == "ok"} - set(model_info["genders"]))
+        if missing:
+            raise RecipeError(f"no {config.body_model_type.upper()} body-model file for gender(s) {missing} in "
+                              f"{config.body_model_dir}, but motion files use them; add the files (see data_manifest.yaml)")
+        table = sequences_table_bytes(rows)
+        layout = st.StoreLayout(
+            num_meshes=n, num_vertices=model_info["num_vertices"], num_cameras=config.cameras,
+            joint_sets=model_info["joint_sets"], pose_dim=conventions.AMASS_SMPLH_POSE_DIM,
+            num_betas=model_info["num_betas"], heatmap_joints=len(conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]),
+            chunk_meshes=config.chunk_meshes, shard_meshes=config.shard_meshes,
+        )
+        table_sum = hashlib.blake2b(table, digest_size=16).hexdigest()
+        if fresh:
+            _create(out, config, rhash, layout, rows, table, static_arrays, static_attrs, model_info)
+        else:
+            static = json.loads((out / st.STATIC_RECORD).read_text())
+            if static["checksums"].get(st.SEQUENCES_KEY) != [table_sum] or st.open_store(out).attrs["counts"]["meshes"] != n:
+                raise st.StoreError(f"the motion files under {config.amass_root} changed since {out} was started; rebuild with --overwrite")
+        ctx = TaskContext(
+            out=str(out), amass_root=config.amass_root, fps_overrides=config.fps_overrides,
+            body_model_dir=config.body_model_dir, body_model_type=config.body_model_type, num_betas=model_info["num_betas"],
+            h36m_regressor=config.h36m_regressor, cameras=config.cameras, layout=layout, recipe_hash=rhash,
+            batch_size=config.batch_size, torch_threads=None if client is None else 1,
+        )
+        arrays = sorted(st.mesh_array_specs(layout))
+        todo = [p for p in parts if not st.record_is_valid(
+            st.read_partition_record(out, p.index), index=p.index, start=p.start, stop=p.stop,
+            recipe_hash=rhash, arrays=arrays, chunk_meshes=layout.chunk_meshes)]
+        if len(todo) < len(parts):
+            _log(f"resume: {len(parts) - len(todo)} of {len(parts)} partitions already complete")
+        t_plan = time.perf_counter() - t0
+        _run_partitions(client, ctx, todo, config.progress)
+        st.open_store(out, "r+").attrs["state"] = st.STATE_COMPLETE
+        t_write = time.perf_counter() - t0 - t_plan
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    _summary(rows, n, config.cameras, time.perf_counter() - t0)
+    return BuildResult(path=out, meshes=n, partitions=len(parts), written=tuple(p.index for p in todo),
+                       skipped_files=sum(r["status"] != "ok" for r in rows), plan_seconds=t_plan, write_seconds=t_write)
+
+
+def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, rows: list[dict], table: bytes,
+            static_arrays: dict[str, np.ndarray], static_attrs: dict[str, dict], model_info: dict) -> None:
+    split_counts = {name: 0 for name in schema.SPLITS}
+    for r in rows:
+        split_counts[r["split"]] += r["sampled"]
+    ok = sum(r["status"] == "ok" for r in rows)
+    counts = {
+        "meshes": layout.num_meshes, "cameras": cfg.cameras, "views": layout.num_meshes * cfg.cameras,
+        "vertices": layout.num_vertices, "faces": int(static_arrays["topology/faces"].shape[0]),
+        "sequences": ok, "skipped": len(rows) - ok, "splits": split_counts,
+    }
+    recipe = cfg.recipe()
+    recipe["sample_fps"] = rows[0]["sample_fps"] if rows else None
+    attrs = {
+        "recipe": recipe, "recipe_hash": rhash, "counts": counts,
+        "heatmap_joint_set": conventions.HEATMAP_JOINT_SET, "body_model": model_info["describe"],
+        "vertex_scale_m": schema.VERTEX_SCALE_M, "crop_size": schema.CROP_SIZE,
+    }
+    st.create_store(out, layout, attrs)
+    sums = st.write_static_arrays(out, static_arrays)
+    group = st.open_store(out, "r+")
+    for name, extra in static_attrs.items():  # group attributes, e.g. the camera names
+        group[name].attrs.update(extra)
+    tmp = out / f".{schema.SEQUENCES_TABLE}.tmp"
+    tmp.write_bytes(table)
+    os.replace(tmp, out / schema.SEQUENCES_TABLE)
+    sums[st.SEQUENCES_KEY] = [hashlib.blake2b(table, digest_size=16).hexdigest()]
+    st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
+
+
+def _run_partitions(client, ctx: TaskContext, todo: list[Partition], progress: bool) -> None:
+    bar = _progress(len(todo), "partitions", progress)
+    try:
+        if client is None:
+            for p in todo:
+                run_partition(ctx, p)
+                bar.update(1)
+            return
+        from distributed import as_completed
+
+        ctx_future = client.scatter(ctx, broadcast=True)
+        futures = [client.submit(run_partition, ctx_future, p, key=f"mpt-partition-{ctx.recipe_hash[:12]}-{p.index:06d}",
+                                 pure=False) for p in todo]
+        try:
+            for fut in as_completed(futures):
+                fut.result()  # re-raises a task's exception here, naming the partition's error
+                bar.update(1)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        bar.close()
+
+
+def _summary(rows: list[dict], n: int, cameras: int, seconds: float) -> None:
+    skipped = [r for r in rows if r["status"] != "ok"]
+    _log(f"built {n} meshes x {cameras} cameras from {len(rows) - len(skipped)} sequences in {seconds:.1f} s")
+    if skipped:
+        _log(f"skipped {len(skipped)} file(s):")
+        for r in skipped:
+            _log(f"  {r['path']}: {r['reason']}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Body model, cameras and topology (the maths lives in mpt_data.body / cameras / topology)
+
+
+def _body_config(model_dir: str, model_type: str, num_betas: int, h36m: str | None):
+    from mpt_data.body import BodyModelConfig
+
+    return BodyModelConfig(model_dir=model_dir, model_type=model_type, num_betas=num_betas, h36m_regressor=h36m)
+
+
+def _load_body_model(model_dir: str, model_type: str, gender: str, num_betas: int, h36m: str | None):
+    from mpt_data.body import BodyModel
+
+    return BodyModel.load(_body_config(model_dir, model_type, num_betas, h36m), gender)
+
+
+def _forward(model, poses: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(B, V, 3) root-centred vertices and {joint set: (B, J, 3)} for a batch sharing one betas vector."""
+    out = model.forward(poses, np.repeat(betas[None], poses.shape[0], axis=0))
+    return out["vertices"], {name: out[name] for name in model.joint_sets}
+
+
+def _static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, Any]]:
+    """Driver-owned arrays (cameras, topology, regressors) and facts about the body model.
+
+    Fails at once (RecipeError) when no body-model file is found or one is malformed.
+    """
+    from mpt_data.amass import file_sha256
+    from mpt_data.body import GENDERS, BodyModel, ModelFileError, find_model_file
+
+    bcfg = _body_config(cfg.body_model_dir, cfg.body_model_type, cfg.num_betas, cfg.h36m_regressor)
+    files: dict[str, str] = {}
+    found: dict[str, Path] = {}
+    for g in GENDERS:
+        try:
+            found[g] = find_model_file(bcfg, g)
+        except FileNotFoundError:
+            continue
+    if not found:
+        try:
+            find_model_file(bcfg, "neutral")
+        except FileNotFoundError as err:
+            raise RecipeError(str(err)) from err
+    # The topology comes from the neutral model when there is one (all genders share faces and joint trees).
+    gender = next(g for g in ("neutral", "male", "female") if g in found)
+    try:
+        model = BodyModel.load(bcfg, gender)
+    except (ModelFileError, FileNotFoundError, ValueError) as err:
+        raise RecipeError(f"body model: {err}") from err
+    for g, p in sorted(found.items()):
+        files[f"{g}:{p.name}"] = file_sha256(p)
+        ids = p.parent / "vertex_ids.json"
+        if ids.is_file():
+            files[f"{g}:vertex_ids.json"] = file_sha256(ids)
+    if cfg.h36m_regressor:
+        files["h36m_regressor"] = file_sha256(cfg.h36m_regressor)
+
+    arrays: dict[str, np.ndarray] = {}
+    attrs: dict[str, dict] = {}
+    arrays["topology/template"] = model.template().astype(np.float32)
+    arrays["topology/faces"] = model.faces.astype(np.int32)
+    for name, reg in model.joint_regressors().items():
+        arrays[f"topology/regressors/{name}"] = reg.astype(np.float32)
+    arrays.update(_topology_arrays(arrays["topology/template"], arrays["topology/faces"]))
+    cam_arrays, cam_attrs = _camera_arrays(cfg.cameras)
+    arrays.update(cam_arrays)
+    attrs.update(cam_attrs)
+    info = {
+        "files": files,
+        "genders": sorted(found),
+        "num_vertices": model.num_vertices,
+        "num_betas": model.num_betas,
+        "joint_sets": {name: int(reg.shape[0]) for name, reg in model.joint_regressors().items()},
+        "describe": {"type": cfg.body_model_type, "num_vertices": model.num_vertices, "num_joints": model.num_joints,
+                     "num_betas": model.num_betas, "topology_from": gender, "files": files},
+    }
+    return arrays, attrs, info
+
+
+def _camera_rig(n: int):
+    from mpt_data.cameras import camera_rig
+
+    return camera_rig(n)
+
+
+def _project_views(rig, joints: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, C, K, 2) crop pixels, (B, C, K) visibility, (B, C, 3) crops of heatmap joints seen by the rig."""
+    from mpt_data.cameras import SUBJECT_POSITION, project_views
+
+    views = project_views(joints, vertices, rig, SUBJECT_POSITION)
+    return views.joints2d, views.visible, views.crop
+
+
+def _camera_arrays(n: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    from mpt_data.cameras import SUBJECT_POSITION, camera_rig, stack_cameras
+
+    stacked = stack_cameras(camera_rig(n))
+    arrays = {schema.CAMERA_K: stacked["K"], schema.CAMERA_R: stacked["R"], schema.CAMERA_T: stacked["t"],
+              schema.CAMERA_SIZE: stacked["image_size"]}
+    group_attrs = {"cameras": {"names": [str(x) for x in stacked["name"]],
+                               "subject_position": [float(x) for x in SUBJECT_POSITION]}}
+    return arrays, group_attrs
+
+
+def _topology_arrays(template: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:
+    """The coarse-mesh hierarchy (V -> ~V/4 -> ~V/16) as `topology/level<l>/...` arrays."""
+    from mpt_data.topology import coarse_hierarchy
+
+    out = {}
+    for level, lv in enumerate(coarse_hierarchy(template, faces), start=1):
+        prefix = schema.TOPOLOGY_LEVEL.format(level=level)
+        out[f"{prefix}/vertex_ids"] = np.asarray(lv.vertex_ids, np.int32)
+        out[f"{prefix}/faces"] = np.asarray(lv.faces, np.int32)
+        out[f"{prefix}/up_index"] = np.asarray(lv.up_index, np.int32)
+        out[f"{prefix}/up_weight"] = np.asarray(lv.up_weight, np.float32)
+    return out

@@ -1,0 +1,150 @@
+"""`mpt-data preview`: look at one stored mesh through every camera of its store.
+
+Each panel is the camera's 224 x 224 person crop (drawn at `PANEL_SCALE` times that size): the mesh (the stored
+int16 vertices, placed at the rig's subject position and projected with the stored K, R, t and crop), then the 17
+COCO heatmaps the trainer will render from the stored 2D joints (S = exp(-|p - x|^2 / sigma^2), sigma = 3 crop
+pixels, pixel i covering [i, i + 1)), then the skeleton and the joints. The mesh and the heatmaps come from
+different arrays of the store, so a heatmap off its joint on the mesh means an inconsistent store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mpt_data import conventions, schema
+from mpt_data import store as st
+
+SIGMA = 3.0
+PANEL_SCALE = 2
+PANELS_PER_ROW = 4
+
+
+def joint_heatmaps(joints2d: np.ndarray, visible: np.ndarray, size: int = schema.CROP_SIZE,
+                   sigma: float = SIGMA) -> np.ndarray:
+    """(K, size, size) float32 Gaussians S(p) = exp(-|p - x|^2 / sigma^2), zero for invisible joints.
+
+    joints2d: (K, 2) crop pixels (x, y); pixel (r, c) is evaluated at its centre (c + 0.5, r + 0.5).
+    """
+    centres = np.arange(size, dtype=np.float32) + schema.PIXEL_CENTRE
+    dx = (centres[None, :] - joints2d[:, 0:1]) ** 2  # (K, size) along x
+    dy = (centres[None, :] - joints2d[:, 1:2]) ** 2  # (K, size) along y
+    hm = np.exp(-(dy[:, :, None] + dx[:, None, :]) / np.float32(sigma**2)).astype(np.float32)
+    return hm * np.asarray(visible, bool)[:, None, None]
+
+
+def crop_intrinsics(K: np.ndarray, crop: np.ndarray, size: int = schema.CROP_SIZE) -> np.ndarray:
+    """(3, 3) intrinsics mapping camera coordinates straight to crop pixels (x0, y0, side -> 0..size)."""
+    s = size / float(crop[2])
+    out = np.array(K, dtype=np.float64)
+    out[0, 0] *= s
+    out[1, 1] *= s
+    out[0, 1] *= s
+    out[0, 2] = (out[0, 2] - crop[0]) * s
+    out[1, 2] = (out[1, 2] - crop[1]) * s
+    return out
+
+
+@dataclass(frozen=True)
+class MeshViews:
+    """Everything the preview draws for one mesh, read from a store."""
+
+    index: int
+    vertices: np.ndarray  # (V, 3) metres, root-centred
+    faces: np.ndarray  # (F, 3)
+    joints2d: np.ndarray  # (C, K, 2) crop pixels
+    visible: np.ndarray  # (C, K)
+    crop: np.ndarray  # (C, 3)
+    K: np.ndarray  # (C, 3, 3)
+    R: np.ndarray
+    t: np.ndarray
+    names: list[str]
+    subject_position: np.ndarray  # (3,)
+    split: int
+
+
+def read_mesh_views(path: str | Path, index: int) -> MeshViews:
+    """Read mesh `index` and the camera rig of a store."""
+    group = st.open_store(path)
+    verts = group[schema.VERTICES]
+    n = verts.shape[0]
+    if not 0 <= index < n:
+        raise IndexError(f"mesh {index} is outside the store's 0..{n - 1}")
+    scale = float(verts.attrs.get(schema.ATTR_SCALE_M, schema.VERTEX_SCALE_M))
+    cams = group["cameras"].attrs
+    return MeshViews(
+        index=index,
+        vertices=st.dequantise_vertices(np.asarray(verts[index]), scale),
+        faces=np.asarray(group[schema.TOPOLOGY_FACES][:]),
+        joints2d=np.asarray(group[schema.JOINTS2D][index]),
+        visible=np.asarray(group[schema.VISIBLE][index]),
+        crop=np.asarray(group[schema.CROP][index]),
+        K=np.asarray(group[schema.CAMERA_K][:]),
+        R=np.asarray(group[schema.CAMERA_R][:]),
+        t=np.asarray(group[schema.CAMERA_T][:]),
+        names=list(cams.get("names", [])),
+        subject_position=np.asarray(cams.get("subject_position", [0.0, 0.0, 0.0]), np.float64),
+        split=int(group[schema.SPLIT][index]),
+    )
+
+
+def mesh_in_crop(views: MeshViews, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame vertices (V, 3) and crop-pixel intrinsics (3, 3) of camera c."""
+    world = views.vertices.astype(np.float64) + views.subject_position
+    cam = world @ views.R[c].astype(np.float64).T + views.t[c].astype(np.float64)
+    return cam, crop_intrinsics(views.K[c], views.crop[c])
+
+
+def render_panel(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> np.ndarray:
+    """(224 * scale, 224 * scale, 3) uint8 BGR picture of camera c: mesh, heatmaps, skeleton, joints."""
+    import cv2
+
+    from mpt_data import raster
+
+    size = schema.CROP_SIZE * scale
+    canvas = np.full((size, size, 3), 40, np.uint8)
+    cam, k_crop = mesh_in_crop(views, c)
+    # Raster pixel centres sit at integer coordinates; crop pixel centres at i + 0.5.
+    k_panel = np.diag([scale, scale, 1.0]) @ k_crop
+    k_panel[:2, 2] -= schema.PIXEL_CENTRE
+    img = raster.render_mesh(canvas, cam, views.faces, k_panel)
+    img = raster.heatmap_overlay(img, joint_heatmaps(views.joints2d[c], views.visible[c]), alpha=0.6)
+    pts = views.joints2d[c] * scale - schema.PIXEL_CENTRE
+    img = raster.draw_skeleton(img, pts, views.visible[c], conventions.COCO_SKELETON, color=(0, 255, 0), thickness=1)
+    img = raster.draw_keypoints(img, pts, views.visible[c], color=(255, 255, 255), radius=2)
+    name = views.names[c] if c < len(views.names) else str(c)
+    cv2.putText(img, f"cam {name}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def preview_image(path: str | Path, index: int) -> np.ndarray:
+    """All cameras' panels of mesh `index`, PANELS_PER_ROW to a row, with a title strip."""
+    import cv2
+
+    views = read_mesh_views(path, index)
+    panels = [render_panel(views, c) for c in range(views.K.shape[0])]
+    h, w = panels[0].shape[:2]
+    rows = -(-len(panels) // PANELS_PER_ROW)
+    cols = min(len(panels), PANELS_PER_ROW)
+    title = 24
+    sheet = np.zeros((title + rows * h, cols * w, 3), np.uint8)
+    for i, p in enumerate(panels):
+        r, q = divmod(i, PANELS_PER_ROW)
+        sheet[title + r * h : title + (r + 1) * h, q * w : (q + 1) * w] = p
+    split = {v: k for k, v in schema.SPLITS.items()}.get(views.split, str(views.split))
+    cv2.putText(sheet, f"{Path(path).name}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g}", (6, 17),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return sheet
+
+
+def write_preview(path: str | Path, index: int, out: str | Path) -> Path:
+    """Write `preview_image` as a PNG; returns the file."""
+    import cv2
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), preview_image(path, index)):
+        raise OSError(f"could not write {out}")
+    return out

@@ -1,0 +1,549 @@
+"""The MPT store on disk: create, write, checksum, freeze, verify and summarise.
+
+A store is one Zarr v3 group in a local directory (schema 1, paths in `mpt_data.schema`):
+
+| path | shape, dtype | meaning |
+| --- | --- | --- |
+| `meshes/vertices` | (N, V, 3) int16, attr `scale_m` = 1e-4 | root-centred vertices, body frame, z up; metres = stored * scale_m |
+| `meshes/joints/<set>` | (N, J, 3) float32 | 3D joints of each joint set (`smpl24`, `coco17`, `h36m17` if a regressor was given), same frame |
+| `meshes/pose` | (N, P) float32 | source axis-angle pose (P = 156, SMPL+H layout) |
+| `meshes/betas` | (N, B) float32 | shape parameters given to the body model (B = the recipe's num_betas) |
+| `meshes/sequence` | (N,) int32 | row of `sequences.parquet` the mesh came from |
+| `meshes/frame` | (N,) int32 | frame index in the source file |
+| `meshes/split` | (N,) int8 | `schema.SPLITS` value (train 0, val 1, test 2) |
+| `views/joints2d` | (N, C, K, 2) float32 | heatmap joints (COCO-17) in crop pixels, 0..224 |
+| `views/visible` | (N, C, K) bool | joint inside the crop and in front of the camera |
+| `views/crop` | (N, C, 3) float32 | crop square x0, y0, side in image pixels |
+| `cameras/K`, `cameras/R`, `cameras/t` | (C,3,3), (C,3,3), (C,3) float32 | intrinsics (pixels); world->camera rotation and translation (metres). attrs: `names`, `subject_position` (world position of the pelvis, metres) |
+| `cameras/image_size` | (C, 2) int32 | width, height in pixels |
+| `topology/template` | (V, 3) float32 | rest-pose template of the body model (metres) |
+| `topology/faces` | (F, 3) int32 | triangles |
+| `topology/level<l>/vertex_ids` | (V_l,) int32 | vertices of level l (level 0 = full mesh) kept by down-sampling |
+| `topology/level<l>/faces` | (F_l, 3) int32 | triangles of level l, indices into level l |
+| `topology/level<l>/up_index`, `up_weight` | (V_{l-1}, 3) int32, float32 | each vertex of level l-1 as a weighted sum of 3 level-l vertices |
+| `topology/regressors/<set>` | (J, V) float32 | joint regressor of each joint set (rows sum to 1) |
+| `sequences.parquet` | one row per source file | index, path, subset, subject, gender, fps, frames, sampled, first_mesh, split, size, sha256, status, reason |
+| `_build/partitions/p<i>.json` | JSON | completion record of partition i: range, counts, per-chunk checksums, recipe hash, sources |
+| `_build/static.json` | JSON | checksums of the arrays written by the driver (cameras, topology) and of sequences.parquet |
+
+Group attributes: `schema`, `tool_version`, `state` (`building` | `complete` | `frozen`), `recipe` (resolved),
+`recipe_hash`, `counts` (meshes, cameras, views, vertices, faces, sequences, skipped, splits), `joint_sets`
+({name: J}), `heatmap_joint_set`, `chunk_meshes`, `shard_meshes`, `partitions`, `fingerprint` (set by freeze).
+
+Per-mesh arrays are chunked along axis 0 (`chunk_meshes` meshes per chunk, a loader reads whole chunks) and
+sharded (`shard_meshes` per shard file); one build task owns whole shards, so parallel writers never share a
+file. Checksums are BLAKE2b-128 of each chunk's decoded little-endian bytes, so they describe content and not
+the codec. The fingerprint is a SHA-256 over the sorted per-array checksums, the sequences table and the
+recipe hash. A frozen store has consolidated metadata, read-only files, and refuses writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpt_data import __version__, schema
+
+STATE_BUILDING = "building"
+STATE_COMPLETE = "complete"
+STATE_FROZEN = "frozen"
+BUILD_DIR = "_build"
+STATIC_RECORD = "_build/static.json"
+PARTITIONS_DIR = "_build/partitions"
+SEQUENCES_KEY = "sequences.parquet"  # pseudo-array name of the sequences table in checksum maps
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete or inconsistent; the message says what to do."""
+
+
+class FrozenStoreError(StoreError):
+    """A write was attempted on a frozen store."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Sizes that fix every array shape of a store before any data is written."""
+
+    num_meshes: int
+    num_vertices: int
+    num_cameras: int
+    joint_sets: dict[str, int]  # name -> J
+    pose_dim: int
+    num_betas: int
+    heatmap_joints: int
+    chunk_meshes: int
+    shard_meshes: int
+
+    def __post_init__(self) -> None:
+        if self.chunk_meshes <= 0 or self.shard_meshes <= 0 or self.shard_meshes % self.chunk_meshes:
+            raise StoreError(
+                f"shard_meshes ({self.shard_meshes}) must be a positive multiple of chunk_meshes ({self.chunk_meshes})"
+            )
+
+    @property
+    def num_partitions(self) -> int:
+        return -(-self.num_meshes // self.shard_meshes)
+
+    def partition_range(self, i: int) -> tuple[int, int]:
+        """Global mesh range [start, stop) of partition i: exactly one shard of every per-mesh array."""
+        start = i * self.shard_meshes
+        return start, min(start + self.shard_meshes, self.num_meshes)
+
+
+def mesh_array_specs(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-mesh arrays: path -> (shape after axis 0, dtype)."""
+    c, k = layout.num_cameras, layout.heatmap_joints
+    specs: dict[str, tuple[tuple[int, ...], str]] = {
+        schema.VERTICES: ((layout.num_vertices, 3), "int16"),
+        schema.POSE: ((layout.pose_dim,), "float32"),
+        schema.BETAS: ((layout.num_betas,), "float32"),
+        schema.SEQUENCE: ((), "int32"),
+        schema.FRAME: ((), "int32"),
+        schema.SPLIT: ((), "int8"),
+        schema.JOINTS2D: ((c, k, 2), "float32"),
+        schema.VISIBLE: ((c, k), "bool"),
+        schema.CROP: ((c, 3), "float32"),
+    }
+    for name, j in sorted(layout.joint_sets.items()):
+        specs[f"{schema.JOINTS_GROUP}/{name}"] = ((j, 3), "float32")
+    return specs
+
+
+def quantise_vertices(vertices_m: np.ndarray) -> np.ndarray:
+    """(..., 3) float metres -> int16 at `schema.VERTEX_SCALE_M`; raises if a value leaves the int16 range."""
+    q = np.rint(np.asarray(vertices_m, dtype=np.float64) / schema.VERTEX_SCALE_M)
+    lim = np.iinfo(np.int16).max
+    if not np.all(np.abs(q) <= lim):
+        worst = float(np.nanmax(np.abs(vertices_m)))
+        raise StoreError(f"vertex at {worst:.3f} m from the root exceeds the int16 range (±{lim * schema.VERTEX_SCALE_M:.3f} m)")
+    return q.astype(np.int16)
+
+
+def dequantise_vertices(stored: np.ndarray, scale_m: float = schema.VERTEX_SCALE_M) -> np.ndarray:
+    """int16 store values -> float32 metres."""
+    return stored.astype(np.float32) * np.float32(scale_m)
+
+
+def _compressors(dtype: str) -> list:
+    import zarr.codecs as zc
+
+    # Byte shuffle groups the high bytes of neighbouring values, which zstd then packs well.
+    shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    return [zc.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=np.dtype(dtype).itemsize)]
+
+
+def chunk_checksums(data: np.ndarray, chunk: int) -> list[str]:
+    """BLAKE2b-128 hex digest of each `chunk`-long slab of `data` along axis 0 (little-endian C-order bytes)."""
+    a = np.ascontiguousarray(data)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    if a.ndim == 0 or a.shape[0] == 0:
+        return [hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()]
+    out = []
+    for s in range(0, a.shape[0], chunk):
+        out.append(hashlib.blake2b(a[s : s + chunk].tobytes(), digest_size=16).hexdigest())
+    return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_checksum(path: Path) -> str:
+    """BLAKE2b-128 of a file's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_store(path: str | Path, mode: str = "r"):
+    """Open the store's root group. mode 'r' reads; 'r+' writes and refuses a frozen store."""
+    import zarr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path} is not an MPT store (no zarr.json); build one with `mpt-data build`")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+        group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+    if group.attrs.get("schema") != schema.SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema {group.attrs.get('schema')!r}; this tool reads schema {schema.SCHEMA_VERSION}")
+    if mode != "r" and group.attrs.get("state") == STATE_FROZEN:
+        raise FrozenStoreError(f"{path} is frozen (fingerprint {group.attrs.get('fingerprint')}); it refuses writes. Build a new store instead.")
+    return group
+
+
+def create_store(path: str | Path, layout: StoreLayout, attrs: dict[str, Any]) -> None:
+    """Create an empty store (state 'building') with every per-mesh array allocated from `layout`."""
+    import zarr
+
+    path = Path(path)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs.update(
+        {
+            **attrs,
+            "schema": schema.SCHEMA_VERSION,
+            "tool_version": __version__,
+            "state": STATE_BUILDING,
+            "chunk_meshes": layout.chunk_meshes,
+            "shard_meshes": layout.shard_meshes,
+            "partitions": layout.num_partitions,
+            "joint_sets": dict(sorted(layout.joint_sets.items())),
+            "fingerprint": None,
+        }
+    )
+    n = max(layout.num_meshes, 0)
+    for name, (rest, dtype) in mesh_array_specs(layout).items():
+        group.create_array(
+            name,
+            shape=(n, *rest),
+            dtype=dtype,
+            chunks=(layout.chunk_meshes, *rest),
+            shards=(layout.shard_meshes, *rest),
+            compressors=_compressors(dtype),
+            fill_value=0,
+            attributes={"scale_m": schema.VERTEX_SCALE_M} if name == schema.VERTICES else {},
+        )
+
+
+def write_static_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """Write small driver-owned arrays (cameras, topology) whole, one chunk each; returns their checksums."""
+    group = open_store(path, "r+")
+    sums: dict[str, list[str]] = {}
+    for name, value in sorted(arrays.items()):
+        value = np.ascontiguousarray(value)
+        arr = group.create_array(
+            name,
+            shape=value.shape,
+            dtype=value.dtype,
+            chunks=value.shape if value.size else None,
+            compressors=_compressors(str(value.dtype)),
+            fill_value=0,
+            attributes=(attrs or {}).get(name, {}),
+            overwrite=True,
+        )
+        arr[...] = value
+        if value.ndim == 0:
+            raise StoreError(f"{name}: static arrays need at least one axis")
+        sums[name] = chunk_checksums(value, max(value.shape[0], 1))
+    return sums
+
+
+def write_mesh_block(path: str | Path, start: int, arrays: dict[str, np.ndarray], chunk_meshes: int) -> dict[str, list[str]]:
+    """Write per-mesh data for meshes [start, start + n) and return per-chunk checksums of what was written.
+
+    `start` must be shard-aligned and the block must cover whole shards (or run to the array's end): the caller
+    owns those shards alone, and a re-run writes the same bytes.
+    """
+    group = open_store(path, "r+")
+    sums: dict[str, list[str]] = {}
+    for name, value in sorted(arrays.items()):
+        arr = group[name]
+        value = np.ascontiguousarray(value, dtype=arr.dtype)
+        if value.shape[1:] != arr.shape[1:] or start + value.shape[0] > arr.shape[0]:
+            raise StoreError(f"{name}: block {value.shape} at {start} does not fit array {arr.shape}")
+        arr[start : start + value.shape[0]] = value
+        sums[name] = chunk_checksums(value, chunk_meshes)
+    return sums
+
+
+def partition_record_path(path: str | Path, i: int) -> Path:
+    return Path(path) / PARTITIONS_DIR / f"p{i:06d}.json"
+
+
+def read_partition_record(path: str | Path, i: int) -> dict | None:
+    """The completion record of partition i, or None if absent or unreadable (then the partition is redone)."""
+    p = partition_record_path(path, i)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_is_valid(record: dict | None, *, index: int, start: int, stop: int, recipe_hash: str,
+                    arrays: list[str], chunk_meshes: int) -> bool:
+    """True when a completion record matches the planned partition and carries a checksum per chunk of each array."""
+    if not record or record.get("partition") != index or record.get("recipe_hash") != recipe_hash:
+        return False
+    if (record.get("start"), record.get("stop")) != (start, stop):
+        return False
+    sums = record.get("checksums", {})
+    nchunks = -(-(stop - start) // chunk_meshes)
+    return sorted(sums) == sorted(arrays) and all(len(sums[a]) == nchunks for a in arrays)
+
+
+def collect_checksums(path: str | Path) -> dict[str, list[str]]:
+    """Merge the static record and every partition record into {array path: [chunk checksums in order]}."""
+    path = Path(path)
+    group = open_store(path)
+    static = json.loads((path / STATIC_RECORD).read_text())
+    sums: dict[str, list[str]] = {k: list(v) for k, v in static["checksums"].items()}
+    recipe_hash = group.attrs["recipe_hash"]
+    chunk = group.attrs["chunk_meshes"]
+    n = group.attrs["counts"]["meshes"]
+    shard = group.attrs["shard_meshes"]
+    arrays = sorted(_mesh_array_paths(group))
+    missing = []
+    for i in range(group.attrs["partitions"]):
+        start, stop = i * shard, min((i + 1) * shard, n)
+        rec = read_partition_record(path, i)
+        if not record_is_valid(rec, index=i, start=start, stop=stop, recipe_hash=recipe_hash, arrays=arrays, chunk_meshes=chunk):
+            missing.append(i)
+            continue
+        for a in arrays:
+            sums.setdefault(a, []).extend(rec["checksums"][a])
+    if missing:
+        raise StoreError(
+            f"{path}: partitions {missing[:10]}{'...' if len(missing) > 10 else ''} have no valid completion record; "
+            "run `mpt-data build ... --resume` to finish them"
+        )
+    for a in arrays:
+        sums.setdefault(a, [])
+    return sums
+
+
+def _mesh_array_paths(group) -> list[str]:
+    names = [schema.VERTICES, schema.POSE, schema.BETAS, schema.SEQUENCE, schema.FRAME, schema.SPLIT,
+             schema.JOINTS2D, schema.VISIBLE, schema.CROP]
+    names += [f"{schema.JOINTS_GROUP}/{s}" for s in group.attrs["joint_sets"]]
+    return names
+
+
+def compute_fingerprint(checksums: dict[str, list[str]], shapes: dict[str, tuple[tuple[int, ...], str]], recipe_hash: str) -> str:
+    """SHA-256 over sorted lines 'path dtype shape array-checksum' and the recipe hash."""
+    h = hashlib.sha256()
+    h.update(f"mpt-store schema {schema.SCHEMA_VERSION}\nrecipe {recipe_hash}\n".encode())
+    for name in sorted(checksums):
+        array_sum = hashlib.sha256("".join(checksums[name]).encode()).hexdigest()
+        shape, dtype = shapes.get(name, ((), "file"))
+        h.update(f"{name} {dtype} {list(shape)} {array_sum}\n".encode())
+    return h.hexdigest()
+
+
+def _array_shapes(group, names) -> dict[str, tuple[tuple[int, ...], str]]:
+    out = {}
+    for name in names:
+        if name == SEQUENCES_KEY:
+            continue
+        arr = group[name]
+        out[name] = (tuple(arr.shape), str(arr.dtype))
+    return out
+
+
+def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str | None = None) -> str:
+    """Check every completion record, write the fingerprint, consolidate metadata, make files read-only.
+
+    Returns the fingerprint. A store already frozen is left as it is (its fingerprint is returned).
+    With `manifest`, adds or replaces this store's entry in the manifest's `stores:` list.
+    """
+    import zarr
+
+    path = Path(path)
+    group = open_store(path)
+    state = group.attrs.get("state")
+    if state == STATE_FROZEN:
+        fp = group.attrs["fingerprint"]
+    else:
+        if state != STATE_COMPLETE:
+            raise StoreError(f"{path} is in state {state!r}, not 'complete': finish it with `mpt-data build ... --resume`")
+        sums = collect_checksums(path)
+        fp = compute_fingerprint(sums, _array_shapes(group, sums), group.attrs["recipe_hash"])
+        for stale in path.rglob("*.partial"):  # leftovers of writers killed mid-write
+            stale.unlink()
+        group = open_store(path, "r+")
+        group.attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+            zarr.consolidate_metadata(str(path))
+        for p in path.rglob("*"):
+            if p.is_file():
+                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    if manifest is not None:
+        group = open_store(path)
+        entry = {
+            "name": name or path.name,
+            "path": str(path),
+            "fingerprint": fp,
+            "counts": {k: v for k, v in group.attrs["counts"].items()},
+            "recipe": group.attrs["recipe"].get("name"),
+        }
+        update_manifest(Path(manifest), entry)
+    return fp
+
+
+def update_manifest(manifest: Path, entry: dict) -> None:
+    """Replace the `stores:` list at the end of a manifest, keeping everything above it byte for byte."""
+    import yaml
+
+    text = manifest.read_text() if manifest.exists() else ""
+    lines = text.splitlines(keepends=True)
+    cut = next((i for i, line in enumerate(lines) if line.rstrip() == "stores:" or line.startswith("stores:")), None)
+    head = "".join(lines[:cut]) if cut is not None else text
+    stores = []
+    if cut is not None:
+        parsed = yaml.safe_load("".join(lines[cut:])) or {}
+        stores = [s for s in (parsed.get("stores") or []) if s.get("path") != entry["path"] and s.get("name") != entry["name"]]
+    stores.append(entry)
+    if head and not head.endswith("\n"):
+        head += "\n"
+    body = yaml.safe_dump({"stores": stores}, sort_keys=False, default_flow_style=False)
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    tmp.write_text(head + body)
+    os.replace(tmp, manifest)
+
+
+@dataclass
+class VerifyReport:
+    """Result of `verify_store`: every differing array chunk, and the fingerprints compared."""
+
+    path: str
+    stored_fingerprint: str | None
+    computed_fingerprint: str | None
+    mismatches: list[str] = field(default_factory=list)
+    chunks_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and self.stored_fingerprint == self.computed_fingerprint
+
+
+def verify_store(path: str | Path) -> VerifyReport:
+    """Re-read every chunk, compare with the checksums recorded at build time, and recompute the fingerprint."""
+    path = Path(path)
+    group = open_store(path)
+    expected = collect_checksums(path)
+    chunk = group.attrs["chunk_meshes"]
+    report = VerifyReport(str(path), group.attrs.get("fingerprint"), None)
+    actual: dict[str, list[str]] = {}
+    for name in sorted(expected):
+        if name == SEQUENCES_KEY:
+            got = [file_checksum(path / schema.SEQUENCES_TABLE)] if (path / schema.SEQUENCES_TABLE).exists() else ["missing"]
+            if got != expected[name]:
+                report.mismatches.append(f"{schema.SEQUENCES_TABLE}: content differs from the build record")
+            actual[name] = got
+            continue
+        try:
+            arr = group[name]
+        except KeyError:
+            report.mismatches.append(f"{name}: array missing")
+            actual[name] = []
+            continue
+        step = chunk if name in _mesh_array_paths(group) else max(arr.shape[0], 1)
+        sums = []
+        for ci, s in enumerate(range(0, max(arr.shape[0], 1), step)):
+            try:
+                got = chunk_checksums(np.asarray(arr[s : s + step]), step)[0]
+            except Exception as err:  # a corrupt shard fails to decode: report it as this chunk's fault
+                got = f"unreadable ({type(err).__name__}: {err})"
+            sums.append(got)
+            report.chunks_checked += 1
+            want = expected[name][ci] if ci < len(expected[name]) else None
+            if got != want:
+                what = f"meshes {s}..{min(s + step, arr.shape[0]) - 1}" if step == chunk else "whole array"
+                report.mismatches.append(f"{name}: chunk {ci} ({what}) differs" + (f": {got}" if got.startswith("unreadable") else ""))
+        if len(expected[name]) != len(sums):
+            report.mismatches.append(f"{name}: {len(sums)} chunks on disk, {len(expected[name])} recorded")
+        actual[name] = sums
+    report.computed_fingerprint = compute_fingerprint(actual, _array_shapes(group, actual), group.attrs["recipe_hash"])
+    return report
+
+
+def _dir_size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Counts, sizes on disk per array, recipe, split sizes, state and fingerprint of a store."""
+    path = Path(path)
+    group = open_store(path)
+    attrs = dict(group.attrs)
+    sizes = {}
+    for name in _mesh_array_paths(group) + ["cameras", "topology", schema.SEQUENCES_TABLE]:
+        p = path / name
+        if p.exists():
+            sizes[name] = _dir_size(p)
+    counts = attrs.get("counts", {})
+    n = max(counts.get("meshes", 0), 1)
+    v = counts.get("vertices", 0)
+    raw = n * (v * 3 * 4)
+    return {
+        "path": str(path),
+        "state": attrs.get("state"),
+        "fingerprint": attrs.get("fingerprint"),
+        "schema": attrs.get("schema"),
+        "tool_version": attrs.get("tool_version"),
+        "counts": counts,
+        "joint_sets": attrs.get("joint_sets"),
+        "sizes_bytes": sizes,
+        "total_bytes": _dir_size(path),
+        "vertex_bytes_per_mesh": sizes.get(schema.VERTICES, 0) / n,
+        "vertex_raw_float32_bytes_per_mesh": raw / n,
+        "recipe": attrs.get("recipe"),
+        "chunk_meshes": attrs.get("chunk_meshes"),
+        "shard_meshes": attrs.get("shard_meshes"),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable summary of `store_info`."""
+    c = info["counts"]
+    lines = [
+        f"store        {info['path']}",
+        f"state        {info['state']}   schema {info['schema']}   tool {info['tool_version']}",
+        f"fingerprint  {info['fingerprint'] or '(not frozen)'}",
+        f"meshes       {c.get('meshes')}   cameras {c.get('cameras')}   views {c.get('views')}   "
+        f"vertices {c.get('vertices')}   faces {c.get('faces')}",
+        f"sequences    {c.get('sequences')} used, {c.get('skipped')} skipped",
+        "splits       " + "   ".join(f"{k} {v}" for k, v in (c.get("splits") or {}).items()),
+        "joint sets   " + "   ".join(f"{k} ({v})" for k, v in (info["joint_sets"] or {}).items()),
+        f"layout       {info['chunk_meshes']} meshes/chunk, {info['shard_meshes']} meshes/shard",
+        f"on disk      {info['total_bytes'] / 1e6:.2f} MB; vertices {info['vertex_bytes_per_mesh']:.0f} B/mesh "
+        f"vs {info['vertex_raw_float32_bytes_per_mesh']:.0f} B raw float32",
+    ]
+    for name, size in sorted(info["sizes_bytes"].items()):
+        lines.append(f"  {name:<28} {size / 1e6:10.3f} MB")
+    recipe = info.get("recipe") or {}
+    lines.append("recipe       " + json.dumps(recipe, sort_keys=True))
+    return "\n".join(lines)
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store that is not frozen (used by `build --overwrite`)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if (path / "zarr.json").exists():
+        try:
+            open_store(path, "r+")
+        except FrozenStoreError:
+            raise
+        except StoreError:
+            pass
+    elif any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not an MPT store; refusing to delete it")
+    shutil.rmtree(path)

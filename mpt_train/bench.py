@@ -1,0 +1,134 @@
+"""Benchmarks of the trainer's data path (figures are printed, never asserted).
+
+`bench_inputs`: on-device input synthesis (heatmap render + MHM + noise + jitter + patches +
+camera-frame rotation) in samples/s and achieved GB/s of heatmap output written.
+`bench_loader`: the streaming loader's samples/s, total and per worker, from a store.
+The `mpt-train bench` command adds the model step and prints all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from mpt_train.data import LoaderConfig, PairLoader
+from mpt_train.inputs import InputConfig, prepare_batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_loader_batch(
+    batch_size: int, num_joints: int = 17, num_vertices: int = 6890, device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A loader-shaped batch with plausible values (joints inside the crop, rotations), on `device`."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(batch_size, 3, 3, generator=g))
+    batch = {
+        "joints2d": 16 + 192 * torch.rand(batch_size, num_joints, 2, generator=g),
+        "visible": torch.rand(batch_size, num_joints, generator=g) > 0.1,
+        "joints3d": torch.randn(batch_size, num_joints, 3, generator=g) * 0.5,
+        "vertices": torch.randn(batch_size, num_vertices, 3, generator=g) * 0.5,
+        "camera_R": q,
+        "key": torch.randint(0, 2**62, (batch_size,), generator=g),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def bench_inputs(
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    cfg: InputConfig | None = None,
+    iters: int = 20,
+    warmup: int = 3,
+    num_vertices: int = 6890,
+) -> dict[str, Any]:
+    """Time `prepare_batch` on a batch already on the device.
+
+    Returns samples_per_s, ms_per_batch, and gb_per_s = bytes of the K x size x size heatmap
+    output (in `dtype`) written per second. Defaults: CUDA with bf16 when present, else CPU float32.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    cfg = cfg or InputConfig()
+    batch = synthetic_loader_batch(batch_size, num_vertices=num_vertices, device=dev)
+    for _ in range(warmup):
+        prepare_batch(batch, cfg, dev, dt)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = prepare_batch(batch, cfg, dev, dt)
+    _sync(dev)
+    sec = (time.perf_counter() - t0) / iters
+    k = batch["joints2d"].shape[1]
+    out_bytes = batch_size * k * cfg.size * cfg.size * torch.finfo(dt).bits // 8 if cfg.use_heatmaps else 0
+    assert out.tokens.shape[0] == batch_size
+    return {
+        "what": "render+MHM (prepare_batch)",
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "batch_size": batch_size,
+        "ms_per_batch": 1e3 * sec,
+        "samples_per_s": batch_size / sec,
+        "gb_per_s": out_bytes / sec / 1e9,
+    }
+
+
+def bench_loader(
+    shards: str,
+    num_workers: int = 1,
+    batch_size: int = 256,
+    batches: int = 40,
+    split: str = "train",
+    allow_unfrozen: bool = False,
+    **loader_overrides: Any,
+) -> dict[str, Any]:
+    """Stream `batches` batches (after one warm-up batch that includes worker start-up) from a store.
+
+    Returns samples_per_s and samples_per_s_per_worker (main process counted as one worker
+    when num_workers = 0), with the store's description.
+    """
+    cfg = LoaderConfig(shards=str(shards), split=split, batch_size=batch_size, num_workers=num_workers,
+                       allow_unfrozen=allow_unfrozen, drop_last=False, pin_memory=False)
+    cfg = replace(cfg, **loader_overrides)
+    loader = PairLoader(cfg)
+    available = loader.num_batches(0)
+    if available < 2:
+        raise ValueError(f"{shards}: {available} batches of {batch_size} in split {split!r}; need at least 2")
+    n = min(batches, available - 1)
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    samples = 0
+    for _ in range(n):
+        samples += len(next(it)["key"])
+    sec = time.perf_counter() - t0
+    del it
+    rate = samples / sec
+    return {
+        "what": "loader",
+        "store": loader.reader.describe(),
+        "num_workers": num_workers,
+        "batch_size": batch_size,
+        "batches": n,
+        "samples_per_s": rate,
+        "samples_per_s_per_worker": rate / max(1, num_workers),
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """One printable line per benchmark result."""
+    if result["what"] == "loader":
+        return (f"loader: {result['samples_per_s']:,.0f} samples/s with {result['num_workers']} worker(s) = "
+                f"{result['samples_per_s_per_worker']:,.0f} per worker (batch {result['batch_size']}, "
+                f"{result['batches']} batches) [{result['store']}]")
+    return (f"{result['what']} on {result['device']} {result['dtype']}: {result['samples_per_s']:,.0f} samples/s, "
+            f"{result['ms_per_batch']:.2f} ms per batch of {result['batch_size']}, "
+            f"{result['gb_per_s']:.2f} GB/s heatmaps written")

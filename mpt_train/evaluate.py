@@ -1,0 +1,174 @@
+"""Evaluation: MPJPE, PA-MPJPE, MPVE (mm) of a model over a split, and the mean-pose baseline.
+
+The loop is generic: batches from any loader, a `prepare(batch) -> (inputs, targets)`
+function (pre-training: heatmap synthesis with or without MHM-style missing joints;
+fine-tuning: images), and a model returning the prediction dict of `MeshRegressor`.
+Metric definitions and alignment rules: `mpt_train.metrics`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+
+from .metrics import MetricAccumulator, evaluate_batch
+
+Prepare = Callable[[dict], tuple[torch.Tensor, dict]]
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA; nothing on CPU (fp32) or for precision "fp32"."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def extra_regressors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Evaluation joint sets the model carries regressors for (e.g. H36M-17)."""
+    cfg = model.cfg
+    return {s: model.extra_regressor(s) for s in cfg.eval_joint_sets if model.extra_regressor(s).numel()}
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, batches: Iterable[dict], prepare: Prepare, *,
+                   device: torch.device, precision: str = "fp32", max_batches: int = 0,
+                   prefix: str = "") -> dict[str, float]:
+    """Mean errors in mm over ``batches`` (all of them, or the first ``max_batches``).
+
+    Under torch.distributed, sums and counts are all-reduced so every rank returns the same
+    figures over the union of the ranks' batches. Keys: mpjpe, pa_mpjpe, mpve, and
+    <set>_mpjpe / <set>_pa_mpjpe for each extra regressor set, each with ``prefix``; plus
+    ``{prefix}samples``.
+    """
+    inner = model.module if hasattr(model, "module") else model
+    was_training = inner.training
+    inner.eval()
+    acc = MetricAccumulator()
+    extra = extra_regressors(inner)
+    n = 0
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            inputs, targets = prepare(batch)
+            with autocast_context(device, precision):
+                pred = inner(inputs)
+            evaluate_batch(acc, pred, targets, inner.cfg.joint_set, extra, prefix=prefix)
+            n += int(targets["vertices"].shape[0])
+    finally:
+        inner.train(was_training)
+    names, t = acc.merge_counts()
+    if dist.is_available() and dist.is_initialized():
+        # every rank must hold the same metric names: gather them first
+        all_names: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(all_names, (names, n))
+        union = sorted({x for ns, _ in all_names for x in ns})
+        full = torch.zeros(2, len(union), dtype=torch.float64)
+        for j, name in enumerate(names):
+            full[:, union.index(name)] = t[:, j]
+        dist.all_reduce(full)
+        acc.load_counts(union, full)
+        n = sum(c for _, c in all_names)
+    out = acc.result()
+    out[f"{prefix}samples"] = float(n)
+    return out
+
+
+class MeanPoseModel(torch.nn.Module):
+    """Baseline: predicts the same mean joints and mesh (camera frame) for every input."""
+
+    def __init__(self, reference: torch.nn.Module, joints: torch.Tensor, vertices: torch.Tensor):
+        super().__init__()
+        self.cfg = reference.cfg
+        self.reference = reference  # for its regressors
+        self.register_buffer("mean_joints", joints.float())
+        self.register_buffer("mean_vertices", vertices.float())
+
+    def extra_regressor(self, joint_set: str) -> torch.Tensor:
+        return self.reference.extra_regressor(joint_set)
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, Any]:
+        b = inputs.shape[0]
+        v = self.mean_vertices.expand(b, -1, -1)
+        return {"joints": self.mean_joints.expand(b, -1, -1), "vertices": v, "levels": [v],
+                "camera": v.new_zeros(b, 3)}
+
+
+@torch.no_grad()
+def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (J, 3) joints and (V, 3) vertices over prepared targets (e.g. the train split)."""
+    sj = sv = None
+    n = 0
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        _, t = prepare(batch)
+        j, v = t["joints3d"].double().sum(0), t["vertices"].double().sum(0)
+        sj = j if sj is None else sj + j
+        sv = v if sv is None else sv + v
+        n += t["joints3d"].shape[0]
+    if n == 0:
+        raise ValueError("mean pose: no training samples")
+    return (sj / n).float(), (sv / n).float()
+
+
+def load_checkpoint_model(checkpoint: str, device: torch.device, shards_fingerprint: str | None = None,
+                          force: bool = False):
+    """(model, resolved run config) from a checkpoint folder, run folder or RUN/latest."""
+    import json
+
+    from . import checkpoint as ckpt
+    from .model import model_from_state
+
+    state, _ = ckpt.load(checkpoint, map_location="cpu", expected_fingerprint=shards_fingerprint, force=force)
+    model = model_from_state(state["model"]).to(device)
+    return model, json.loads(state["config"])
+
+
+def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, batch_size: int = 64,
+                        mask_ratio: float = 0.3, max_batches: int = 0, baseline: bool = True,
+                        baseline_batches: int = 50, num_workers: int = 0, device: str = "auto",
+                        allow_unfrozen: bool = False, force: bool = False) -> dict[str, dict[str, float]]:
+    """Score a pre-trained checkpoint on a store split.
+
+    Returns {"clean": metrics, "missing_joints": metrics with MHM-style removed joints
+    (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose": the baseline that
+    predicts the train split's mean camera-frame joints and mesh}. Metrics in mm.
+    """
+    import dataclasses
+
+    from .data import LoaderConfig, PairLoader
+    from .inputs import InputConfig, prepare_batch
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
+                                    shuffle=False, drop_last=False))
+    model, run_cfg = load_checkpoint_model(checkpoint, dev, probe.fingerprint, force)
+    inputs_cfg = InputConfig(**run_cfg["inputs"])
+    loader_cfg = LoaderConfig(shards=shards, split=split, batch_size=batch_size, num_workers=num_workers,
+                              joint_set=model.cfg.joint_set, allow_unfrozen=allow_unfrozen).for_eval(split)
+    if PairLoader(loader_cfg).dataset.num_pairs == 0:
+        raise ValueError(f"{shards}: split {split!r} has no samples")
+
+    def prep(icfg):
+        def f(batch):
+            mi = prepare_batch(batch, icfg, dev)
+            return mi.tokens, {"joints3d": mi.joints3d, "vertices": mi.vertices, "joints2d": mi.joints2d,
+                               "visible": mi.visible}
+        return f
+
+    clean = prep(inputs_cfg.without_augmentation())
+    out = {"clean": evaluate_model(model, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)}
+    masked_cfg = dataclasses.replace(inputs_cfg.without_augmentation(mask_ratio), use_mhm=True)
+    out["missing_joints"] = evaluate_model(model, PairLoader(loader_cfg), prep(masked_cfg), device=dev,
+                                           max_batches=max_batches)
+    if baseline:
+        train_cfg = dataclasses.replace(loader_cfg, split="train")
+        mj, mv = mean_pose(PairLoader(train_cfg), clean, max_batches=baseline_batches)
+        base = MeanPoseModel(model, mj.to(dev), mv.to(dev))
+        out["mean_pose"] = evaluate_model(base, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)
+    return out

@@ -1,0 +1,309 @@
+"""Stream the Parquet image shards of `mpt-data images` as a weighted mixture of datasets.
+
+Mixture file (YAML), paths relative to the file:
+
+    seed: 0                      # optional
+    vertex_flip: mirror.npy      # optional (V,) mirror-vertex map of the mesh, for flips
+    datasets:
+      - name: h36m
+        shards: shards/h36m      # a folder written by `mpt-data images` (has summary.json)
+        weight: 0.6
+      - name: coco
+        shards: shards/coco
+        weight: 0.4
+
+Order and disjointness: the unit of reading is one Parquet row group (a few dozen persons).
+Each dataset's row groups form a sequence Q = P_0 ++ P_1 ++ ... of seeded permutations
+(one per pass over the dataset); consumer slot s of S (S = ranks × DataLoader workers) reads
+Q[s], Q[s + S], Q[s + 2S], ..., so within every pass each row group goes to exactly one slot.
+Rows inside a row group are shuffled with a seed of their own. Which dataset the k-th sample
+of a slot comes from is a weighted draw seeded by (seed, slot, k // 4096), and the sample's
+augmentation by (seed, slot, k): everything is a function of (seed, slot, k), so
+``state_dict`` is the number of samples each slot has produced and resuming replays only the
+(cheap) dataset draws, never the images.
+
+Samples are dicts of tensors in the targets layout of ``mpt_train.losses``: image (3, 224,
+224) float RGB in [0, 1]; joints2d (17, 2) crop pixels; visible (17,); joints3d (17, 3) metres,
+camera frame, pelvis at the origin; joints3d_conf (17,); has_joints3d (); vertices (V, 3);
+has_vertices (); pose (72,), betas (10,), has_smpl (); dataset index (). Samples without a
+mesh carry zeros of the configured vertex count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpt_data.conventions import SPIN_JOINTS
+
+from .augment import AugmentConfig, augment_sample, sample_params
+
+LOADER_STATE_VERSION = 1
+CHOICE_BLOCK = 4096
+SPIN_PELVIS = SPIN_JOINTS.index("pelvis")
+NUM_COCO = 17
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    name: str
+    shards: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ImageStreamConfig:
+    """The image stream: datasets with weights, seed, augmentation, mesh size."""
+
+    datasets: tuple[MixtureEntry, ...]
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_vertices: int = 0  # V of the model's mesh: zeros of this size where a sample has none
+    context: float | None = None  # read from the shards' summary when None
+    vertex_flip: str | None = None  # .npy (V,) mirror-vertex map; without it flips drop the mesh label
+
+
+def read_mixture(path: str | Path, **overrides) -> ImageStreamConfig:
+    """Parse a mixture YAML into a config; clear errors for missing folders or bad weights."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mixture file {path} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    entries = doc.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: 'datasets' must be a non-empty list of {{name, shards, weight}}")
+    out = []
+    for e in entries:
+        missing = {"name", "shards"} - set(e)
+        if missing:
+            raise ValueError(f"{path}: dataset entry {e} lacks {sorted(missing)}")
+        folder = Path(e["shards"])
+        folder = folder if folder.is_absolute() else path.parent / folder
+        weight = float(e.get("weight", 1.0))
+        if not weight > 0:
+            raise ValueError(f"{path}: dataset {e['name']} has weight {weight}; weights must be > 0")
+        out.append(MixtureEntry(str(e["name"]), str(folder), weight))
+    flip = doc.get("vertex_flip")
+    if flip is not None:
+        flip = Path(flip) if Path(flip).is_absolute() else path.parent / flip
+        if not flip.is_file():
+            raise FileNotFoundError(f"{path}: vertex_flip file {flip} does not exist")
+        flip = str(flip)
+    kw = {"seed": int(doc.get("seed", 0)), "vertex_flip": flip} | overrides
+    return ImageStreamConfig(datasets=tuple(out), **kw)
+
+
+@dataclass
+class _Dataset:
+    name: str
+    context: float
+    units: list[tuple[str, int, int]]  # (file, row group, rows)
+
+
+def open_dataset(folder: str | Path, name: str) -> _Dataset:
+    """Index a shard folder: its row groups and stored-crop context. Refuses an unfinished one."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"{folder}: no summary.json, not a finished `mpt-data images` output")
+    info = json.loads(summary.read_text())
+    units = []
+    for shard in info["shards"]:
+        md = pq.ParquetFile(folder / shard).metadata
+        units += [(str(folder / shard), g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+    if not units:
+        raise ValueError(f"{folder}: dataset {name} has no samples")
+    return _Dataset(name, float(info["config"]["context"]), units)
+
+
+def decode_jpeg(blob: bytes) -> np.ndarray:
+    """JPEG bytes → (H, W, 3) uint8 RGB."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("undecodable JPEG in an image shard")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class ImageStream(torch.utils.data.IterableDataset):
+    """Endless weighted mixture of image datasets, disjoint per rank and worker, resumable."""
+
+    def __init__(self, cfg: ImageStreamConfig, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.datasets = [open_dataset(e.shards, e.name) for e in cfg.datasets]
+        w = np.asarray([e.weight for e in cfg.datasets], np.float64)
+        self.weights = w / w.sum()
+        self.produced: dict[int, int] = {}  # slot -> samples produced (main-process bookkeeping)
+        self.vertex_flip: np.ndarray | None = None
+
+    # -- order -------------------------------------------------------------------------
+    def _choices(self, slot: int, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.seed, slot, block, 0xC0])
+        return rng.choice(len(self.datasets), size=CHOICE_BLOCK, p=self.weights)
+
+    def _unit(self, d: int, slot: int, slots: int, t: int) -> int:
+        """Index of the t-th row group dataset ``d`` gives to ``slot``."""
+        n = len(self.datasets[d].units)
+        q = slot + t * slots
+        perm = np.random.default_rng([self.cfg.seed, d, q // n, 0xA1]).permutation(n)
+        return int(perm[q % n])
+
+    def _rows(self, d: int, unit: int, q: int) -> np.ndarray:
+        rows = self.datasets[d].units[unit][2]
+        return np.random.default_rng([self.cfg.seed, d, unit, q, 0xB2]).permutation(rows)
+
+    def _positions(self, slot: int, k: int) -> list[int]:
+        """Samples each dataset has given ``slot`` before its k-th sample."""
+        counts = np.zeros(len(self.datasets), np.int64)
+        full, rest = divmod(k, CHOICE_BLOCK)
+        for b in range(full):
+            counts += np.bincount(self._choices(slot, b), minlength=len(self.datasets))
+        if rest:
+            counts += np.bincount(self._choices(slot, full)[:rest], minlength=len(self.datasets))
+        return counts.tolist()
+
+    # -- iteration -----------------------------------------------------------------------
+    def _slot(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + wid, self.world_size * workers
+
+    def samples(self, slot: int, slots: int, start: int = 0):
+        """Yield the slot's samples from its ``start``-th on (numpy dicts before tensor conversion)."""
+        import pyarrow.parquet as pq
+
+        pos = self._positions(slot, start)
+        cursors: list[tuple[int, int, list[dict]] | None] = [None] * len(self.datasets)  # (t, row, rows)
+        for d in range(len(self.datasets)):
+            cursors[d] = self._seek(d, slot, slots, pos[d])
+        k = start
+        while True:
+            d = int(self._choices(slot, k // CHOICE_BLOCK)[k % CHOICE_BLOCK])
+            t, r, rows = cursors[d]
+            if rows is None:
+                rows = self._load_unit(d, slot, slots, t, pq)
+            sample = self._prepare(rows[r], d, np.random.default_rng([self.cfg.seed, slot, k, 0xE3]))
+            r += 1
+            if r == len(rows):
+                t, r, rows = t + 1, 0, None
+            cursors[d] = (t, r, rows)
+            k += 1
+            yield sample
+
+    def _seek(self, d: int, slot: int, slots: int, consumed: int) -> tuple[int, int, list[dict] | None]:
+        """Cursor (row group ordinal, row, loaded rows) after ``consumed`` samples of dataset d."""
+        import pyarrow.parquet as pq
+
+        t = 0
+        while True:
+            rows = self.datasets[d].units[self._unit(d, slot, slots, t)][2]
+            if consumed < rows:
+                return (t, 0, None) if consumed == 0 else (t, consumed, self._load_unit(d, slot, slots, t, pq))
+            consumed -= rows
+            t += 1
+
+    def _load_unit(self, d: int, slot: int, slots: int, t: int, pq) -> list[dict]:
+        unit = self._unit(d, slot, slots, t)
+        path, group, _ = self.datasets[d].units[unit]
+        table = pq.ParquetFile(path).read_row_group(group)
+        rows = table.to_pylist()
+        order = self._rows(d, unit, slot + t * slots)
+        return [rows[i] for i in order]
+
+    def _prepare(self, row: dict, d: int, rng: np.random.Generator) -> dict:
+        cfg = self.cfg
+        j2 = np.asarray(row["joints2d"], np.float32).reshape(NUM_COCO, 3)
+        s = np.asarray(row["S"], np.float32).reshape(len(SPIN_JOINTS), 4)
+        j3 = np.asarray(row["joints3d"], np.float32).reshape(NUM_COCO, 4)
+        pelvis_ok = bool(row["has_joints3d"]) and s[SPIN_PELVIS, 3] > 0
+        root = s[SPIN_PELVIS, :3] if pelvis_ok else np.zeros(3, np.float32)
+        conf3 = (j3[:, 3] > 0) & pelvis_ok
+        verts = np.asarray(row["vertices"], np.float32).reshape(-1, 3)
+        has_v = bool(row["has_vertices"]) and pelvis_ok and len(verts) == cfg.num_vertices
+        sample = {
+            "image": decode_jpeg(row["jpeg"]), "joints2d": j2,
+            "joints3d": j3[:, :3] - root, "joints3d_conf": conf3,
+            "vertices": verts - root if has_v else np.zeros((cfg.num_vertices, 3), np.float32),
+            "has_vertices": has_v, "pose": np.asarray(row["pose"], np.float32),
+        }
+        context = cfg.context or self.datasets[d].context
+        p = sample_params(cfg.augment, rng)
+        out = augment_sample(sample, context, p, cfg.augment.out_size, self.vertex_flip)
+        return {
+            "image": torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255.0),
+            "joints2d": torch.from_numpy(out["joints2d"]), "visible": torch.from_numpy(out["visible"]),
+            "joints3d": torch.from_numpy(out["joints3d"]), "joints3d_conf": torch.from_numpy(out["joints3d_conf"]),
+            "has_joints3d": torch.tensor(bool(out["joints3d_conf"].all())),
+            "vertices": torch.from_numpy(np.ascontiguousarray(out["vertices"], np.float32)),
+            "has_vertices": torch.tensor(bool(out["has_vertices"])),
+            "pose": torch.from_numpy(out["pose"]), "betas": torch.tensor(row["betas"], dtype=torch.float32),
+            "has_smpl": torch.tensor(bool(row["has_smpl"])), "dataset": torch.tensor(d),
+        }
+
+    def __iter__(self):
+        slot, slots = self._slot()
+        return iter(self.samples(slot, slots, self.produced.get(slot, 0)))
+
+    # -- resume ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": LOADER_STATE_VERSION, "seed": self.cfg.seed, "produced": dict(self.produced),
+                "datasets": [e.name for e in self.cfg.datasets]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != LOADER_STATE_VERSION:
+            raise ValueError(f"image loader state version {state.get('version')} != {LOADER_STATE_VERSION}")
+        if state["datasets"] != [e.name for e in self.cfg.datasets] or state["seed"] != self.cfg.seed:
+            raise ValueError("image loader state is from another mixture or seed")
+        self.produced = {int(k): int(v) for k, v in state["produced"].items()}
+
+
+class ImageBatches:
+    """Batches of an ImageStream in one process, with exact resume (the trainer's data iterator).
+
+    With ``num_workers`` DataLoader workers the batches arrive round-robin from the workers,
+    each worker a slot of its own; the state is the number of batches handed out.
+    """
+
+    def __init__(self, stream: ImageStream, batch_size: int, num_workers: int = 0, pin_memory: bool = False):
+        self.stream, self.batch_size, self.num_workers = stream, batch_size, num_workers
+        self.pin_memory = pin_memory
+        self.batches = 0
+
+    def _set_produced(self) -> None:
+        w = max(self.num_workers, 1)
+        produced = {}
+        for wid in range(w):
+            n_w = self.batches // w + (1 if wid < self.batches % w else 0)
+            produced[self.stream.rank * w + wid] = n_w * self.batch_size
+        self.stream.produced = produced
+
+    def __iter__(self):
+        self._set_produced()
+        loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                                             pin_memory=self.pin_memory, persistent_workers=False)
+        for batch in loader:
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"version": LOADER_STATE_VERSION, "batches": self.batches, "batch_size": self.batch_size,
+                "num_workers": self.num_workers, "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != LOADER_STATE_VERSION:
+            raise ValueError(f"image batches state version {state.get('version')} != {LOADER_STATE_VERSION}")
+        if (state["batch_size"], state["num_workers"]) != (self.batch_size, self.num_workers):
+            raise ValueError("resume needs the same batch size and number of workers")
+        self.stream.load_state_dict(state["stream"])
+        self.batches = int(state["batches"])

@@ -1,0 +1,291 @@
+"""On-device input synthesis: camera-frame targets, Gaussian heatmaps, Masked Heatmap Modeling, patches.
+
+Everything here is a pure, batched torch function that runs on the training device
+(CUDA or CPU, same code). Pixel convention (`mpt_data.schema.PIXEL_CENTRE`): continuous
+coordinates, crop pixel (column i, row j) covers [i, i+1) x [j, j+1) with its centre at
+(i + 0.5, j + 0.5); the crop spans x, y in [0, size].
+
+Randomness (which joints are masked, jitter) is a hash of each sample's integer key and
+the joint index, so a sample is augmented the same way whatever batch or device it is in;
+heatmap noise comes from a generator seeded by a hash of the batch's keys (one kernel
+instead of a hash per pixel), so a resumed run, which sees the same batches, sees the
+same noise on the same device type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from mpt_data import schema
+
+# Streams of the per-sample hash, so masking and jitter draw independent numbers.
+_STREAM_MASK = 1
+_STREAM_JITTER_U = 2
+_STREAM_JITTER_V = 3
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Heatmap synthesis and augmentation.
+
+    sigma: Gaussian width in pixels, S(p) = exp(-|p - x|^2 / sigma^2) (the paper's eq. 1).
+    mask_ratio: probability that each joint is removed (Masked Heatmap Modeling).
+    noise_std: std of Gaussian noise added to the heatmaps of joints present (removed and
+    invisible joints stay exactly zero). jitter_px: std of the 2D coordinate jitter, pixels.
+    use_heatmaps: False feeds (K, 3) normalised coordinates + presence instead (Table 3a).
+    use_mhm: False turns masking, noise and jitter off (Table 3c).
+    patch: patch side in pixels; size: heatmap side in pixels.
+    """
+
+    sigma: float = 3.0
+    mask_ratio: float = 0.3
+    noise_std: float = 0.02
+    jitter_px: float = 2.0
+    use_heatmaps: bool = True
+    use_mhm: bool = True
+    patch: int = 8
+    size: int = 224
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
+        if self.sigma <= 0 or self.noise_std < 0 or self.jitter_px < 0:
+            raise ValueError(f"sigma > 0, noise_std >= 0, jitter_px >= 0 required; got {self}")
+        if self.size % self.patch:
+            raise ValueError(f"size {self.size} is not a multiple of patch {self.patch}")
+
+    def without_augmentation(self, mask_ratio: float = 0.0) -> "InputConfig":
+        """Evaluation inputs: no noise or jitter; `mask_ratio` > 0 removes joints MHM-style."""
+        return replace(self, noise_std=0.0, jitter_px=0.0, mask_ratio=mask_ratio, use_mhm=mask_ratio > 0)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.size // self.patch) ** 2
+
+    def token_dim(self, num_joints: int) -> int:
+        """Values per input token: patch * patch * K heatmaps, or 3 per joint for coordinates."""
+        return self.patch * self.patch * num_joints if self.use_heatmaps else 3
+
+
+# ----------------------------------------------------------------------------------------
+# Hash-based randomness (int64 tensors holding 32-bit values; no overflow anywhere).
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for x in [0, 2^32), split in 16-bit halves so int64 never overflows."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser with good avalanche (xor-shift-multiply)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def key_uniform(keys: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """(B,) int64 keys -> (B, n) float32 uniforms in [0, 1), a pure function of (key, stream, column)."""
+    k = keys.to(torch.int64)
+    h = _mix32((k & _M32) ^ _mix32(((k >> 32) & _M32) ^ ((stream * 0x9E3779B1) & _M32)))
+    j = torch.arange(n, device=keys.device, dtype=torch.int64)
+    h = _mix32(h[:, None] ^ _mix32((j * 0x85EBCA6B + 0x27D4EB2F) & _M32)[None, :])
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def key_normal(keys: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """(B,) int64 keys -> (B, n) float32 standard normals (Box-Muller on two hashed uniforms)."""
+    u1 = key_uniform(keys, stream, n)
+    u2 = key_uniform(keys, stream + 1000, n)
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def batch_seed(keys: torch.Tensor) -> int:
+    """One 63-bit seed from a batch's keys (order-sensitive), for the batch's noise generator."""
+    k = keys.to(torch.int64)
+    h = _mix32((k & _M32) ^ _mix32((k >> 32) & _M32))
+    pos = torch.arange(len(k), device=k.device, dtype=torch.int64)
+    h = _mix32(h ^ _mix32(pos & _M32))
+    return int(((h * (pos % 1021 + 1)).sum() & 0x7FFFFFFFFFFFFFFF).item())
+
+
+# ----------------------------------------------------------------------------------------
+# Pure geometry and rendering.
+
+
+def to_camera_frame(points: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate root-centred points into each view's camera axes: X_cam = X_world @ R^T.
+
+    points (B, N, 3) metres, world (body) axes, root at the origin; rotation (B, 3, 3)
+    world -> camera. Returns (B, N, 3) metres in camera axes, still root-centred (the
+    camera translation only moves the root, which the model does not predict).
+    """
+    return torch.matmul(points, rotation.to(points.dtype).transpose(1, 2))
+
+
+def _axis_gaussians(coord: torch.Tensor, size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """(B, K) pixel coordinates -> (B, K, size) exp(-(p - x)^2 / sigma^2) over pixel centres p = i + 0.5."""
+    p = torch.arange(size, device=coord.device, dtype=torch.float32) + schema.PIXEL_CENTRE
+    d = p[None, None, :] - coord.to(torch.float32)[..., None]
+    return torch.exp(d * d * (-1.0 / (sigma * sigma))).to(dtype)
+
+
+def render_heatmaps(
+    joints2d: torch.Tensor, present: torch.Tensor, size: int = 224, sigma: float = 3.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Gaussian heatmaps S_j(p) = exp(-|p - x_j|^2 / sigma^2), one per joint.
+
+    joints2d (B, K, 2) crop pixels (x, y); present (B, K) bool (False: the channel is all zero).
+    Returns (B, K, size, size) in `dtype`, rows = y. Separable: the outer product of a
+    y-Gaussian and an x-Gaussian, so the cost is one multiply per output value.
+    """
+    w = present.to(torch.float32)[..., None]
+    gx = _axis_gaussians(joints2d[..., 0], size, sigma, torch.float32) * w
+    gy = _axis_gaussians(joints2d[..., 1], size, sigma, torch.float32)
+    return (gy.to(dtype)[..., :, None] * gx.to(dtype)[..., None, :])
+
+
+def patchify(heatmaps: torch.Tensor, patch: int = 8) -> torch.Tensor:
+    """(B, K, H, W) -> (B, (H/patch)*(W/patch), K*patch*patch) tokens, row-major over patches.
+
+    Each token's values are ordered (k, dy, dx), the layout of a Conv2d patch embedding's weight.
+    """
+    b, k, h, w = heatmaps.shape
+    t = heatmaps.reshape(b, k, h // patch, patch, w // patch, patch)
+    return t.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), k * patch * patch)
+
+
+def render_patches(
+    joints2d: torch.Tensor, present: torch.Tensor, size: int = 224, sigma: float = 3.0, patch: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """`patchify(render_heatmaps(...))` written straight into token layout (one pass over the output).
+
+    joints2d (B, K, 2) crop pixels, present (B, K) bool. Returns (B, (size/patch)^2, K*patch*patch).
+    """
+    b, k = present.shape
+    n = size // patch
+    gx = _axis_gaussians(joints2d[..., 0], size, sigma, torch.float32) * present.to(torch.float32)[..., None]
+    gy = _axis_gaussians(joints2d[..., 1], size, sigma, torch.float32)
+    gx = gx.to(dtype).reshape(b, k, n, patch).permute(0, 2, 1, 3)  # (B, nx, K, dx)
+    gy = gy.to(dtype).reshape(b, k, n, patch).permute(0, 2, 1, 3)  # (B, ny, K, dy)
+    out = gy[:, :, None, :, :, None] * gx[:, None, :, :, None, :]  # (B, ny, nx, K, dy, dx)
+    return out.reshape(b, n * n, k * patch * patch)
+
+
+def coordinate_tokens(joints2d: torch.Tensor, present: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """(B, K, 2) crop pixels, (B, K) bool -> (B, K, 3): x, y scaled to [-1, 1] and presence;
+    absent joints are (0, 0, 0). The input of the 2D-coordinate ablation (Table 3a)."""
+    xy = joints2d.to(torch.float32) * (2.0 / size) - 1.0
+    p = present.to(torch.float32)[..., None]
+    return torch.cat([xy * p, p], dim=-1)
+
+
+def normalise_2d(joints2d: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """(B, K, 2) crop pixels -> (B, K, 2) in [-1, 1] across the crop (target of the 2D re-projection loss)."""
+    return joints2d.to(torch.float32) * (2.0 / size) - 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# Augmentation and the whole batch.
+
+
+def mhm_mask(keys: torch.Tensor, num_joints: int, ratio: float) -> torch.Tensor:
+    """(B,) keys -> (B, K) bool, True where Masked Heatmap Modeling removes the joint (prob. `ratio`)."""
+    return key_uniform(keys, _STREAM_MASK, num_joints) < ratio
+
+
+def jitter(joints2d: torch.Tensor, keys: torch.Tensor, std_px: float) -> torch.Tensor:
+    """(B, K, 2) pixels + N(0, std_px^2) per coordinate, drawn from each sample's key."""
+    k = joints2d.shape[1]
+    d = torch.stack([key_normal(keys, _STREAM_JITTER_U, k), key_normal(keys, _STREAM_JITTER_V, k)], dim=-1)
+    return joints2d.to(torch.float32) + std_px * d.to(joints2d.device)
+
+
+@dataclass
+class ModelInputs:
+    """A batch ready for the model, on the device.
+
+    tokens: (B, (size/patch)^2, K*patch^2) heatmap patches in the training dtype, or (B, K, 3)
+    coordinates when use_heatmaps is False. present (B, K) bool: joint visible and not masked.
+    masked (B, K) bool: removed by MHM. joints2d (B, K, 2) float32 in [-1, 1], un-jittered
+    ground truth; visible (B, K) bool. joints3d (B, J, 3) and vertices (B, V, 3) float32
+    metres in the view's camera axes, root-centred. Extra joint sets as extra[name] (B, J', 3).
+    """
+
+    tokens: torch.Tensor
+    present: torch.Tensor
+    masked: torch.Tensor
+    joints2d: torch.Tensor
+    visible: torch.Tensor
+    joints3d: torch.Tensor
+    vertices: torch.Tensor | None
+    extra: dict[str, torch.Tensor]
+    keys: torch.Tensor
+
+
+def prepare_batch(
+    batch: dict[str, torch.Tensor], cfg: InputConfig, device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> ModelInputs:
+    """A loader batch (CPU, pinned) -> model inputs and camera-frame targets on `device`.
+
+    Uses joints2d, visible, joints3d, vertices (optional), camera_R, key and any joints3d_<set>.
+    """
+    dev = torch.device(device)
+    nb = dev.type == "cuda"
+    j2d = batch["joints2d"].to(dev, non_blocking=nb)
+    visible = batch["visible"].to(dev, non_blocking=nb)
+    keys = batch["key"].to(dev, non_blocking=nb)
+    rot = batch["camera_R"].to(dev, non_blocking=nb)
+    k = j2d.shape[1]
+    if cfg.use_mhm and cfg.mask_ratio > 0:
+        masked = mhm_mask(keys, k, cfg.mask_ratio)
+    else:
+        masked = torch.zeros_like(visible)
+    present = visible & ~masked
+    xy = jitter(j2d, keys, cfg.jitter_px) if cfg.use_mhm and cfg.jitter_px > 0 else j2d.to(torch.float32)
+    if cfg.use_heatmaps:
+        tokens = render_patches(xy, present, cfg.size, cfg.sigma, cfg.patch, dtype)
+        if cfg.use_mhm and cfg.noise_std > 0:
+            add_patch_noise_(tokens, present, keys, cfg.noise_std, cfg.patch)
+    else:
+        tokens = coordinate_tokens(xy, present, cfg.size).to(dtype)
+    extra = {
+        name[len("joints3d_"):]: to_camera_frame(v.to(dev, non_blocking=nb), rot)
+        for name, v in batch.items() if name.startswith("joints3d_")
+    }
+    verts = batch.get("vertices")
+    return ModelInputs(
+        tokens=tokens,
+        present=present,
+        masked=masked,
+        joints2d=normalise_2d(j2d, cfg.size),
+        visible=visible,
+        joints3d=to_camera_frame(batch["joints3d"].to(dev, non_blocking=nb), rot),
+        vertices=None if verts is None else to_camera_frame(verts.to(dev, non_blocking=nb), rot),
+        extra=extra,
+        keys=keys,
+    )
+
+
+def add_patch_noise_(tokens: torch.Tensor, present: torch.Tensor, keys: torch.Tensor, std: float, patch: int) -> None:
+    """In place: tokens (B, N, K*patch^2) += N(0, std^2) on the channels of joints present (B, K).
+
+    Removed and invisible joints stay exactly zero. The generator is seeded by `batch_seed(keys)`.
+    """
+    b, n, d = tokens.shape
+    k = present.shape[1]
+    gen = torch.Generator(device=tokens.device)
+    gen.manual_seed(batch_seed(keys))
+    noise = torch.randn(tokens.shape, generator=gen, device=tokens.device, dtype=tokens.dtype)
+    noise.mul_(std)
+    noise.view(b, n, k, patch * patch).mul_(present.to(tokens.dtype)[:, None, :, None])
+    tokens.add_(noise)

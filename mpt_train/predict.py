@@ -1,0 +1,160 @@
+"""`mpt-train predict`: one image (and optionally a person box) → mesh ``.obj`` + overlay picture.
+
+Crop rule: with a box (x, y, w, h) in image pixels the crop is the square of side
+1.2·max(w, h) centred on the box (SPIN's margin); without a box it is the square of side
+max(W, H) centred on the image, i.e. the whole image. The crop is resized to 224×224 and fed to
+a fine-tuned model (or a pre-trained transformer behind a given backbone).
+
+The model's weak-perspective camera (s, tx, ty) maps camera-frame metres to normalised crop
+coordinates; for the overlay it is turned into a perspective camera with a long focal length
+f (5000 px at 224 px, as is customary) placed at depth f / (112·s), so the rendered mesh
+lands where the model's 2D re-projection puts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpt_data.schema import CROP_SIZE
+
+BOX_MARGIN = 1.2
+FOCAL_PX = 5000.0  # at CROP_SIZE
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    checkpoint: str
+    image: str
+    out: str
+    bbox: tuple[float, float, float, float] | None = None  # x, y, w, h image pixels
+    device: str = "auto"
+
+
+def crop_box(image_size: tuple[int, int], bbox: tuple[float, float, float, float] | None) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square crop in image pixels for ``image_size`` = (W, H); see module doc."""
+    w_img, h_img = image_size
+    if bbox is None:
+        side = float(max(w_img, h_img))
+        cx, cy = (w_img - 1) / 2, (h_img - 1) / 2
+    else:
+        x, y, w, h = bbox
+        if not (w > 0 and h > 0):
+            raise ValueError(f"--bbox {bbox}: width and height must be positive")
+        side = BOX_MARGIN * max(w, h)
+        cx, cy = x + w / 2, y + h / 2
+        if cx + side / 2 < 0 or cy + side / 2 < 0 or cx - side / 2 > w_img or cy - side / 2 > h_img:
+            raise ValueError(f"--bbox {bbox} lies outside the {w_img}x{h_img} image")
+    return cx - side / 2, cy - side / 2, side
+
+
+def cut(image: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 → (size, size, 3) crop of ``box`` (pixel centres at integers; black outside)."""
+    import cv2
+
+    x0, y0, side = box
+    k = size / side
+    m = np.array([[k, 0, -k * x0], [0, k, -k * y0]], np.float64)
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
+
+
+def perspective_from_weak(camera: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Weak-perspective (s, tx, ty) → (K (3, 3) in image pixels, translation (3,) metres).
+
+    A root-centred camera-frame point X then projects to the image as K @ (X + t), which equals
+    the weak-perspective crop projection (s·X + t_xy + 1)·size/2 mapped back into the image.
+    """
+    s, tx, ty = (float(v) for v in camera)
+    s = max(s, 1e-6)
+    half = size / 2
+    f = FOCAL_PX
+    t = np.array([tx / s, ty / s, f / (half * s)])
+    x0, y0, side = box
+    k = size / side  # crop pixel = k * (image pixel - x0)
+    # in the crop u = f·X/Z + half, the pixel rule of mpt_train.losses.normalise_pixels
+    K = np.array([[f / k, 0, half / k + x0], [0, f / k, half / k + y0], [0, 0, 1]])
+    return K, t
+
+
+def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
+    """Wavefront OBJ: ``v x y z`` per vertex (metres), ``f a b c`` 1-based per triangle; atomic."""
+    path = Path(path)
+    lines = [f"# MPT mesh: {len(vertices)} vertices, {len(faces)} faces, metres, camera frame (x right, y down)"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in np.asarray(faces, np.int64)]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (V, 3), faces (F, 3) 0-based) of an OBJ written by :func:`write_obj`."""
+    v, f = [], []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("v "):
+            v.append([float(x) for x in line.split()[1:4]])
+        elif line.startswith("f "):
+            f.append([int(x.split("/")[0]) - 1 for x in line.split()[1:4]])
+    return np.asarray(v), np.asarray(f, np.int64)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image_bgr: np.ndarray, bbox=None, device: str | torch.device = "cpu") -> dict:
+    """Run a BackboneMPT-like model on one image; returns numpy arrays and the crop box."""
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    box = crop_box((w, h), bbox)
+    crop = cut(image_bgr, box)
+    rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)[None].to(device)
+    model.eval()
+    out = model(x)
+    return {"vertices": out["vertices"][0].float().cpu().numpy(), "joints": out["joints"][0].float().cpu().numpy(),
+            "camera": out["camera"][0].float().cpu().numpy(), "faces": model.regressor.faces.cpu().numpy(),
+            "box": box, "crop": crop}
+
+
+def overlay(image_bgr: np.ndarray, result: dict) -> np.ndarray:
+    """The predicted mesh drawn over the image with mpt_data.raster."""
+    from mpt_data.raster import render_mesh
+
+    K, t = perspective_from_weak(result["camera"], result["box"])
+    return render_mesh(image_bgr, result["vertices"] + t, result["faces"], K, color=(150, 180, 230))
+
+
+def run(cfg: PredictConfig) -> dict:
+    """Load, predict, write ``mesh.obj``, ``overlay.png`` and ``prediction.json`` into ``cfg.out``."""
+    import cv2
+
+    from .finetune import BackboneMPT, load_checkpoint_model
+
+    image = cv2.imread(cfg.image, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{cfg.image}: missing or not a readable image")
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    model = load_checkpoint_model(cfg.checkpoint)
+    if not isinstance(model, BackboneMPT):
+        raise ValueError(f"{cfg.checkpoint}: a fine-tuned checkpoint (backbone + transformer) is needed to predict "
+                         "from images")
+    model.to(device)
+    res = predict(model, image, cfg.bbox, device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_obj(out / "mesh.obj", res["vertices"], res["faces"])
+    pic = overlay(image, res)
+    tmp = out / f".overlay.tmp-{os.getpid()}.png"
+    if not cv2.imwrite(str(tmp), np.concatenate([image, pic], axis=1)):
+        raise OSError(f"cannot write {out / 'overlay.png'}")
+    os.replace(tmp, out / "overlay.png")
+    info = {"image": cfg.image, "bbox": cfg.bbox, "crop_box": list(res["box"]), "camera": res["camera"].tolist(),
+            "joints3d_coco17": res["joints"].tolist(), "num_vertices": int(len(res["vertices"]))}
+    (out / "prediction.json").write_text(json.dumps(info, indent=2))
+    return info

@@ -1,0 +1,249 @@
+"""Read-only access to a frozen MPT store (Zarr v3, schema 1) without dask or smplx.
+
+The trainer opens a store through `open_store` and reads whole mesh chunks with
+`StoreReader.read_chunk`; the model takes its mesh topology and joint regressors from
+`StoreReader.topology()`. Paths and attribute names come from `mpt_data.schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import zarr
+
+from mpt_data import schema
+
+
+class StoreError(ValueError):
+    """A store that cannot be used: wrong schema, not frozen, missing or inconsistent arrays."""
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """The store's virtual camera rig, C cameras.
+
+    K: (C, 3, 3) intrinsics in image pixels; R: (C, 3, 3) world -> camera rotation;
+    t: (C, 3) world -> camera translation in metres; size: (C, 2) image width, height.
+    A world point X maps to the camera frame as R @ X + t.
+    """
+
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    size: np.ndarray
+
+
+def _open_group(url_or_path: str) -> zarr.Group:
+    """Open a Zarr group read-only from a local path or any fsspec URL (s3://, gs://, ...)."""
+    try:
+        return zarr.open_group(store=str(url_or_path), mode="r")
+    except FileNotFoundError as exc:
+        raise StoreError(f"{url_or_path}: no Zarr store found ({exc})") from exc
+    except Exception as exc:
+        # zarr raises several types for a non-group path; name the path either way.
+        raise StoreError(f"{url_or_path}: cannot open as a Zarr v3 group: {type(exc).__name__}: {exc}") from exc
+
+
+class StoreReader:
+    """A read-only view of one store. Picklable: it re-opens the store by URL in each process.
+
+    Attributes read once at open: fingerprint, num_meshes N, num_cameras C, chunk_size
+    (meshes per chunk along axis 0, taken from the vertices array), split (N,) int8,
+    joint_sets (names of meshes/joints/<set>), num_vertices V, num_heatmap_joints K.
+    """
+
+    def __init__(self, url_or_path: str, allow_unfrozen: bool = False) -> None:
+        self.url = str(url_or_path)
+        self.allow_unfrozen = allow_unfrozen
+        group = _open_group(self.url)
+        attrs = dict(group.attrs)
+        schema_number = attrs.get(schema.ATTR_SCHEMA)
+        if schema_number != schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: store schema {schema_number!r} (attribute {schema.ATTR_SCHEMA!r}), "
+                f"this trainer reads schema {schema.SCHEMA_VERSION}"
+            )
+        state = attrs.get(schema.ATTR_STATE)
+        if state != schema.STATE_FROZEN and not allow_unfrozen:
+            raise StoreError(
+                f"{self.url}: store state is {state!r}, not {schema.STATE_FROZEN!r}. Run "
+                f"`mpt-data freeze {self.url}` first, or pass allow_unfrozen (--allow-unfrozen) to "
+                "train on a store whose content may still change"
+            )
+        self.state: str | None = state
+        self.fingerprint: str | None = attrs.get(schema.ATTR_FINGERPRINT)
+        if state == schema.STATE_FROZEN and not self.fingerprint:
+            raise StoreError(f"{self.url}: store is frozen but has no {schema.ATTR_FINGERPRINT!r} attribute")
+        self.attrs: dict[str, Any] = attrs
+        self._group: zarr.Group | None = group
+
+        vertices = self._array(schema.VERTICES)
+        if vertices.ndim != 3 or vertices.shape[2] != 3:
+            raise StoreError(f"{self.url}: {schema.VERTICES} has shape {vertices.shape}, expected (N, V, 3)")
+        self.num_meshes = int(vertices.shape[0])
+        self.num_vertices = int(vertices.shape[1])
+        self.chunk_size = int(vertices.chunks[0])
+        scale = vertices.attrs.get(schema.ATTR_SCALE_M)
+        if np.issubdtype(vertices.dtype, np.integer):
+            if scale is None:
+                raise StoreError(f"{self.url}: integer {schema.VERTICES} without a {schema.ATTR_SCALE_M!r} attribute")
+            self.vertex_scale_m = float(scale)
+        else:
+            self.vertex_scale_m = 1.0 if scale is None else float(scale)
+
+        joints2d = self._array(schema.JOINTS2D)
+        if joints2d.ndim != 4 or joints2d.shape[0] != self.num_meshes or joints2d.shape[3] != 2:
+            raise StoreError(
+                f"{self.url}: {schema.JOINTS2D} has shape {joints2d.shape}, expected ({self.num_meshes}, C, K, 2)"
+            )
+        self.num_cameras = int(joints2d.shape[1])
+        self.num_heatmap_joints = int(joints2d.shape[2])
+        visible = self._array(schema.VISIBLE)
+        if tuple(visible.shape) != tuple(joints2d.shape[:3]):
+            raise StoreError(f"{self.url}: {schema.VISIBLE} has shape {visible.shape}, expected {joints2d.shape[:3]}")
+
+        self.split = np.asarray(self._array(schema.SPLIT)[:], dtype=np.int8)
+        if self.split.shape != (self.num_meshes,):
+            raise StoreError(f"{self.url}: {schema.SPLIT} has shape {self.split.shape}, expected ({self.num_meshes},)")
+        joints_group = self.group[schema.JOINTS_GROUP]
+        self.joint_sets: tuple[str, ...] = tuple(sorted(joints_group.array_keys()))
+        for name in self.joint_sets:
+            shape = joints_group[name].shape
+            if len(shape) != 3 or shape[0] != self.num_meshes or shape[2] != 3:
+                raise StoreError(f"{self.url}: {schema.JOINTS_GROUP}/{name} has shape {shape}, expected (N, J, 3)")
+
+    # -- pickling: zarr handles (and fsspec sessions) are re-opened in each worker process.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_group"] = None
+        state.pop("cameras", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = _open_group(self.url)
+        return self._group
+
+    def _array(self, path: str) -> zarr.Array:
+        try:
+            node = self.group[path]
+        except KeyError as exc:
+            raise StoreError(f"{self.url}: missing array {path!r}") from exc
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.url}: {path!r} is a group, expected an array")
+        return node
+
+    # -- layout
+    @property
+    def num_chunks(self) -> int:
+        """Number of mesh chunks along axis 0; the last one may hold fewer than chunk_size meshes."""
+        return -(-self.num_meshes // self.chunk_size)
+
+    def chunk_range(self, i: int) -> tuple[int, int]:
+        """[start, stop) mesh indices of chunk i."""
+        if not 0 <= i < self.num_chunks:
+            raise IndexError(f"{self.url}: chunk {i} out of range 0..{self.num_chunks - 1}")
+        return i * self.chunk_size, min(self.num_meshes, (i + 1) * self.chunk_size)
+
+    def split_counts(self, split_value: int) -> np.ndarray:
+        """(num_chunks,) int64: meshes of the given split value in each chunk."""
+        hits = (self.split == split_value).astype(np.int64)
+        padded = np.zeros(self.num_chunks * self.chunk_size, dtype=np.int64)
+        padded[: self.num_meshes] = hits
+        return padded.reshape(self.num_chunks, self.chunk_size).sum(axis=1)
+
+    # -- content
+    @cached_property
+    def cameras(self) -> Cameras:
+        """The camera rig (small; read once)."""
+        return Cameras(
+            K=np.asarray(self._array(schema.CAMERA_K)[:], dtype=np.float32),
+            R=np.asarray(self._array(schema.CAMERA_R)[:], dtype=np.float32),
+            t=np.asarray(self._array(schema.CAMERA_T)[:], dtype=np.float32),
+            size=np.asarray(self._array(schema.CAMERA_SIZE)[:], dtype=np.int32),
+        )
+
+    def topology(self) -> dict[str, np.ndarray]:
+        """Every array under `topology/`, keyed by its path relative to `topology/`.
+
+        Expected keys (see `mpt_data.schema`): "template" (V, 3) float32 metres, "faces"
+        (F, 3), for each coarse level l >= 1 "level<l>/vertex_ids", "level<l>/faces",
+        "level<l>/up_index", "level<l>/up_weight", and "regressors/<set>" (J, V) per joint set.
+        """
+        try:
+            root = self.group[schema.TOPOLOGY]
+        except KeyError as exc:
+            raise StoreError(f"{self.url}: missing group {schema.TOPOLOGY!r}") from exc
+        out: dict[str, np.ndarray] = {}
+        for path, node in root.members(max_depth=None):
+            if isinstance(node, zarr.Array):
+                out[path] = np.asarray(node[:])
+        for key in ("template", "faces"):
+            if key not in out:
+                raise StoreError(f"{self.url}: missing array {schema.TOPOLOGY}/{key}")
+        return out
+
+    def regressors(self) -> dict[str, np.ndarray]:
+        """{joint set: (J, V) float32 regressor} from `topology/regressors/`."""
+        prefix = "regressors/"
+        return {
+            k[len(prefix):]: v.astype(np.float32) for k, v in self.topology().items() if k.startswith(prefix)
+        }
+
+    def read_chunk(
+        self,
+        i: int,
+        joint_sets: tuple[str, ...] | None = None,
+        vertices: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Read mesh chunk i (n <= chunk_size meshes) as numpy arrays.
+
+        Returns "mesh" (n,) int64 mesh indices; "vertices" (n, V, 3) float32 metres,
+        root-centred body frame (dequantised with the array's scale_m; omitted when
+        vertices=False); "joints/<set>" (n, J, 3) float32 metres, same frame, for each
+        requested set (default: all); "joints2d" (n, C, K, 2) float32 crop pixels;
+        "visible" (n, C, K) bool; "split" (n,) int8.
+        """
+        start, stop = self.chunk_range(i)
+        region = slice(start, stop)
+        sets = self.joint_sets if joint_sets is None else joint_sets
+        for name in sets:
+            if name not in self.joint_sets:
+                raise StoreError(f"{self.url}: no joint set {name!r}; the store has {list(self.joint_sets)}")
+        out: dict[str, np.ndarray] = {"mesh": np.arange(start, stop, dtype=np.int64)}
+        if vertices:
+            raw = self._array(schema.VERTICES)[region]
+            out["vertices"] = np.multiply(raw, np.float32(self.vertex_scale_m), dtype=np.float32)
+        for name in sets:
+            out[f"joints/{name}"] = np.asarray(
+                self._array(f"{schema.JOINTS_GROUP}/{name}")[region], dtype=np.float32
+            )
+        out["joints2d"] = np.asarray(self._array(schema.JOINTS2D)[region], dtype=np.float32)
+        out["visible"] = np.asarray(self._array(schema.VISIBLE)[region], dtype=bool)
+        out["split"] = self.split[region].copy()
+        return out
+
+    def describe(self) -> str:
+        """One line: URL, counts, chunking and fingerprint (for logs)."""
+        return (
+            f"{self.url}: {self.num_meshes} meshes x {self.num_cameras} cameras, V={self.num_vertices}, "
+            f"K={self.num_heatmap_joints}, chunk={self.chunk_size}, sets={list(self.joint_sets)}, "
+            f"state={self.state}, fingerprint={self.fingerprint}"
+        )
+
+
+def open_store(url_or_path: str, allow_unfrozen: bool = False) -> StoreReader:
+    """Open a store read-only from a local path or an fsspec URL.
+
+    Refuses (StoreError) a store of another schema number, and a store whose state is
+    not "frozen" unless allow_unfrozen: training on a store that may still change would
+    make runs irreproducible and its fingerprint meaningless.
+    """
+    return StoreReader(url_or_path, allow_unfrozen=allow_unfrozen)

@@ -1,0 +1,455 @@
+"""The training loop, shared by pre-training and fine-tuning; it reads top to bottom.
+
+What differs between the two is bundled in a :class:`Task`: the model, the criterion, the
+training batches (a resumable iterator), the `prepare` function that turns a batch into
+model inputs and targets on the device (pre-training: heatmap synthesis with MHM, noise and
+jitter; fine-tuning: normalised images for a backbone + transformer), and the validation
+batches. Everything else is here once: Adam with warm-up then linear decay, bf16 autocast
+on CUDA (fp16 with a gradient scaler for GPUs without bf16, fp32 on CPU), DDP through
+torchrun (NCCL on CUDA, gloo on CPU), gradient clipping, non-finite steps reported and
+skipped on every rank, atomic checkpoints with exact resume, JSON-lines metrics (and
+TensorBoard when installed), a progress bar, and periodic validation in mm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint as ckpt
+from .evaluate import autocast_context, evaluate_model
+from .model import (MeshRegressor, MeshTopology, ModelConfig, config_for_topology, topology_from_store,
+                    typical_camera_rotation)
+
+TRAINER_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run bookkeeping. `steps` counts optimiser steps (skipped ones included)."""
+
+    out: str = "runs/pretrain"
+    steps: int = 1000
+    batch_size: int = 32  # per rank
+    lr: float = 2e-4
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    val_every: int = 500  # 0: only at the end
+    val_batches: int = 0  # 0: the whole val split
+    keep_checkpoints: int = 2
+    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class BatchSource(Protocol):
+    """A resumable stream of batch dicts (the store loader, or the image-shard loader)."""
+
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class Task:
+    """What a training run trains, on what, and how batches become inputs and targets.
+
+    prepare(batch, train) -> (inputs, targets): moves the batch to the device and synthesises
+    the model input; `train` switches augmentation (MHM, noise, jitter) on. targets follow
+    `mpt_train.losses`. val_batches() returns a fresh iterable over the validation split
+    (this rank's share), or None to skip validation. config: the resolved configuration of
+    every component, saved in each checkpoint. store_fingerprint: the data's identity, checked
+    on resume.
+    """
+
+    model: torch.nn.Module
+    criterion: Callable[[dict, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    train_batches: BatchSource
+    prepare: Callable[[dict, bool], tuple[torch.Tensor, dict]]
+    val_batches: Callable[[], Iterable[dict]] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    store_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def setup_distributed(device_kind: str) -> Distributed:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        if device_kind == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=rank, world_size=world, local_rank=local)
+
+
+def resolve_device(cfg: TrainConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    return cfg.device
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if cfg.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision {cfg.precision!r}: use auto, bf16, fp16 or fp32")
+    if device.type == "cpu" and cfg.precision != "fp32":
+        raise ValueError("the CPU path trains in fp32; use --precision fp32 or auto")
+    return cfg.precision
+
+
+def lr_factor(step: int, total: int, warmup_frac: float) -> float:
+    """Linear warm-up over the first ``warmup_frac`` of ``total`` steps, then linear decay to 0."""
+    warm = max(1, int(math.ceil(warmup_frac * total)))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsLog:
+    """JSON lines in RUN/metrics.jsonl (rank 0), mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "metrics.jsonl"
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+        except ImportError:
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def batch_keys(batch: dict) -> list:
+    """The sample keys of a batch (for error reports)."""
+    key = batch.get("key")
+    if key is None:
+        return []
+    return key.tolist() if torch.is_tensor(key) or isinstance(key, np.ndarray) else list(key)
+
+
+def _finite_ranks(x: torch.Tensor, ddp: Distributed) -> list[bool]:
+    """Whether ``x`` is finite on each rank (the same list on every rank)."""
+    flag = torch.isfinite(x.detach()).all().to(torch.float32).reshape(1).cpu()
+    if ddp.world_size == 1:
+        return [bool(flag.item() > 0)]
+    flags = [torch.zeros(1) for _ in range(ddp.world_size)]
+    dist.all_gather(flags, flag)
+    return [bool(f.item() > 0) for f in flags]
+
+
+def _report_nonfinite(what: str, step: int, ok: list[bool], batch: dict, ddp: Distributed, log: "MetricsLog") -> None:
+    """Log which ranks saw a non-finite value and their batch keys (every rank takes part)."""
+    keys = batch_keys(batch)
+    if ddp.world_size > 1:
+        gathered: list[Any] = [None] * ddp.world_size
+        dist.all_gather_object(gathered, keys)
+    else:
+        gathered = [keys]
+    bad = [r for r, good in enumerate(ok) if not good]
+    log.write({"kind": "nonfinite", "step": step, "what": what, "ranks": bad,
+               "keys": [gathered[r] for r in bad]})
+    if ddp.is_main:
+        print(f"step {step}: non-finite {what} on rank(s) {bad}; step skipped on all ranks; batch keys "
+              f"{[gathered[r] for r in bad]}", file=sys.stderr)
+
+
+def _mean_across(values: dict[str, float], ddp: Distributed) -> dict[str, float]:
+    if ddp.world_size == 1 or not values:
+        return values
+    names = sorted(values)
+    t = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {n: float(v) / ddp.world_size for n, v in zip(names, t)}
+
+
+def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run (or resume) training to ``cfg.steps``. Returns the final validation metrics (mm).
+
+    Resume: continues from the newest complete checkpoint in ``cfg.out`` with the same
+    model, optimiser, schedule, scaler, counters, RNG and loader position, so the run is the
+    one it would have been uninterrupted (bit-exact on CPU). A checkpoint made against
+    another store fingerprint is refused unless ``force``.
+    """
+    # --- devices, processes, seeds
+    device_kind = resolve_device(cfg)
+    ddp = setup_distributed(device_kind)
+    device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
+    precision = resolve_precision(cfg, device)
+    seed_everything(cfg.seed + ddp.rank)
+    out = Path(cfg.out)
+
+    # --- model, optimiser, schedule, scaler
+    model = task.model.to(device)
+    model.train()
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step, samples, skipped = 0, 0, 0
+
+    # --- resume
+    if resume and ckpt.latest(out) is not None:
+        state, rank_state = ckpt.load(out, rank=ddp.rank, map_location=device,
+                                      expected_fingerprint=task.store_fingerprint, force=force)
+        if state["world_size"] != ddp.world_size:
+            raise ValueError(f"{out}: checkpoint written by {state['world_size']} ranks, resuming with "
+                             f"{ddp.world_size}: the data order would change")
+        if state["trainer"]["version"] != TRAINER_STATE_VERSION:
+            raise ValueError(f"{out}: trainer state version {state['trainer']['version']} != {TRAINER_STATE_VERSION}")
+        _load_model(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        step, samples, skipped = (state["trainer"][k] for k in ("step", "samples", "skipped"))
+        task.train_batches.load_state_dict(rank_state["loader"])
+        ckpt.set_rng_state(rank_state["rng"])
+        if ddp.is_main:
+            print(f"resumed from {ckpt.latest(out)} at step {step}", file=sys.stderr)
+
+    log = MetricsLog(out, ddp.is_main)
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(_resolved_config(cfg, task, precision, ddp), indent=2))
+    bar = None
+    if cfg.progress and ddp.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def save_checkpoint() -> None:
+        state = {"model": _model_state(model), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                 "trainer": {"version": TRAINER_STATE_VERSION, "step": step, "samples": samples,
+                             "skipped": skipped},
+                 "config": json.dumps(_resolved_config(cfg, task, precision, ddp)),
+                 "store_fingerprint": task.store_fingerprint}
+        rank_state = {"rng": ckpt.rng_state(), "loader": task.train_batches.state_dict()}
+        ckpt.save(out, step, state, rank_state, rank=ddp.rank, world_size=ddp.world_size,
+                  barrier=ddp.barrier if ddp.world_size > 1 else None, keep=cfg.keep_checkpoints)
+
+    def validate() -> dict[str, float]:
+        if task.val_batches is None:
+            return {}
+        res = evaluate_model(model, task.val_batches(), lambda b: task.prepare(b, False), device=device,
+                             precision=precision, max_batches=cfg.val_batches)
+        log.write({"kind": "val", "step": step, **res})
+        if ddp.is_main:
+            print(f"step {step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()), file=sys.stderr)
+        return res
+
+    # --- the loop
+    batches = iter(task.train_batches)
+    t_last, samples_last = time.perf_counter(), samples
+    final_val: dict[str, float] = {}
+    while step < cfg.steps:
+        batch = next(batches, None)
+        if batch is None:  # end of an epoch: the loader starts the next one
+            batches = iter(task.train_batches)
+            continue
+        inputs, targets = task.prepare(batch, True)
+        with autocast_context(device, precision):
+            pred = net(inputs)
+        loss, terms = task.criterion(pred, targets)
+        optimizer.zero_grad(set_to_none=True)
+        applied = False
+        loss_ok = _finite_ranks(loss, ddp)
+        if not all(loss_ok):
+            _report_nonfinite("loss", step, loss_ok, batch, ddp, log)
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            grad_ok = _finite_ranks(gnorm, ddp)
+            if all(grad_ok):
+                scaler.step(optimizer)
+                applied = True
+            else:
+                _report_nonfinite("gradient", step, grad_ok, batch, ddp, log)
+            scaler.update()
+        skipped += 0 if applied else 1
+        schedule.step()
+        step += 1
+        samples += int(inputs.shape[0]) * ddp.world_size
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            rate = (samples - samples_last) / max(now - t_last, 1e-9)
+            t_last, samples_last = now, samples
+            record = _mean_across({k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())}, ddp)
+            log.write({"kind": "train", "step": step, "lr": schedule.get_last_lr()[0], "samples": samples,
+                       "samples_per_s": rate, "skipped": skipped, **record})
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+            validate()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint()
+
+    final_val = validate()
+    if bar is not None:
+        bar.close()
+    log.close()
+    return final_val
+
+
+def _model_state(model: torch.nn.Module) -> dict:
+    return model.state_dict_versioned() if hasattr(model, "state_dict_versioned") else model.state_dict()
+
+
+def _load_model(model: torch.nn.Module, blob: dict) -> None:
+    if hasattr(model, "load_state_dict_versioned"):
+        model.load_state_dict_versioned(blob)
+    else:
+        model.load_state_dict(blob)
+
+
+def _resolved_config(cfg: TrainConfig, task: Task, precision: str, ddp: Distributed) -> dict[str, Any]:
+    return {"train": cfg.to_dict(), "precision": precision, "world_size": ddp.world_size,
+            "store_fingerprint": task.store_fingerprint, **task.config}
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training = the loop above + a store loader + on-device heatmap synthesis as `prepare`.
+
+
+def model_config_for_store(preset: ModelConfig, reader, inputs_cfg) -> tuple[ModelConfig, MeshTopology]:
+    """Resolve a preset against a store's topology and the input layout of ``inputs_cfg``."""
+    topo = dataclasses.replace(topology_from_store(reader.topology()),
+                               frame_rotation=typical_camera_rotation(reader.cameras.R))
+    k = reader.num_heatmap_joints
+    if inputs_cfg.use_heatmaps:
+        n, d, kind = inputs_cfg.num_patches, inputs_cfg.token_dim(k), "heatmap"
+    else:
+        n, d, kind = k, inputs_cfg.token_dim(k), "coords"
+    return config_for_topology(preset, topo, num_input_tokens=n, input_token_dim=d, input_kind=kind), topo
+
+
+def pretrain_prepare(inputs_cfg, device: torch.device, precision: str):
+    """prepare(batch, train) for pre-training: camera-frame targets and heatmap tokens on ``device``.
+
+    Training batches get MHM, noise and jitter as configured; evaluation batches none.
+    """
+    from .inputs import prepare_batch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    eval_cfg = inputs_cfg.without_augmentation()
+
+    def prepare(batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
+        mi = prepare_batch(batch, inputs_cfg if train else eval_cfg, device, dtype)
+        targets = {"joints3d": mi.joints3d, "vertices": mi.vertices, "joints2d": mi.joints2d,
+                   "visible": mi.visible}
+        return mi.tokens, targets
+
+    return prepare
+
+
+def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg, loss_cfg, loader_cfg) -> Task:
+    """The pre-training Task: model from ``preset`` on the store's topology, store loader,
+    heatmap `prepare`, the paper's criterion, and the val split for validation."""
+    from dataclasses import replace as dc_replace
+
+    from .data import PairLoader
+    from .losses import Criterion
+
+    device_kind = resolve_device(cfg)
+    setup_distributed(device_kind)  # the loader takes its rank from the process group
+    device = torch.device(device_kind, int(os.environ.get("LOCAL_RANK", "0"))) if device_kind == "cuda" \
+        else torch.device("cpu")
+    precision = resolve_precision(cfg, device)
+    loader_cfg = dc_replace(loader_cfg, batch_size=cfg.batch_size, seed=cfg.seed,
+                            joint_set=preset.joint_set)
+    train_loader = PairLoader(loader_cfg)
+    model_cfg, topo = model_config_for_store(preset, train_loader.reader, inputs_cfg)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = MeshRegressor(model_cfg, topo)
+    val_cfg = loader_cfg.for_eval("val")
+    val_probe = PairLoader(val_cfg)
+    has_val = val_probe.dataset.num_pairs > 0
+    if not has_val:
+        print(f"{loader_cfg.shards}: the val split is empty; no validation", file=sys.stderr)
+    return Task(
+        model=model,
+        criterion=Criterion(loss_cfg, model),
+        train_batches=train_loader,
+        prepare=pretrain_prepare(inputs_cfg, device, precision),
+        val_batches=(lambda: PairLoader(val_cfg)) if has_val else None,
+        config={"model": model_cfg.to_dict(), "inputs": dataclasses.asdict(inputs_cfg),
+                "loss": loss_cfg.to_dict(), "loader": _plain(dataclasses.asdict(loader_cfg))},
+        store_fingerprint=train_loader.fingerprint,
+    )
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

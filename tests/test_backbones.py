@@ -1,0 +1,111 @@
+"""Pose backbones: public checkpoint key names and shapes, strict round trips, feature-map output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpt_train.backbones import (
+    TINY_BACKBONE, BackboneConfig, CheckpointMismatch, PoseFeatureMaps, build_pose_network, hrnet,
+    load_pose_checkpoint, simple_baseline,
+)
+
+
+def _shapes(cfg: BackboneConfig) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in build_pose_network(cfg).state_dict().items()}
+
+
+def test_pose_resnet_50_names_and_sizes_match_the_public_model():
+    s = _shapes(simple_baseline(50))
+    assert s["final_layer.weight"] == (17, 256, 1, 1)
+    assert s["final_layer.bias"] == (17,)
+    assert s["conv1.weight"] == (64, 3, 7, 7)
+    assert s["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert s["layer4.2.conv3.weight"] == (2048, 512, 1, 1)
+    assert s["deconv_layers.0.weight"] == (2048, 256, 4, 4)
+    assert s["deconv_layers.7.running_var"] == (256,)
+    assert "deconv_layers.2.weight" not in s  # ReLU slots carry no parameters
+    params = sum(v.numel() for k, v in build_pose_network(simple_baseline(50)).named_parameters())
+    assert abs(params / 1e6 - 34.0) < 0.1  # SimpleBaseline ResNet-50: 34.0 M parameters
+    assert "layer3.22.conv2.weight" in _shapes(simple_baseline(101))
+
+
+def test_hrnet_w32_names_and_sizes_match_the_public_model():
+    s = _shapes(hrnet(32))
+    assert s["conv2.weight"] == (64, 64, 3, 3)
+    assert s["transition1.0.0.weight"] == (32, 256, 3, 3)
+    assert s["transition1.1.0.0.weight"] == (64, 256, 3, 3)
+    assert s["transition3.3.0.0.weight"] == (256, 128, 3, 3)
+    assert s["stage3.3.branches.2.3.conv2.weight"] == (128, 128, 3, 3)
+    assert s["stage4.2.fuse_layers.0.3.0.weight"] == (32, 256, 1, 1)
+    assert s["stage4.1.fuse_layers.3.0.2.0.weight"] == (256, 32, 3, 3)
+    assert s["stage4.1.fuse_layers.3.0.0.0.weight"] == (32, 32, 3, 3)
+    assert not any(k.startswith("stage4.2.fuse_layers.1.") for k in s)  # last module: one output
+    assert s["final_layer.weight"] == (17, 32, 1, 1)
+    params = sum(v.numel() for v in build_pose_network(hrnet(32)).parameters())
+    assert abs(params / 1e6 - 28.5) < 0.1  # pose_hrnet_w32: 28.5 M
+    assert _shapes(hrnet(48))["final_layer.weight"] == (17, 48, 1, 1)
+
+
+def test_higher_hrnet_head_names_and_sizes():
+    s = _shapes(hrnet(32, higher=True))
+    assert s["final_layers.0.weight"] == (34, 32, 1, 1)  # 17 heatmaps + 17 tag maps
+    assert s["final_layers.1.weight"] == (17, 32, 1, 1)
+    assert s["deconv_layers.0.0.0.weight"] == (66, 32, 4, 4)
+    assert s["deconv_layers.0.4.0.conv2.weight"] == (32, 32, 3, 3)
+    assert "final_layer.weight" not in s
+
+
+def test_checkpoint_round_trips_strictly_and_mismatches_are_named(tmp_path):
+    torch.manual_seed(0)
+    net = build_pose_network(TINY_BACKBONE)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # DataParallel-style file
+    path = tmp_path / "pose.pth"
+    torch.save({"state_dict": state}, path)
+    fresh = build_pose_network(TINY_BACKBONE)
+    report = load_pose_checkpoint(fresh, path, strict=True)
+    assert report.clean
+    for k, v in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+    broken = dict(net.state_dict())
+    broken.pop("final_layer.bias")
+    broken["extra.weight"] = torch.zeros(1)
+    broken["conv1.weight"] = torch.zeros(1, 2, 3, 3)
+    torch.save(broken, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatch) as err:
+        load_pose_checkpoint(build_pose_network(TINY_BACKBONE), tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert "final_layer.bias" in msg and "extra.weight" in msg and "conv1.weight" in msg
+    loose = load_pose_checkpoint(build_pose_network(TINY_BACKBONE), tmp_path / "bad.pth", strict=False)
+    assert loose.missing == ("final_layer.bias",) and loose.unexpected == ("extra.weight",)
+
+
+def test_old_checkpoints_without_bn_counters_load():
+    net = build_pose_network(TINY_BACKBONE)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, os.path.join(d, "old.pth"))
+        report = load_pose_checkpoint(build_pose_network(TINY_BACKBONE), os.path.join(d, "old.pth"))
+    assert report.clean and len(report.filled) > 0
+
+
+def test_feature_maps_shape_frozen_and_resnet50_forward():
+    torch.manual_seed(0)
+    maps = PoseFeatureMaps(simple_baseline(50)).eval()
+    with torch.no_grad():
+        y = maps(torch.rand(1, 3, 64, 64))
+    assert y.shape == (1, 17, 224, 224) and torch.isfinite(y).all()
+
+    frozen = PoseFeatureMaps(BackboneConfig(**{**TINY_BACKBONE.__dict__, "frozen": True}))
+    frozen.train()
+    assert not frozen.net.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = PoseFeatureMaps(TINY_BACKBONE).train()
+    out = trainable(torch.rand(2, 3, 96, 96))
+    out.square().mean().backward()
+    assert trainable.net.conv1.weight.grad is not None

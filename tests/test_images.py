@@ -1,0 +1,150 @@
+"""`mpt-data images` ingestion (bad input skipped or refused) and the mixture image stream."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mpt_data.conventions import COCO_JOINTS, SPIN_JOINTS
+from mpt_data.images import AnnotationError, ImagesConfig, ingest
+from mpt_train.augment import AugmentConfig
+from mpt_train.images import ImageBatches, ImageStream, ImageStreamConfig, MixtureEntry, read_mixture
+
+
+def _spin_dataset(root, n=12, size=96, bad=True, with_3d=True, seed=0):
+    """A small SPIN-format dataset; with ``bad`` rows 0-3 are broken in four different ways."""
+    rng = np.random.default_rng(seed)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True)
+    names, centers = [], []
+    for i in range(n):
+        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        name = f"im{i:03d}.jpg"
+        cv2.imwrite(str(img_dir / name), img)
+        names.append(name)
+        centers.append([size / 2, size / 2])
+    part = np.zeros((n, 24, 3), np.float32)
+    part[:, :, :2] = rng.uniform(20, 76, (n, 24, 2))
+    part[:, :, 2] = 1
+    data = dict(imgname=np.array(names), center=np.array(centers, np.float32),
+                scale=np.full(n, 0.3, np.float32), part=part)
+    if with_3d:
+        s = np.zeros((n, 24, 4), np.float32)
+        s[:, :, :3] = rng.normal(0, 0.3, (n, 24, 3))
+        s[:, :, 2] += 4.0
+        s[:, :, 3] = 1
+        data["S"] = s
+    if bad:
+        (img_dir / names[0]).unlink()  # missing image
+        (img_dir / names[1]).write_bytes(b"not a jpeg")  # corrupt image
+        data["center"][2] = [-500, -500]  # box outside the image
+        data["part"][3, 5, 0] = np.nan  # non-finite label
+    npz = root / "ds.npz"
+    np.savez(npz, **data)
+    return npz, img_dir, data
+
+
+def test_ingest_writes_crops_and_labels_and_counts_skips(tmp_path):
+    npz, img_dir, data = _spin_dataset(tmp_path)
+    cfg = ImagesConfig(str(npz), str(img_dir), str(tmp_path / "out"), dataset="toy", context=1.5, crop_px=90,
+                       rows_per_shard=5, rows_per_group=2)
+    summary = ingest(cfg)
+    assert summary.skipped == {"missing image": 1, "corrupt image": 1, "box outside the image": 1,
+                               "non-finite or non-positive label": 1}
+    assert summary.written == 8 and len(summary.shards) == 2
+    saved = json.loads((tmp_path / "out" / "toy" / "summary.json").read_text())
+    assert saved["written"] == 8
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "toy" / "part-00000.parquet")
+    row = table.slice(0, 1).to_pylist()[0]
+    i = row["index"]
+    assert i == 4
+    # crop: side 200 * 0.3 * 1.5 = 90 px around the centre (48, 48) -> scale 1, offset 3
+    x0, y0, side = row["crop_box"]
+    assert np.allclose([x0, y0, side], [3, 3, 90])
+    j2 = np.asarray(row["joints2d"]).reshape(17, 3)
+    lw = SPIN_JOINTS.index("left_wrist")
+    assert np.allclose(j2[COCO_JOINTS.index("left_wrist"), :2], data["part"][i, lw, :2] - 3, atol=1e-4)
+    j3 = np.asarray(row["joints3d"]).reshape(17, 4)
+    assert np.allclose(j3[COCO_JOINTS.index("left_wrist"), :3], data["S"][i, lw, :3])
+    crop = cv2.imdecode(np.frombuffer(row["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    src = cv2.imread(str(img_dir / row["imgname"]))
+    assert crop.shape == (90, 90, 3)
+    assert np.abs(crop[10:80, 10:80].astype(int) - src[13:83, 13:83].astype(int)).mean() < 12  # JPEG twice
+
+
+def test_ingest_refuses_arrays_of_different_lengths_and_missing_keys(tmp_path):
+    npz, img_dir, data = _spin_dataset(tmp_path, bad=False)
+    bad = dict(data)
+    bad["scale"] = bad["scale"][:-1]
+    np.savez(tmp_path / "short.npz", **bad)
+    with pytest.raises(AnnotationError, match="disagree in length.*scale"):
+        ingest(ImagesConfig(str(tmp_path / "short.npz"), str(img_dir), str(tmp_path / "o")))
+    nokey = {k: v for k, v in data.items() if k != "center"}
+    np.savez(tmp_path / "nokey.npz", **nokey)
+    with pytest.raises(AnnotationError, match="missing required key 'center'"):
+        ingest(ImagesConfig(str(tmp_path / "nokey.npz"), str(img_dir), str(tmp_path / "o")))
+    (tmp_path / "trunc.npz").write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(AnnotationError, match="trunc.npz"):
+        ingest(ImagesConfig(str(tmp_path / "trunc.npz"), str(img_dir), str(tmp_path / "o")))
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix")
+    for k, (n, with_3d) in enumerate([(14, True), (9, False)]):
+        d = root / f"d{k}"
+        npz, img_dir, _ = _spin_dataset(d, n=n, bad=False, with_3d=with_3d, seed=k)
+        ingest(ImagesConfig(str(npz), str(img_dir), str(root / "shards"), dataset=f"d{k}", context=1.5, crop_px=64,
+                            rows_per_shard=8, rows_per_group=3))
+    (root / "mix.yaml").write_text("seed: 3\ndatasets:\n  - {name: d0, shards: shards/d0, weight: 2}\n"
+                                   "  - {name: d1, shards: shards/d1, weight: 1}\n")
+    return root
+
+
+def _keys(stream, slot, slots, n, start=0):
+    it = stream.samples(slot, slots, start)
+    return [(int(s["dataset"]), float(s["joints2d"][0, 0])) for s in (next(it) for _ in range(n))]
+
+
+def test_stream_slots_are_disjoint_within_a_pass_and_complete(two_datasets):
+    cfg = read_mixture(two_datasets / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=5)
+    stream = ImageStream(cfg)
+    # 2 ranks x 2 workers: one pass over d0's 5 row groups (14 rows) splits among 4 slots
+    seen = []
+    for slot in range(4):
+        units = [stream._unit(0, slot, 4, t) for t in range(2) if slot + 4 * t < 5]
+        seen += units
+    assert sorted(seen) == list(range(5))
+    s = next(iter(stream.samples(0, 4)))
+    assert s["image"].shape == (3, 224, 224) and s["vertices"].shape == (5, 3)
+    assert s["image"].dtype == torch.float32 and 0 <= float(s["image"].min()) and float(s["image"].max()) <= 1
+
+
+def test_stream_resume_continues_exactly_and_labels_masks(two_datasets):
+    cfg = read_mixture(two_datasets / "mix.yaml", num_vertices=5)
+    a = ImageStream(cfg)
+    full = _keys(a, 1, 2, 30)
+    resumed = _keys(ImageStream(cfg), 1, 2, 10, start=20)
+    assert resumed == full[20:]
+    assert {d for d, _ in full} == {0, 1}
+    it = a.samples(0, 1)
+    for s in (next(it) for _ in range(20)):
+        assert bool(s["has_joints3d"]) == (int(s["dataset"]) == 0)
+        assert not bool(s["has_vertices"])
+
+    batches = ImageBatches(ImageStream(cfg), batch_size=4)
+    it = iter(batches)
+    first = [next(it) for _ in range(3)]
+    state = batches.state_dict()
+    nxt = next(it)
+    again = ImageBatches(ImageStream(cfg), batch_size=4)
+    again.load_state_dict(state)
+    assert torch.equal(next(iter(again))["image"], nxt["image"])
+    assert first[0]["joints2d"].shape == (4, 17, 2)

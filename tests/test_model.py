@@ -1,0 +1,119 @@
+"""The mesh regression transformer: shapes, up-sampling initialisation, MVM, state round trip, FLOPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from _helpers_c2 import synthetic_topology_arrays, tiny_model
+from mpt_train.model import (ModelConfig, forward_matmul_flops, model_from_state, sparse_to_dense,
+                             topology_from_store, typical_camera_rotation, weak_perspective)
+
+
+def test_paper_preset_matches_the_paper():
+    cfg = ModelConfig.paper()
+    assert cfg.hidden_sizes == (1024, 256, 64) and cfg.layers_per_block == 4 and cfg.heads == 4
+    assert cfg.num_input_tokens == 784 and cfg.input_token_dim == 8 * 8 * 17
+    tiny = ModelConfig.tiny()
+    assert len(tiny.hidden_sizes) == 3 and tiny.hidden_sizes[0] < 1024
+
+
+def test_sparse_to_dense_matches_loop():
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 5, size=(12, 3))
+    w = rng.random((12, 3)).astype(np.float32)
+    dense = sparse_to_dense(idx, w, 5)
+    ref = np.zeros((12, 5), np.float32)
+    for i in range(12):
+        for k in range(3):
+            ref[i, idx[i, k]] += w[i, k]
+    np.testing.assert_allclose(dense, ref, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="out of range"):
+        sparse_to_dense(idx, w, 4)
+
+
+def test_topology_levels_compose_into_full_mesh_ids():
+    arrays = synthetic_topology_arrays(64)
+    topo = topology_from_store(arrays)
+    ids1, ids2 = arrays["level1/vertex_ids"], arrays["level2/vertex_ids"]
+    np.testing.assert_array_equal(topo.level_vertex_ids[2], ids1[ids2])
+    assert [u.shape for u in topo.upsample] == [(16, 4), (64, 16)]
+
+
+def test_forward_shapes_and_initial_mesh_is_upsampled_template():
+    model = tiny_model().eval()
+    cfg = model.cfg
+    x = torch.randn(3, cfg.num_input_tokens, cfg.input_token_dim)
+    out = model(x)
+    assert out["joints"].shape == (3, 17, 3) and out["vertices"].shape == (3, 64, 3)
+    assert [lv.shape[1] for lv in out["levels"]] == [4, 16, 64] and out["camera"].shape == (3, 3)
+    # zero-initialised heads: coarse = template at the coarse ids, full = dense(U1) dense(U0) coarse
+    arrays = synthetic_topology_arrays(64)
+    tmpl = arrays["template"]
+    coarse = tmpl[arrays["level1/vertex_ids"][arrays["level2/vertex_ids"]]]
+    u2 = sparse_to_dense(arrays["level2/up_index"], arrays["level2/up_weight"], 4)
+    u1 = sparse_to_dense(arrays["level1/up_index"], arrays["level1/up_weight"], 16)
+    np.testing.assert_allclose(out["vertices"][0].detach().numpy(), u1 @ (u2 @ coarse), atol=1e-5)
+    np.testing.assert_allclose(out["camera"][0].detach().numpy(), [cfg.camera_scale_init, 0, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="input tokens"):
+        model(torch.randn(3, cfg.num_input_tokens + 1, cfg.input_token_dim))
+
+
+def test_masked_vertex_modeling_only_in_training():
+    model = tiny_model(mvm_ratio=0.0)
+    x = torch.randn(2, model.cfg.num_input_tokens, model.cfg.input_token_dim)
+    with torch.no_grad():
+        model.coord_head.weight.normal_()  # make outputs depend on the query tokens
+        a = model.train()(x)["vertices"]
+        b = model.eval()(x)["vertices"]
+    torch.testing.assert_close(a, b)
+    masked = tiny_model(mvm_ratio=1.0)
+    masked.load_state_dict(model.state_dict())
+    masked.train()
+    out = masked(x)
+    assert not torch.allclose(out["vertices"], b)
+    out["vertices"].sum().backward()
+    assert masked.mask_token.grad is not None and masked.mask_token.grad.abs().sum() > 0
+
+
+def test_versioned_state_round_trip_and_checks():
+    model = tiny_model().eval()
+    x = torch.randn(2, model.cfg.num_input_tokens, model.cfg.input_token_dim)
+    blob = model.state_dict_versioned()
+    again = model_from_state(blob).eval()
+    torch.testing.assert_close(again(x)["vertices"], model(x)["vertices"], rtol=0, atol=0)
+    assert torch.equal(again.faces, model.faces) and again.extra_regressor("h36m17").shape == (17, 64)
+    with pytest.raises(ValueError, match="version"):
+        model.load_state_dict_versioned({**blob, "version": 99})
+    other = tiny_model(hidden_sizes=(64, 32, 16))
+    with pytest.raises(ValueError, match="different ModelConfig"):
+        other.load_state_dict_versioned(blob)
+
+
+def test_flop_count_matches_torch_counter():
+    model = tiny_model().eval()
+    cfg = model.cfg
+    b = 3
+    x = torch.randn(b, cfg.num_input_tokens, cfg.input_token_dim)
+    with FlopCounterMode(display=False) as fc:
+        model(x)
+    counts = fc.get_flop_counts()
+    counted = fc.get_total_flops() - sum(counts["MeshRegressor.query_coord"].values())
+    n = 1 + cfg.num_joints + cfg.level_sizes[0] + cfg.num_input_tokens
+    sdpa = sum(op for op in counts["Global"] if "attention" in str(op))
+    attention = 0 if sdpa else b * cfg.layers_per_block * sum(4 * n * n * h for h in cfg.hidden_sizes)
+    assert forward_matmul_flops(cfg, b) == counted + attention
+
+
+def test_weak_perspective_and_typical_rotation():
+    pts = torch.tensor([[[1.0, 2.0, 5.0], [-1.0, 0.5, 3.0]]])
+    cam = torch.tensor([[0.5, 0.1, -0.2]])
+    np.testing.assert_allclose(weak_perspective(pts, cam)[0].numpy(), [[0.6, 0.8], [-0.4, 0.05]], atol=1e-6)
+    flip = np.diag([1.0, -1.0, -1.0])
+    ring = [flip @ np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+            for a in np.linspace(0, 2 * np.pi, 4, endpoint=False)]
+    r = typical_camera_rotation(np.asarray(ring))
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(r @ [0, 1, 0], [0, -1, 0], atol=1e-6)  # body up -> image up (y down)
