@@ -536,12 +536,17 @@ class BodyModel:
         else:
             v_posed = v_shaped
         joints, rel = batch_rigid_transform(rot, j_rest, self._parents, dtype=torch.float32)
-        # Per-vertex 3x4 transforms blended from the joints' (B, J, 12) rows.
-        t = (self._weights @ rel[:, :, :3, :].reshape(b, nj, 12)).reshape(b, nv, 3, 4)
-        verts = (t[..., :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + t[..., 3]
-
+        # Blend the joints' 3x4 transforms per vertex as one large matrix product, laid out
+        # (V, B, 4, 3) (columns outermost) so that applying them is four contiguous
+        # multiply-adds over (V, B, 3) rather than batched 3x3 products.
+        rows = rel[:, :, :3, :].transpose(2, 3).permute(1, 0, 2, 3).reshape(nj, b * 12)
+        t = (self._weights @ rows).reshape(nv, b, 4, 3)
+        vp = v_posed.permute(1, 0, 2)  # (V, B, 3)
+        verts = t[:, :, 3].clone()
+        for k in range(3):
+            verts.addcmul_(t[:, :, k], vp[:, :, k: k + 1])
         root = joints[:, :1]
-        verts = verts - root
+        verts = (verts - root.permute(1, 0, 2)).permute(1, 0, 2).contiguous()  # (B, V, 3)
         joints = joints - root
         out = {"vertices": verts, "skeleton": joints, "smpl24": joints[:, self._smpl24_rows]}
         coco = torch.empty((b, len(cv.COCO_JOINTS), 3), dtype=verts.dtype, device=verts.device)

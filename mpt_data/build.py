@@ -237,7 +237,7 @@ def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str
     from mpt_data.amass import MotionError, file_sha256, read_motion, subset_and_subject
 
     p = Path(path)
-    rel = p.resolve().relative_to(Path(root).resolve()).as_posix()
+    rel = Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
     subset, subject = subset_and_subject(rel)
     row: dict[str, Any] = {"path": rel, "subset": subset, "subject": subject, "gender": "", "fps": 0.0,
                            "frames": 0, "size": 0, "sha256": "", "status": "skipped", "reason": ""}

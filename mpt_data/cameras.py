@@ -306,26 +306,41 @@ def project_views(
     vertices: np.ndarray,
     cams: Sequence[Camera],
     position: np.ndarray = SUBJECT_POSITION,
+    chunk: int = 8,
 ) -> Views:
     """Project root-centred meshes through a rig.
 
     joints: (B, K, 3) and vertices: (B, V, 3), root-centred, world axes, metres; each mesh
     is placed with its root at ``position`` (world metres). The crop of each (mesh,
     camera) comes from all of its vertices (``person_crop``); joints go to crop pixels.
+    Same numbers as ``project`` + ``person_crop`` + ``to_crop`` per camera, computed for all
+    cameras at once: X -> K (R (X + position) + t) is one (3C, 3) matrix and offset.
     """
-    joints = np.asarray(joints, np.float32) + np.asarray(position, np.float32)
-    vertices = np.asarray(vertices, np.float32) + np.asarray(position, np.float32)
+    joints = np.asarray(joints, np.float32)
+    vertices = np.asarray(vertices, np.float32)
     b, k = joints.shape[:2]
     c = len(cams)
-    j2d = np.empty((b, c, k, 2), np.float32)
-    vis = np.empty((b, c, k), bool)
+    pos = np.asarray(position, np.float64)
+    m = np.concatenate([cam.K @ cam.R for cam in cams]).astype(np.float32)  # (3C, 3)
+    off = np.concatenate([cam.K @ (cam.R @ pos + cam.t) for cam in cams]).astype(np.float32)  # (3C,)
     crops = np.empty((b, c, 3), np.float32)
-    depth = np.empty((b, c, k), np.float32)
-    for i, cam in enumerate(cams):
-        vuv, _ = project(vertices, cam)
-        crop = person_crop(vuv)
-        juv, jz = project(joints, cam)
-        jc = to_crop(juv, crop)
-        j2d[:, i], crops[:, i], depth[:, i] = jc, crop, jz
-        vis[:, i] = visibility(jc, jz)
-    return Views(joints2d=j2d, visible=vis, crop=crops, depth=depth)
+    for s in range(0, b, chunk):
+        v = vertices[s: s + chunk]
+        n, nv = v.shape[:2]
+        # (C, 3, n, V): reductions over the last, contiguous axis are the fast ones.
+        h = (m @ v.reshape(-1, 3).T + off[:, None]).reshape(c, 3, n, nv)
+        z = h[:, 2]
+        u = h[:, 0] / z
+        w = h[:, 1] / z
+        lo = np.stack([u.min(-1), w.min(-1)], -1).transpose(1, 0, 2)  # (n, C, 2)
+        hi = np.stack([u.max(-1), w.max(-1)], -1).transpose(1, 0, 2)
+        centre = (lo + hi) / 2
+        side = np.maximum(CROP_MARGIN * (hi - lo).max(-1), 1e-6)
+        crops[s: s + chunk, :, :2] = centre - side[..., None] / 2
+        crops[s: s + chunk, :, 2] = side
+    hj = (joints.reshape(-1, 3) @ m.T + off).reshape(b, k, c, 3).transpose(0, 2, 1, 3)  # (B, C, K, 3)
+    depth = np.ascontiguousarray(hj[..., 2])
+    safe = np.where(np.abs(depth) < 1e-9, np.float32(1e-9), depth)
+    juv = hj[..., :2] / safe[..., None]
+    j2d = ((juv - crops[:, :, None, :2]) * (CROP_SIZE / crops[:, :, None, 2:3])).astype(np.float32)
+    return Views(joints2d=j2d, visible=visibility(j2d, depth), crop=crops, depth=depth.astype(np.float32))

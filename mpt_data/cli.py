@@ -25,6 +25,24 @@ def main() -> None:
 
 
 # === section: synth (synthetic body model, motions, pictures) ===
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same bytes.")
+@click.option("--vertices", type=int, default=6890, show_default=True, help="Exact vertex count of the body mesh.")
+@click.option("--sequences", type=int, default=14, show_default=True, help="SMPL+H motion files (plus one SMPL-X).")
+@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of each motion.")
+@click.option("--no-picture", is_flag=True, help="Skip body.png.")
+def synth(out, seed, vertices, sequences, seconds, no_picture):
+    """Synthetic inputs in the real formats: OUT/body_models (SMPL, SMPL+H, AMASS model.npz,
+    vertex_ids.json), OUT/amass (AMASS-format motions) and OUT/body.png."""
+    from mpt_data.synth_picture import SynthConfig, write_synthetic_inputs
+
+    if vertices < 500 or sequences < 1 or seconds <= 0:
+        raise click.BadParameter("need --vertices >= 500, --sequences >= 1 and --seconds > 0")
+    written = write_synthetic_inputs(SynthConfig(out=out, seed=seed, num_vertices=vertices,
+                                                 num_sequences=sequences, seconds=seconds, picture=not no_picture))
+    for name, path in written.items():
+        click.echo(f"{name}: {path}")
 # === end section: synth ===
 
 # === section: build (build, freeze, verify, info, preview, bench) ===
@@ -186,6 +204,42 @@ def images(annotations, image_root, out, dataset, context, crop_px, rows_per_sha
     summary = ingest(cfg, progress=True)
     click.echo(f"{summary.dataset}: {summary.written} of {summary.total} persons written in "
                f"{len(summary.shards)} shard(s); skipped {summary.skipped or 'none'}")
+
+
+@main.command("synth-images")
+@click.option("--amass-root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="AMASS-format motions (e.g. demo_out/synth/amass).")
+@click.option("--body-models", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Body model folder; use the store's, so the mesh matches the pre-trained model.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--train", default=2000, show_default=True, help="Training images.")
+@click.option("--val", default=200, show_default=True, help="Held-out images (from AMASS's val subsets).")
+@click.option("--image-size", default=256, show_default=True, help="Picture side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Processes (same output whatever the number).")
+@click.option("--dataset", default="synth", show_default=True, help="Annotation file stem: DATASET_train.npz.")
+@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), default="smplh", show_default=True)
+@click.option("--manifest", default="data_manifest.yaml", show_default=True,
+              help="Manifest whose AMASS subset split picks the val motions ('' for every tenth file).")
+@click.option("--no-progress", is_flag=True)
+def synth_images(amass_root, body_models, out, train, val, image_size, seed, workers, dataset, body_model_type,
+                 manifest, no_progress):
+    """Render a synthetic SPIN-format image dataset of the synthetic bodies and motions.
+
+    \b
+    Writes OUT/images/{train,val}/*.jpg, OUT/DATASET_{train,val}.npz, OUT/mixture.yaml; then
+      mpt-data images --annotations OUT/synth_train.npz --images OUT --out OUT/shards
+    """
+    from .synth_images import SynthImagesConfig, SynthImagesError, write_synth_images
+
+    try:
+        cfg = SynthImagesConfig(amass_root, body_models, out, train=train, val=val, image_size=image_size, seed=seed,
+                                workers=workers, dataset=dataset, model_type=body_model_type, manifest=manifest or None)
+        summary = write_synth_images(cfg, progress=not no_progress)
+    except (SynthImagesError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {train} train and {val} val images to {out}: {', '.join(summary['files'].values())}"
+               f"{', vertex_flip.npy' if summary['vertex_flip'] else ''}, mixture.yaml")
 
 
 # === end section: images ===

@@ -113,7 +113,7 @@ def render_panel(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> np.ndarr
     img = raster.heatmap_overlay(img, joint_heatmaps(views.joints2d[c], views.visible[c]), alpha=0.6)
     pts = views.joints2d[c] * scale - schema.PIXEL_CENTRE
     img = raster.draw_skeleton(img, pts, views.visible[c], conventions.COCO_SKELETON, color=(0, 255, 0), thickness=1)
-    img = raster.draw_keypoints(img, pts, views.visible[c], color=(255, 255, 255), radius=2)
+    img = raster.draw_keypoints(img, pts, views.visible[c], color=(255, 255, 255), radius=1)
     name = views.names[c] if c < len(views.names) else str(c)
     cv2.putText(img, f"cam {name}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return img

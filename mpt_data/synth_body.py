@@ -272,7 +272,7 @@ def build_surface(
     u = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     shape = u.shape[:3]
     x = ss.warp_points(u.reshape(-1, 3), mags)
-    f = ss.body_distance(prims, x).reshape(shape)
+    f = ss.body_distance_banded(prims, x, band=4 * grid_step).reshape(shape)
     if (f[0] <= 0).any() or (f[-1] <= 0).any() or (f[:, 0] <= 0).any() or (f[:, -1] <= 0).any() \
             or (f[:, :, 0] <= 0).any() or (f[:, :, -1] <= 0).any():
         raise RuntimeError("synthetic body does not fit its grid")
@@ -345,7 +345,8 @@ def _nnls(A: np.ndarray, b: np.ndarray, iters: int = 200) -> np.ndarray:
 
 def solve_regressor(verts: np.ndarray, weights: np.ndarray, joints: np.ndarray) -> np.ndarray:
     """(J,V) joint regressor with non-negative rows summing to 1 and ``R @ verts == joints``
-    (to 1e-9 m): each row spreads over the vertices around its joint on its own and
+    (to 1e-9 m; on meshes too coarse to enclose a finger joint, the nearest point they can
+    reach, under 5 mm away): each row spreads over the vertices around its joint on its own and
     neighbouring parts, half Gaussian by distance and half the non-negative solution that
     makes the weighted mean exactly the joint."""
     J = len(joints)
@@ -378,7 +379,11 @@ def solve_regressor(verts: np.ndarray, weights: np.ndarray, joints: np.ndarray) 
             R[j, sel] = w / w.sum()
             break
         else:
-            raise RuntimeError(f"joint {cv.SMPLH_JOINTS[j]} lies outside the surface around it")
+            # A very coarse mesh can leave a thin finger's joint just outside its surface:
+            # take the nearest reachable point (the rest joint moves by under 5 mm).
+            if np.abs(w @ pv - joints[j]).max() > 5e-3:
+                raise RuntimeError(f"joint {cv.SMPLH_JOINTS[j]} lies outside the surface around it")
+            R[j, sel] = w / w.sum()
     return R
 
 
@@ -538,8 +543,8 @@ def _hand_pca(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str
     """Orthonormal (45,45) hand pose components per side and a relaxed-curl mean (45,)."""
     comps, means = {}, {}
     curl = np.zeros((15, 3))
-    for f in range(4):  # index, middle, pinky, ring: flex about the palm's forward axis
-        curl[3 * f: 3 * f + 3, 2] = (0.25, 0.3, 0.2)
+    for f in range(4):  # index, middle, pinky, ring: flex towards the palm (left hand: -z)
+        curl[3 * f: 3 * f + 3, 2] = (-0.25, -0.3, -0.2)
     curl[12:15, 1] = (0.2, 0.1, 0.1)
     for side, sign in (("l", 1.0), ("r", -1.0)):
         q, r = np.linalg.qr(rng.normal(size=(45, 45)))

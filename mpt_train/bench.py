@@ -132,3 +132,76 @@ def format_result(result: dict[str, Any]) -> str:
     return (f"{result['what']} on {result['device']} {result['dtype']}: {result['samples_per_s']:,.0f} samples/s, "
             f"{result['ms_per_batch']:.2f} ms per batch of {result['batch_size']}, "
             f"{result['gb_per_s']:.2f} GB/s heatmaps written")
+
+
+# ---------------------------------------------------------------------------------------------
+# The `paper` preset's training step (model, losses, optimiser), in samples/s and TFLOP/s from
+# the analytically counted matmul FLOPs, and the device's own bf16 matmul rate for comparison.
+
+
+def bench_matmul(device: torch.device | str | None = None, n: int = 8192, iters: int = 20) -> dict[str, Any]:
+    """The device's dense matmul rate: n x n @ n x n in bf16 on CUDA (fp32 on CPU), TFLOP/s."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dt)
+    b = torch.randn(n, n, device=dev, dtype=dt)
+    for _ in range(3):
+        a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(dev)
+    sec = (time.perf_counter() - t0) / iters
+    return {"what": "matmul", "device": str(dev), "dtype": str(dt).replace("torch.", ""), "n": n,
+            "tflop_per_s": 2 * n ** 3 / sec / 1e12}
+
+
+def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
+                     device: torch.device | str | None = None, warmup: int | None = None) -> dict[str, Any]:
+    """Time full training steps (forward, the four losses, backward, Adam) of the `paper` preset
+    on an SMPL-sized mesh (6890 -> 1723 -> 431) with pre-rendered heatmap tokens.
+
+    bf16 autocast on CUDA, fp32 on CPU. Achieved TFLOP/s = 3 x counted forward FLOPs / time.
+    """
+    from mpt_train.losses import Criterion, LossConfig
+    from mpt_train.model import MeshRegressor, ModelConfig, forward_matmul_flops, num_parameters
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    bs = batch_size or (64 if cuda else 1)
+    n_steps = steps or (20 if cuda else 1)
+    n_warm = (5 if cuda else 0) if warmup is None else warmup
+    cfg = ModelConfig.paper()
+    torch.manual_seed(0)
+    model = MeshRegressor(cfg).to(dev).train()
+    crit = Criterion(LossConfig(), model)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    dt = torch.bfloat16 if cuda else torch.float32
+    tokens = torch.rand(bs, cfg.num_input_tokens, cfg.input_token_dim, device=dev).to(dt)
+    nv = cfg.level_sizes[-1]
+    targets = {"vertices": torch.randn(bs, nv, 3, device=dev) * 0.3,
+               "joints3d": torch.randn(bs, cfg.num_joints, 3, device=dev) * 0.3,
+               "joints2d": torch.rand(bs, cfg.num_joints, 2, device=dev) * 2 - 1,
+               "visible": torch.ones(bs, cfg.num_joints, dtype=torch.bool, device=dev)}
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            pred = model(tokens)
+        loss, _ = crit(pred, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(n_warm):
+        step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    _sync(dev)
+    sec = (time.perf_counter() - t0) / n_steps
+    flops = 3 * forward_matmul_flops(cfg, bs)
+    return {"what": "paper training step", "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+            "batch_size": bs, "steps": n_steps, "parameters": num_parameters(model), "ms_per_step": 1e3 * sec,
+            "samples_per_s": bs / sec, "gflop_per_sample": flops / bs / 1e9, "tflop_per_s": flops / sec / 1e12}

@@ -26,7 +26,6 @@ from mpt_data import schema
 from mpt_train.store import StoreReader, open_store
 
 STATE_VERSION = 1
-import os; _NO_SHM = bool(os.environ.get("C1_NOSHM"))
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -181,8 +180,11 @@ class PairStream(IterableDataset):
             raise ValueError(f"cameras {config.cameras}: expected distinct indices in 0..{reader.num_cameras - 1}")
         self.cameras = np.asarray(cams, dtype=np.int64)
         self.chunk_counts = reader.split_counts(self.split_value)
+        if not self.chunk_counts.any():
+            raise ValueError(f"{reader.url}: split {config.split!r} has no meshes; the store has {reader.split_sizes()}")
         self.chunk_ids = np.flatnonzero(self.chunk_counts > 0)
         self.camera_R = reader.cameras.R.astype(np.float32)
+        self._orders: dict[int, np.ndarray] = {}
 
     @property
     def num_workers(self) -> int:
@@ -194,9 +196,15 @@ class PairStream(IterableDataset):
         return int(self.chunk_counts.sum()) * len(self.cameras)
 
     # -- plan
+    def _chunk_order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders.clear()  # one epoch at a time
+            self._orders[epoch] = chunk_order(self.chunk_ids, self.config.seed, epoch, self.config.shuffle)
+        return self._orders[epoch]
+
     def _worker_batches(self, epoch: int, rank: int) -> list[int]:
         """Batches each worker of `rank` makes in `epoch`."""
-        order = chunk_order(self.chunk_ids, self.config.seed, epoch, self.config.shuffle)
+        order = self._chunk_order(epoch)
         slots = self.world_size * self.num_workers
         b, out = self.config.batch_size, []
         for w in range(self.num_workers):
@@ -220,8 +228,7 @@ class PairStream(IterableDataset):
 
     def _windows(self, epoch: int, slot: int) -> list[_Window]:
         cfg = self.config
-        order = chunk_order(self.chunk_ids, cfg.seed, epoch, cfg.shuffle)
-        chunks = slot_chunks(order, slot, self.world_size * self.num_workers)
+        chunks = slot_chunks(self._chunk_order(epoch), slot, self.world_size * self.num_workers)
         windows, start, n_cams = [], 0, len(self.cameras)
         for w0 in range(0, len(chunks), cfg.shuffle_buffer_chunks):
             group = tuple(int(c) for c in chunks[w0 : w0 + cfg.shuffle_buffer_chunks])
@@ -239,6 +246,7 @@ class PairStream(IterableDataset):
             raise ValueError(f"skip_batches {skip_batches} outside 0..{self.num_batches(epoch)} for epoch {epoch}")
         other = object.__new__(PairStream)
         other.__dict__.update(self.__dict__)
+        other._orders = {}
         other.epoch, other.skip_batches = epoch, skip_batches
         # torch's DataLoader always asks worker process 0 first; the plan's next batch may
         # belong to another worker, so process i plays worker (i + offset) mod W. Round-robin
@@ -331,7 +339,7 @@ class PairStream(IterableDataset):
         loaded: dict[int, dict[str, np.ndarray]] = {}
         for batch_no in range(first, stop):
             lo, hi = batch_no * b, min((batch_no + 1) * b, total_pairs)
-            batch = self._allocate(hi - lo, shared=info is not None and not _NO_SHM)
+            batch = self._allocate(hi - lo, shared=info is not None)
             views = {key: t.numpy() for key, t in batch.items()}
             for wi, win in enumerate(windows):
                 w_lo, w_hi = win.start, win.start + len(win.order)
@@ -385,6 +393,14 @@ class PairLoader:
             # A position at the end of an epoch (e.g. a checkpoint after its last step)
             # continues with the next epoch rather than an empty pass.
             self.epoch, self.batches_done = self.epoch + 1, 0
+        if self.num_batches() == 0 and self.config.drop_last:
+            # (an evaluation rank may legitimately have nothing: its metric sums are then zero)
+            raise ValueError(
+                f"{self.config.shards}: split {self.config.split!r} gives rank {self.rank} no batch of "
+                f"{self.config.batch_size} in epoch {self.epoch} ({self.dataset.num_pairs} pairs over "
+                f"{self.world_size} rank(s) x {self.dataset.num_workers} worker(s), whole chunks each); "
+                "use a smaller batch_size or fewer workers"
+            )
         stream = self.dataset.for_epoch(self.epoch, self.batches_done)
         workers = self.config.num_workers
         loader = DataLoader(

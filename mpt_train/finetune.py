@@ -16,6 +16,7 @@ so the pre-trained input embedding applies unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -40,9 +41,11 @@ class BackboneMPT(nn.Module):
     treat this model like the pre-training one.
     """
 
-    def __init__(self, backbone: PoseFeatureMaps, regressor: MeshRegressor, patch: int = 8):
+    def __init__(self, backbone: PoseFeatureMaps, regressor: MeshRegressor, patch: int | None = None):
         super().__init__()
         rc = regressor.cfg
+        if patch is None:  # the patch side the transformer was pre-trained with (tiny 16, paper 8)
+            patch = backbone.cfg.out_size // max(1, math.isqrt(rc.num_input_tokens))
         expect = (backbone.cfg.out_size // patch) ** 2, backbone.cfg.num_joints * patch * patch
         if (rc.num_input_tokens, rc.input_token_dim) != expect:
             raise ValueError(f"transformer expects {rc.num_input_tokens} tokens of {rc.input_token_dim}, the backbone "
@@ -129,13 +132,26 @@ def scratch_regressor(like: MeshRegressor, store: str, seed: int) -> MeshRegress
 # Batches → device tensors; a finite, ordered pass over shards for validation
 
 
+def crop_pixels_to_unit(joints2d: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., 2) crop pixels with pixel centres at integers (image shards, cv2) → [-1, 1] across the
+    crop, the unit of :func:`mpt_train.inputs.normalise_2d` (whose pixel centres are at i + 0.5)."""
+    from mpt_data.schema import PIXEL_CENTRE
+
+    from .inputs import normalise_2d
+
+    return normalise_2d(joints2d.float() + PIXEL_CENTRE, size)
+
+
 def image_prepare(device: torch.device):
-    """prepare(batch, train) → (images (B, 3, 224, 224) on device, targets of mpt_train.losses)."""
+    """prepare(batch, train) → (images (B, 3, 224, 224) on device, targets of mpt_train.losses);
+    2D joints converted from crop pixels to [-1, 1] crop units."""
     keys = ("joints3d", "vertices", "joints2d", "visible", "has_joints3d", "has_vertices", "joints3d_conf")
 
     def prepare(batch: dict, train: bool = False) -> tuple[torch.Tensor, dict]:
         images = batch["image"].to(device, non_blocking=True)
         targets = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+        if "joints2d" in targets:  # the re-projection loss compares in [-1, 1] crop units
+            targets["joints2d"] = crop_pixels_to_unit(targets["joints2d"], images.shape[-1])
         for k in ("spin3d",):
             if k in batch:
                 targets[k] = batch[k].to(device)

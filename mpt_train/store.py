@@ -159,6 +159,10 @@ class StoreReader:
         padded[: self.num_meshes] = hits
         return padded.reshape(self.num_chunks, self.chunk_size).sum(axis=1)
 
+    def split_sizes(self) -> dict[str, int]:
+        """{split name: number of meshes}."""
+        return {name: int(np.sum(self.split == value)) for name, value in schema.SPLITS.items()}
+
     # -- content
     @cached_property
     def cameras(self) -> Cameras:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -11,14 +13,17 @@ from mpt_data import schema
 from mpt_train.data import LoaderConfig, PairLoader, interleave, sample_keys
 from mpt_train.store import StoreError, open_store
 
-from _helpers_c1 import write_test_store
-
-N_MESHES, N_CAMS, CHUNK = 150, 3, 8
+from _helpers_c1 import CAMERAS as N_CAMS, CHUNK, build_test_stores
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    return str(write_test_store(tmp_path_factory.mktemp("c1") / "store", N_MESHES, N_CAMS, chunk=CHUNK))
+def stores(tmp_path_factory):
+    return build_test_stores(tmp_path_factory.mktemp("c1"))
+
+
+@pytest.fixture(scope="session")
+def store(stores):
+    return str(stores.frozen)
 
 
 def _cfg(store, **kw) -> LoaderConfig:
@@ -50,32 +55,42 @@ def _same(a: list[dict], b: list[dict]) -> None:
 def test_reader_matches_raw_arrays(store):
     r = open_store(store)
     raw = zarr.open_group(store, mode="r")
-    assert (r.num_meshes, r.num_cameras, r.chunk_size, r.num_chunks) == (N_MESHES, N_CAMS, CHUNK, 19)
-    assert r.fingerprint == f"test-0-{N_MESHES}" and r.joint_sets == ("coco17", "smpl24")
-    last = r.read_chunk(r.num_chunks - 1)  # the partial last chunk
-    assert last["mesh"].tolist() == list(range(144, 150))
-    expect = raw[schema.VERTICES][144:150].astype(np.float64) * schema.VERTEX_SCALE_M
+    n = raw[schema.SPLIT].shape[0]
+    assert (r.num_meshes, r.num_cameras, r.chunk_size, r.num_chunks) == (n, N_CAMS, CHUNK, -(-n // CHUNK))
+    assert r.fingerprint == raw.attrs[schema.ATTR_FINGERPRINT] and len(r.fingerprint) == 64
+    assert r.joint_sets == ("coco17", "smpl24") and r.num_heatmap_joints == 17
+    start = (r.num_chunks - 1) * CHUNK
+    last = r.read_chunk(r.num_chunks - 1)  # the last chunk, partial when n is not a multiple of CHUNK
+    assert last["mesh"].tolist() == list(range(start, n))
+    expect = raw[schema.VERTICES][start:n].astype(np.float64) * schema.VERTEX_SCALE_M
     assert last["vertices"].dtype == np.float32
     np.testing.assert_allclose(last["vertices"], expect, atol=1e-7)
-    np.testing.assert_array_equal(last["joints2d"], raw[schema.JOINTS2D][144:150])
-    np.testing.assert_array_equal(last["joints/smpl24"], raw[f"{schema.JOINTS_GROUP}/smpl24"][144:150])
-    np.testing.assert_array_equal(r.split_counts(1), [np.sum(raw[schema.SPLIT][i:i + CHUNK] == 1) for i in range(0, N_MESHES, CHUNK)])
+    np.testing.assert_array_equal(last["joints2d"], raw[schema.JOINTS2D][start:n])
+    np.testing.assert_array_equal(last["joints/smpl24"], raw[f"{schema.JOINTS_GROUP}/smpl24"][start:n])
+    split = raw[schema.SPLIT][:]
+    assert set(np.unique(split).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(r.split_counts(1), [np.sum(split[i:i + CHUNK] == 1) for i in range(0, n, CHUNK)])
     topo = r.topology()
-    assert topo["level1/up_weight"].shape == (40, 3) and set(r.regressors()) == {"coco17", "smpl24"}
-    np.testing.assert_allclose(r.regressors()["coco17"].sum(1), 1.0, rtol=1e-5)
+    v = r.num_vertices
+    assert topo["template"].shape == (v, 3) and topo["level1/up_weight"].shape == (v, 3)
+    assert set(r.regressors()) == {"coco17", "smpl24"}
+    np.testing.assert_allclose(r.regressors()["smpl24"].sum(1), 1.0, rtol=1e-5)
     assert r.cameras.R.shape == (N_CAMS, 3, 3)
+    np.testing.assert_allclose(r.cameras.R @ r.cameras.R.transpose(0, 2, 1), np.tile(np.eye(3), (N_CAMS, 1, 1)), atol=1e-5)
     with pytest.raises(StoreError, match="no joint set 'h36m17'"):
         r.read_chunk(0, joint_sets=("h36m17",))
 
 
-def test_reader_refuses_unfrozen_and_wrong_schema(tmp_path):
-    path = write_test_store(tmp_path / "building", 20, 2, state="building")
+def test_reader_refuses_unfrozen_and_wrong_schema(stores, tmp_path):
     with pytest.raises(StoreError, match="not 'frozen'.*mpt-data freeze"):
-        open_store(str(path))
-    assert open_store(str(path), allow_unfrozen=True).num_meshes == 20
-    zarr.open_group(str(path), mode="r+").attrs[schema.ATTR_SCHEMA] = 99
+        open_store(str(stores.unfrozen))
+    r = open_store(str(stores.unfrozen), allow_unfrozen=True)
+    assert r.num_meshes > 0 and r.fingerprint is None
+    copy = tmp_path / "copy"
+    shutil.copytree(stores.unfrozen, copy)
+    zarr.open_group(str(copy), mode="r+").attrs[schema.ATTR_SCHEMA] = 99
     with pytest.raises(StoreError, match="schema 99"):
-        open_store(str(path), allow_unfrozen=True)
+        open_store(str(copy), allow_unfrozen=True)
     with pytest.raises(StoreError, match="no Zarr store|cannot open"):
         open_store(str(tmp_path / "absent"))
 
@@ -152,13 +167,13 @@ def test_resume_mid_epoch_gives_the_same_next_batches(store):
         _same(got + rest, ref)
 
 
-def test_resume_refuses_other_layout_or_store(store, tmp_path):
+def test_resume_refuses_other_layout_or_store(stores, store):
     state = PairLoader(_cfg(store, batch_size=16)).state_dict()
     with pytest.raises(ValueError, match="batch_size=16 vs 8"):
         PairLoader(_cfg(store, batch_size=8)).load_state_dict(state)
-    other = write_test_store(tmp_path / "other", 60, N_CAMS, chunk=CHUNK, seed=1)
+    other = PairLoader(_cfg(str(stores.unfrozen), batch_size=16, allow_unfrozen=True))
     with pytest.raises(ValueError, match="fingerprint"):
-        PairLoader(_cfg(str(other), batch_size=16)).load_state_dict(state)
+        other.load_state_dict(state)
     with pytest.raises(ValueError, match="version"):
         PairLoader(_cfg(store)).load_state_dict({**state, "version": 0})
 
@@ -168,8 +183,9 @@ def test_resume_refuses_other_layout_or_store(store, tmp_path):
 
 def test_batch_content_matches_store(store):
     raw = zarr.open_group(store, mode="r")
-    loader = PairLoader(_cfg(store, cameras=(2, 0), extra_joint_sets=("smpl24",), split="test"))
+    loader = PairLoader(_cfg(store, cameras=(2, 0), extra_joint_sets=("smpl24",), split="test", batch_size=64, drop_last=False))
     batches = list(loader)
+    assert len(batches) == 1
     b = batches[0]
     m, c = b["mesh"].numpy(), b["camera"].numpy()
     assert set(c.tolist()) <= {0, 2}
@@ -203,3 +219,14 @@ def test_val_pass_finite_deterministic_complete(store):
 
 def test_interleave_is_dataloader_round_robin():
     assert interleave([2, 0, 3]) == [(0, 0), (2, 0), (0, 1), (2, 1), (2, 2)]
+
+
+def test_clear_errors_for_impossible_requests(store):
+    with pytest.raises(ValueError, match="no batch of 100000"):
+        list(PairLoader(_cfg(store, batch_size=100000)))
+    with pytest.raises(ValueError, match="joint set 'h36m17' not in the store"):
+        PairLoader(_cfg(store, joint_set="h36m17"))
+    with pytest.raises(ValueError, match="cameras"):
+        PairLoader(_cfg(store, cameras=(0, 9)))
+    big_eval = PairLoader(_cfg(store, batch_size=100000).for_eval("val"))
+    assert sum(len(b["key"]) for b in big_eval) == len(_split_pairs(store, "val"))

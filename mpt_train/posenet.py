@@ -1,0 +1,142 @@
+"""Train a 2D pose backbone on image shards with a heatmap loss: an "off-the-shelf" network of our own.
+
+MPT's fine-tuning puts a 2D pose network trained elsewhere (SimpleBaseline, HRNet on COCO) in front
+of the transformer. Where no public checkpoint can be used (the CPU demo's small ResNet, or a new
+joint layout), this trains one with the shared loop of :mod:`mpt_train.trainer`: the model is
+:class:`~mpt_train.backbones.PoseFeatureMaps` (its maps at the transformer's 224 px grid), the
+targets are the Gaussian heatmaps the transformer was pre-trained on (σ = 3 px, same formula and
+pixel convention as :func:`mpt_train.inputs.render_heatmaps`), and the loss is their mean squared
+difference over the visible joints. The result is exported as ``RUN/pose_network.pth``, a bare
+state dict with the public key names, which ``--backbone-checkpoint`` loads strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpt_data.schema import PIXEL_CENTRE
+
+from .backbones import BackboneConfig, PoseFeatureMaps
+from .inputs import render_heatmaps
+
+POSE_NETWORK_FILE = "pose_network.pth"
+
+
+@dataclass(frozen=True)
+class PoseNetConfig:
+    """The 2D network's training: mixture YAML, validation shard folders, backbone, heatmap σ (px at
+    the 224 grid), DataLoader workers per rank, augmentation on/off."""
+
+    data: str
+    val: tuple[str, ...] = ()
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sigma: float = 3.0
+    workers: int = 0
+    augment: bool = True
+
+
+class HeatmapCriterion:
+    """Mean squared heatmap error over visible joints, per joint normalised by the Gaussian's area.
+
+    pred: (B, K, H, W) maps; targets["heatmaps"]: (B, K, H, W); targets["visible"]: (B, K) bool.
+    loss = Σ_visible Σ_pixels (pred - target)² / (number of visible joints · π σ²), so a map of all
+    zeros against one Gaussian scores about 0.5, whatever the resolution. Returns (loss, terms).
+    """
+
+    def __init__(self, sigma: float):
+        self.area = math.pi * sigma * sigma / 2  # ∫ exp(-2 r²/σ²) dA: the target's own squared mass
+
+    def __call__(self, pred: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        vis = targets["visible"].to(pred.dtype)
+        err = (pred.float() - targets["heatmaps"].float()).pow(2).sum(dim=(-2, -1))  # (B, K)
+        loss = (err * vis).sum() / (vis.sum().clamp_min(1.0) * self.area)
+        return loss, {"heatmap": loss.detach()}
+
+
+def heatmap_prepare(device: torch.device, sigma: float, size: int):
+    """prepare(batch, train) → (images on device, {"heatmaps", "visible", "joints2d"}); the maps are
+    rendered on the device from the 2D joints (crop pixels, centres at integers)."""
+
+    def prepare(batch: dict, train: bool = False) -> tuple[torch.Tensor, dict]:
+        images = batch["image"].to(device, non_blocking=True)
+        j2d = batch["joints2d"].to(device).float()
+        visible = batch["visible"].to(device).bool()
+        maps = render_heatmaps(j2d + PIXEL_CENTRE, visible, size, sigma)
+        return images, {"heatmaps": maps, "visible": visible, "joints2d": j2d}
+
+    return prepare
+
+
+def build_posenet_task(train_cfg, pcfg: PoseNetConfig):
+    """The Task for :func:`mpt_train.trainer.train` that trains ``pcfg.backbone`` on heatmaps."""
+    from .augment import AugmentConfig
+    from .images import ImageBatches, ImageStream, read_mixture
+    from .trainer import Task, resolve_device, setup_distributed
+
+    device_kind = resolve_device(train_cfg)
+    ddp = setup_distributed(device_kind)
+    device = torch.device(device_kind, int(os.environ.get("LOCAL_RANK", "0"))) if device_kind == "cuda" \
+        else torch.device("cpu")
+    torch.manual_seed(train_cfg.seed)
+    model = PoseFeatureMaps(dataclasses.replace(pcfg.backbone, frozen=False))
+    mix = read_mixture(pcfg.data, seed=train_cfg.seed, num_vertices=0, augment=AugmentConfig(enabled=pcfg.augment))
+    stream = ImageStream(mix, ddp.rank, ddp.world_size)
+    batches = ImageBatches(stream, train_cfg.batch_size, pcfg.workers, pin_memory=device.type == "cuda")
+    return Task(
+        model=model, criterion=HeatmapCriterion(pcfg.sigma), train_batches=batches,
+        prepare=heatmap_prepare(device, pcfg.sigma, model.cfg.out_size), val_batches=None,
+        config={"posenet": _plain(dataclasses.asdict(pcfg)), "mixture": [dataclasses.asdict(e) for e in mix.datasets]},
+        store_fingerprint=None,
+    )
+
+
+def export_pose_network(model: PoseFeatureMaps, run_dir: str | Path) -> Path:
+    """Write ``RUN/pose_network.pth``: the bare network's state dict (public key names), atomically."""
+    path = Path(run_dir) / POSE_NETWORK_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in model.net.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def argmax_joints(maps: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) maps → (B, K, 2) x, y of each map's maximum, pixel centres at integers."""
+    b, k, h, w = maps.shape
+    idx = maps.reshape(b, k, h * w).argmax(-1)
+    return torch.stack([idx % w, idx // w], dim=-1).float()
+
+
+@torch.no_grad()
+def evaluate_pose_network(model: nn.Module, batches, device: torch.device, max_batches: int = 0,
+                          threshold_px: float = 10.0) -> dict[str, float]:
+    """2D accuracy on centred crops: mean distance (px at 224) between each visible joint and its
+    map's arg-max, and the share within ``threshold_px`` (PCK)."""
+    model.eval()
+    dist_sum, close, count = 0.0, 0, 0
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        maps = model(batch["image"].to(device))
+        gt = batch["joints2d"].to(device).float()
+        vis = batch["visible"].to(device).bool()
+        d = (argmax_joints(maps) - gt).norm(dim=-1)[vis]
+        dist_sum += float(d.sum())
+        close += int((d <= threshold_px).sum())
+        count += int(d.numel())
+    if count == 0:
+        raise ValueError("pose network evaluation: no visible joints in the validation data")
+    return {"mean_px_error": dist_sum / count, f"pck@{threshold_px:g}px": close / count, "joints": float(count)}
+
+
+def _plain(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        out[k] = _plain(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+    return out
