@@ -54,7 +54,13 @@ class BodyConfig:
 
     seed: int = 0
     num_vertices: int = 6890
-    grid_step_m: float = 0.016  # marching grid cell away from the hands (hands: x0.28)
+    grid_step_m: float = 0.0  # marching grid cell away from the hands (hands: x0.28); 0: by size
+
+    def step(self) -> float:
+        """The grid step in metres: finer for meshes of SMPL's size, coarser for small ones."""
+        if self.grid_step_m > 0:
+            return self.grid_step_m
+        return 0.016 if self.num_vertices >= 4000 else 0.021
 
 
 @dataclass(frozen=True)
@@ -558,7 +564,7 @@ def build_body(config: BodyConfig = BodyConfig()) -> SynthBody:
     rng = np.random.default_rng(config.seed)
     joints, pts = design_joints()
     prims = design_primitives(pts, rng)
-    verts, faces = build_surface(prims, pts, config.num_vertices, config.grid_step_m)
+    verts, faces = build_surface(prims, pts, config.num_vertices, config.step())
     weights = skinning_weights(verts, prims)
     regressor = solve_regressor(verts, weights, joints)
     shapedirs = shape_directions(verts, weights, pts, rng)
@@ -657,7 +663,7 @@ def write_body_models(out_dir: str | os.PathLike, seed: int = 0, num_vertices: i
     ids = {"coco_face": body.face_ids, "smplx": body.smplx_ids, "num_vertices": num_vertices}
     _atomic_write(out / "vertex_ids.json", (json.dumps(ids, indent=1, sort_keys=True) + "\n").encode())
     written["vertex_ids.json"] = out / "vertex_ids.json"
-    cfg = {"seed": seed, "num_vertices": num_vertices, "grid_step_m": config.grid_step_m}
+    cfg = {"seed": seed, "num_vertices": num_vertices, "grid_step_m": config.step()}
     _atomic_write(out / "body_config.json", (json.dumps(cfg, sort_keys=True) + "\n").encode())
     written["body_config.json"] = out / "body_config.json"
     return written

@@ -325,12 +325,13 @@ def decimate_to(
 
     heap: list = []
     push_all(heap)
+    count_at_push = count
     while count > target:
         if not heap:
-            before = count
+            if count == count_at_push:  # a full pass over every edge collapsed nothing
+                raise RuntimeError(f"decimation stalled at {count} vertices (target {target})")
+            count_at_push = count
             push_all(heap)
-            if not heap or count == before and not heap:
-                raise RuntimeError("decimation stalled: no collapsible edge left")
         c0, a, b, sa, sb = heapq.heappop(heap)
         if not (alive[a] and alive[b]) or stamp[a] != sa or stamp[b] != sb:
             continue

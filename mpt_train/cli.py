@@ -287,6 +287,28 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
         click.echo("val 2D: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
 
 
+@main.command("compare-runs")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown table; FILE.json beside it.")
+def compare_runs_cmd(runs, out):
+    """Tabulate the final validation metrics (mm) of training runs given as NAME=RUN_DIR."""
+    import json
+    from pathlib import Path
+
+    from .finetune import compare_runs
+
+    named = {}
+    for item in runs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r}: expected NAME=RUN_DIR")
+        named[name] = path
+    res, table = compare_runs(named)
+    Path(out).write_text(table)
+    Path(out).with_suffix(".json").write_text(json.dumps(res, indent=2))
+    click.echo(table)
+
+
 @main.command("evaluate-images")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True))
 @click.option("--shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),

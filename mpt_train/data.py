@@ -180,8 +180,6 @@ class PairStream(IterableDataset):
             raise ValueError(f"cameras {config.cameras}: expected distinct indices in 0..{reader.num_cameras - 1}")
         self.cameras = np.asarray(cams, dtype=np.int64)
         self.chunk_counts = reader.split_counts(self.split_value)
-        if not self.chunk_counts.any():
-            raise ValueError(f"{reader.url}: split {config.split!r} has no meshes; the store has {reader.split_sizes()}")
         self.chunk_ids = np.flatnonzero(self.chunk_counts > 0)
         self.camera_R = reader.cameras.R.astype(np.float32)
         self._orders: dict[int, np.ndarray] = {}
@@ -398,8 +396,8 @@ class PairLoader:
             raise ValueError(
                 f"{self.config.shards}: split {self.config.split!r} gives rank {self.rank} no batch of "
                 f"{self.config.batch_size} in epoch {self.epoch} ({self.dataset.num_pairs} pairs over "
-                f"{self.world_size} rank(s) x {self.dataset.num_workers} worker(s), whole chunks each); "
-                "use a smaller batch_size or fewer workers"
+                f"{self.world_size} rank(s) x {self.dataset.num_workers} worker(s), whole chunks each; "
+                f"meshes per split: {self.reader.split_sizes()}); use a smaller batch_size or fewer workers"
             )
         stream = self.dataset.for_epoch(self.epoch, self.batches_done)
         workers = self.config.num_workers

@@ -241,6 +241,8 @@ def prepare_batch(
     """
     dev = torch.device(device)
     nb = dev.type == "cuda"
+    # From the loader's CPU keys, before the copy: no device synchronisation per batch.
+    noise_seed = batch_seed(batch["key"])
     j2d = batch["joints2d"].to(dev, non_blocking=nb)
     visible = batch["visible"].to(dev, non_blocking=nb)
     keys = batch["key"].to(dev, non_blocking=nb)
@@ -255,7 +257,7 @@ def prepare_batch(
     if cfg.use_heatmaps:
         tokens = render_patches(xy, present, cfg.size, cfg.sigma, cfg.patch, dtype)
         if cfg.use_mhm and cfg.noise_std > 0:
-            add_patch_noise_(tokens, present, keys, cfg.noise_std, cfg.patch)
+            add_patch_noise_(tokens, present, noise_seed, cfg.noise_std, cfg.patch)
     else:
         tokens = coordinate_tokens(xy, present, cfg.size).to(dtype)
     extra = {
@@ -276,15 +278,16 @@ def prepare_batch(
     )
 
 
-def add_patch_noise_(tokens: torch.Tensor, present: torch.Tensor, keys: torch.Tensor, std: float, patch: int) -> None:
+def add_patch_noise_(tokens: torch.Tensor, present: torch.Tensor, seed: int, std: float, patch: int) -> None:
     """In place: tokens (B, N, K*patch^2) += N(0, std^2) on the channels of joints present (B, K).
 
-    Removed and invisible joints stay exactly zero. The generator is seeded by `batch_seed(keys)`.
+    Removed and invisible joints stay exactly zero. `seed` (e.g. `batch_seed(keys)`) seeds the
+    device's generator, so the same batch gets the same noise.
     """
-    b, n, d = tokens.shape
+    b, n, _ = tokens.shape
     k = present.shape[1]
     gen = torch.Generator(device=tokens.device)
-    gen.manual_seed(batch_seed(keys))
+    gen.manual_seed(seed)
     noise = torch.randn(tokens.shape, generator=gen, device=tokens.device, dtype=tokens.dtype)
     noise.mul_(std)
     noise.view(b, n, k, patch * patch).mul_(present.to(tokens.dtype)[:, None, :, None])

@@ -230,3 +230,12 @@ def test_clear_errors_for_impossible_requests(store):
         PairLoader(_cfg(store, cameras=(0, 9)))
     big_eval = PairLoader(_cfg(store, batch_size=100000).for_eval("val"))
     assert sum(len(b["key"]) for b in big_eval) == len(_split_pairs(store, "val"))
+
+
+def test_empty_split_streams_nothing(stores):
+    # the unfrozen store was built without the test subset
+    cfg = _cfg(str(stores.unfrozen), allow_unfrozen=True, split="test")
+    assert PairLoader(cfg.for_eval("test")).num_batches() == 0
+    assert list(PairLoader(cfg.for_eval("test"))) == []
+    with pytest.raises(ValueError, match="'test': 0"):
+        list(PairLoader(cfg))

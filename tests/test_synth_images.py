@@ -34,7 +34,7 @@ def inputs(tmp_path_factory):
     for i, (subset, name, gender) in enumerate((("CMU", "walk", "male"), ("CMU", "wave", "female"),
                                                 ("HumanEva", "jog", "neutral"))):
         d = root / "amass" / subset / "s1"
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         np.savez(d / f"{name}_poses.npz", **motion_arrays(40, 60.0, gender, seed=i))
     cfg = SynthImagesConfig(str(root / "amass"), str(root / "body"), str(root / "out"), train=10, val=4,
                             image_size=SIZE, seed=3, block=4, manifest=str(Path(__file__).parents[1] / "data_manifest.yaml"))

@@ -1,0 +1,152 @@
+"""`mpt-data bench`: how fast the build runs and how small the store is, on synthetic inputs.
+
+Prints four figures (a benchmark, not a test; the machine's load average is printed with them):
+
+1. body-model forward, meshes/s on one core: `mpt_data.body.BodyModel` against plain `smplx.SMPLH`
+   (use_pca=False, flat_hand_mean=True) at the same batch size, on the same synthetic SMPL+H file;
+2. end to end, meshes/s per worker core: a whole in-process build (read, forward, 4-camera projection,
+   quantisation, compression, checksums, shard writes) with torch on one thread; the write phase alone too;
+3. bytes per mesh on disk against raw float32, for the vertices and for all per-mesh arrays;
+4. the write phase with a 1-worker and a 2-worker local Dask cluster.
+Targets: >= 1,000 meshes/s per core end to end; store <= 0.5 of raw float32.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mpt_data import schema
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    meshes: int = 2048  # meshes per build
+    batch: int = 512  # body-model batch
+    num_vertices: int = 6890  # synthetic model size (SMPL's count by default)
+    cameras: int = 4
+    workdir: str | None = None  # scratch folder; a temporary one when None
+    repeats: int = 5  # forward passes timed per model
+
+
+def _forward_rates(body_dir: Path, batch: int, repeats: int) -> tuple[float, float, int]:
+    """(meshes/s of BodyModel, meshes/s of smplx.SMPLH, smplx's betas) on one thread."""
+    import smplx
+    import torch
+
+    from mpt_data.body import BodyModel, BodyModelConfig, find_model_file
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    poses = (rng.normal(size=(batch, 156)) * 0.3).astype(np.float32)
+    betas = rng.normal(size=(batch, 16)).astype(np.float32)
+    cfg = BodyModelConfig(str(body_dir), "smplh", 16)
+    ours = BodyModel.load(cfg, "neutral")
+    ref = smplx.SMPLH(model_path=str(find_model_file(cfg, "neutral")), use_pca=False, flat_hand_mean=True,
+                      num_betas=16, batch_size=batch)
+    nb = ref.num_betas
+    tp, tb = torch.from_numpy(poses), torch.from_numpy(betas[:, :nb])
+
+    def ours_step():
+        ours.forward(poses, betas)
+
+    def ref_step():
+        with torch.inference_mode():
+            out = ref(betas=tb, global_orient=tp[:, :3], body_pose=tp[:, 3:66], left_hand_pose=tp[:, 66:111],
+                      right_hand_pose=tp[:, 111:156], return_verts=True)
+            out.vertices.numpy()
+
+    rates = []
+    for step in (ours_step, ref_step):
+        step()  # warm-up
+        t = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        rates.append(batch * repeats / (time.perf_counter() - t))
+    return rates[0], rates[1], nb
+
+
+def _raw_float32_bytes(group) -> tuple[int, int]:
+    """(raw float32 bytes of the vertices, of every per-mesh array) for one mesh."""
+    from mpt_data.store import _mesh_array_paths
+
+    total = 0
+    for name in _mesh_array_paths(group):
+        total += int(np.prod(group[name].shape[1:])) * 4
+    return int(np.prod(group[schema.VERTICES].shape[1:])) * 4, total
+
+
+def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Run the four measurements, print them, and return them by name."""
+    import torch
+    import zarr
+
+    from mpt_data.build import load_recipe, manifest_splits, run_build
+    from mpt_data.store import store_info
+    from mpt_data.synth_body import write_body_models
+    from mpt_data.synth_motion import write_motions
+
+    work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="mpt-bench-"))
+    figures: dict[str, float] = {}
+    try:
+        load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+        echo(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        body_dir, amass = work / "body_models", work / "amass"
+        if not (body_dir / "vertex_ids.json").exists():
+            echo(f"writing a {cfg.num_vertices}-vertex synthetic body model ...")
+            write_body_models(body_dir, seed=0, num_vertices=cfg.num_vertices)
+        if not amass.exists():
+            # 4 s per sequence at 60-120 fps; enough sequences to hold the requested meshes at full rate.
+            write_motions(amass, seed=0, num_sequences=max(7, cfg.meshes // 300 + 1), seconds=4.0)
+
+        ours, ref, nb = _forward_rates(body_dir, cfg.batch, cfg.repeats)
+        figures.update(forward_meshes_per_s=ours, smplx_meshes_per_s=ref)
+        echo(f"body-model forward, batch {cfg.batch}, 1 thread: mpt {ours:,.0f} meshes/s   smplx.SMPLH {ref:,.0f} "
+             f"meshes/s ({ours / ref:.2f}x; smplx uses {nb} betas)")
+
+        repo_manifest = Path(__file__).resolve().parents[1] / "data_manifest.yaml"
+        base = dict(amass_root=str(amass), body_model_dir=str(body_dir), target_meshes=cfg.meshes,
+                    cameras=cfg.cameras, chunk_meshes=32, shard_meshes=512, batch_size=cfg.batch, progress=False,
+                    splits=manifest_splits(repo_manifest) if repo_manifest.exists() else {})
+        out = work / "store"
+        shutil.rmtree(out, ignore_errors=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        t = time.perf_counter()
+        result = run_build(load_recipe(None, **base, out=str(out), workers=0))
+        total = time.perf_counter() - t
+        torch.set_num_threads(threads)
+        n = result.meshes
+        figures.update(end_to_end_meshes_per_s_per_core=n / total, write_meshes_per_s_per_core=n / result.write_seconds)
+        echo(f"end to end, 1 core, {n} meshes x {cfg.cameras} cameras, {cfg.num_vertices} vertices: "
+             f"{n / total:,.0f} meshes/s (whole build {total:.2f} s); write phase {n / result.write_seconds:,.0f} meshes/s")
+
+        info = store_info(out)
+        group = zarr.open_group(str(out), mode="r")
+        raw_v, raw_all = _raw_float32_bytes(group)
+        disk_v = info["sizes_bytes"][schema.VERTICES] / n
+        from mpt_data.store import _mesh_array_paths
+
+        disk_all = sum(info["sizes_bytes"].get(a, 0) for a in _mesh_array_paths(group)) / n
+        figures.update(vertex_bytes_per_mesh=disk_v, vertex_ratio=disk_v / raw_v,
+                       bytes_per_mesh=disk_all, ratio=disk_all / raw_all)
+        echo(f"on disk: vertices {disk_v:,.0f} B/mesh vs {raw_v:,} raw float32 ({disk_v / raw_v:.3f}); "
+             f"all per-mesh arrays {disk_all:,.0f} B/mesh vs {raw_all:,} ({disk_all / raw_all:.3f})")
+
+        for workers in (1, 2):
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_build(load_recipe(None, **base, out=str(out), workers=workers))
+            figures[f"write_meshes_per_s_{workers}_workers"] = r.meshes / r.write_seconds
+            echo(f"local cluster, {workers} worker(s): write phase {r.meshes / r.write_seconds:,.0f} meshes/s "
+                 f"({r.partitions} partitions, {r.write_seconds:.2f} s; includes each worker's model load)")
+    finally:
+        if not cfg.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return figures

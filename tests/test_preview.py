@@ -1,0 +1,78 @@
+"""mpt-data preview: heatmaps peak at the stored joints, and those joints land on the drawn mesh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _helpers_b2 import shared_frozen_store
+from mpt_data import preview as pv
+from mpt_data import schema
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return shared_frozen_store(tmp_path_factory)
+
+
+def test_heatmaps_are_gaussians_peaking_at_the_joint():
+    joints = np.array([[10.3, 20.8], [100.0, 50.0], [5.0, 5.0]], np.float32)
+    hm = pv.joint_heatmaps(joints, np.array([True, True, False]))
+    assert hm.shape == (3, 224, 224)
+    r, c = np.unravel_index(hm[0].argmax(), hm[0].shape)
+    assert (c, r) == (10, 20)  # the pixel [10, 11) x [20, 21) holds the joint
+    y, x = 30, 12
+    want = np.exp(-((x + 0.5 - 10.3) ** 2 + (y + 0.5 - 20.8) ** 2) / 9.0)
+    assert hm[0, y, x] == pytest.approx(want, rel=1e-5)
+    assert hm[2].max() == 0.0
+
+
+def test_crop_intrinsics_equal_projection_then_crop():
+    from mpt_data.cameras import h36m_s1_cameras, project, to_crop
+
+    cam = h36m_s1_cameras()[0]
+    pts = np.random.default_rng(0).normal(size=(20, 3)) * 0.4 + np.array([0.0, 0.0, 0.9])
+    uv, _ = project(pts, cam)
+    crop = np.array([300.0, 200.0, 450.0], np.float32)
+    kc = pv.crop_intrinsics(cam.K, crop)
+    pc = pts @ cam.R.T + cam.t
+    direct = (pc @ kc.T)[:, :2] / pc[:, 2:]
+    np.testing.assert_allclose(direct, to_crop(uv, crop), atol=1e-3)
+
+
+def test_stored_joints_land_on_the_drawn_mesh(reference):
+    from mpt_data import raster
+
+    path, _ = reference
+    for index in (3, 71):
+        views = pv.read_mesh_views(path, index)
+        hits = total = 0
+        for c in range(views.K.shape[0]):
+            cam, kc = pv.mesh_in_crop(views, c)
+            kc[:2, 2] -= schema.PIXEL_CENTRE
+            blank = np.zeros((224, 224, 3), np.uint8)
+            mask = raster.render_mesh(blank, cam, views.faces, kc, cull_back=False).any(-1)
+            for (x, y), v in zip(views.joints2d[c], views.visible[c]):
+                if v:
+                    total += 1
+                    hits += bool(mask[int(y), int(x)])
+        assert total > 0 and hits >= 0.95 * total, (index, hits, total)
+
+
+def test_preview_writes_one_panel_per_camera(reference, tmp_path):
+    import cv2
+    from click.testing import CliRunner
+
+    from mpt_data.cli import main
+
+    path, _ = reference
+    out = tmp_path / "p.png"
+    r = CliRunner().invoke(main, ["preview", str(path), "--mesh", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    img = cv2.imread(str(out))
+    side = 224 * pv.PANEL_SCALE
+    assert img.shape == (24 + side, 4 * side, 3)
+    panel = img[24:, :side]
+    assert (np.abs(panel.astype(int) - 40).sum(-1) > 30).mean() > 0.05  # something drawn over the background
+    r = CliRunner().invoke(main, ["preview", str(path), "--mesh", "100000", "--out", str(out)])
+    assert r.exit_code == 1 and "outside" in r.output
