@@ -120,12 +120,17 @@ def mesh_array_specs(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], st
 
 
 def quantise_vertices(vertices_m: np.ndarray) -> np.ndarray:
-    """(..., 3) float metres -> int16 at `schema.VERTEX_SCALE_M`; raises if a value leaves the int16 range."""
-    q = np.rint(np.asarray(vertices_m, dtype=np.float64) / schema.VERTEX_SCALE_M)
+    """(..., 3) float metres -> int16 at `schema.VERTEX_SCALE_M`; raises if a value leaves the int16 range.
+
+    Rounds in float32 (the body model's precision): deterministic, and within 0.05 mm + float32 error.
+    """
+    q = np.multiply(np.asarray(vertices_m, dtype=np.float32), np.float32(1.0 / schema.VERTEX_SCALE_M))
+    np.rint(q, out=q)
     lim = np.iinfo(np.int16).max
-    if not np.all(np.abs(q) <= lim):
-        worst = float(np.nanmax(np.abs(vertices_m)))
-        raise StoreError(f"vertex at {worst:.3f} m from the root exceeds the int16 range (±{lim * schema.VERTEX_SCALE_M:.3f} m)")
+    worst = float(np.abs(q).max()) if q.size else 0.0
+    if not worst <= lim:  # also catches NaN
+        raise StoreError(f"vertex at {worst * schema.VERTEX_SCALE_M:.3f} m from the root exceeds the int16 range "
+                         f"(±{lim * schema.VERTEX_SCALE_M:.3f} m)")
     return q.astype(np.int16)
 
 
@@ -137,9 +142,10 @@ def dequantise_vertices(stored: np.ndarray, scale_m: float = schema.VERTEX_SCALE
 def _compressors(dtype: str) -> list:
     import zarr.codecs as zc
 
-    # Byte shuffle groups the high bytes of neighbouring values, which zstd then packs well.
+    # Byte shuffle groups the high bytes of neighbouring values, which zstd then packs well. Level 1: on int16
+    # vertices it is 3x faster than level 3 for 3 % more bytes (measured), and the build is CPU-bound.
     shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
-    return [zc.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=np.dtype(dtype).itemsize)]
+    return [zc.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, typesize=np.dtype(dtype).itemsize)]
 
 
 def chunk_checksums(data: np.ndarray, chunk: int) -> list[str]:

@@ -329,15 +329,12 @@ class _Renderer:
         for k, r in enumerate(rngs):
             betas[k, :10] += r.normal(0, cfg.shape_noise, 10)
         out: dict[str, np.ndarray] = {}
-        for g, model in self.models.items():
-            sel = np.nonzero(pool.gender[frames] == g)[0]
-            if not len(sel):
-                continue
-            res = model.forward(pool.poses[frames[sel]], betas[sel])
+        for k in range(n):  # one at a time: a batched forward's rounding would depend on the block
+            res = self.models[str(pool.gender[frames[k]])].forward(pool.poses[frames[k:k + 1]], betas[k:k + 1])
             for key in ("vertices", "smpl24", "coco17"):
                 if key not in out:
                     out[key] = np.zeros((n,) + res[key].shape[1:], np.float32)
-                out[key][sel] = res[key]
+                out[key][k] = res[key][0]
         spin = spin_joints(out, self.head_top)
         size = cfg.image_size
         ann = {k: [] for k in ("imgname", "center", "scale", "part", "S", "pose", "shape", "has_smpl", "gender",

@@ -51,6 +51,7 @@ class ModelConfig:
     input_kind: str = "heatmap"  # "heatmap" | "coords" | "features" (documentation of the source)
     num_input_tokens: int = 784
     input_token_dim: int = 8 * 8 * 17
+    input_mlp_hidden: int = 0  # inner width of the token MLP (0: the first hidden size)
     # Mesh shape (from the store).
     joint_set: str = "coco17"  # the 3D joints the model predicts
     num_joints: int = 17
@@ -67,8 +68,10 @@ class ModelConfig:
     @staticmethod
     def tiny(**overrides: Any) -> "ModelConfig":
         """Same structure, small enough to pre-train on a laptop CPU in minutes."""
+        # The token MLP's first layer reads K*224*224 values per sample whatever the patch
+        # size: a narrow inner width keeps it from dominating a CPU step.
         base = ModelConfig(hidden_sizes=(128, 64, 32), layers_per_block=1, heads=4,
-                           mlp_ratio=2.0, dropout=0.0, mvm_ratio=0.1)
+                           mlp_ratio=2.0, dropout=0.0, mvm_ratio=0.1, input_mlp_hidden=32)
         return dataclasses.replace(base, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +225,8 @@ class MeshRegressor(nn.Module):
         self.cfg = cfg
         h0, hl = cfg.hidden_sizes[0], cfg.hidden_sizes[-1]
         nj, nc, nv = cfg.num_joints, cfg.level_sizes[0], cfg.level_sizes[-1]
-        self.input_embed = nn.Sequential(nn.Linear(cfg.input_token_dim, h0), nn.GELU(), nn.Linear(h0, h0))
+        hi = cfg.input_mlp_hidden or h0
+        self.input_embed = nn.Sequential(nn.Linear(cfg.input_token_dim, hi), nn.GELU(), nn.Linear(hi, h0))
         self.input_pos = nn.Parameter(torch.randn(cfg.num_input_tokens, h0) * 0.02)
         self.query_coord = nn.Linear(3, h0)  # embeds each query's template position
         self.query_embed = nn.Parameter(torch.randn(1 + nj + nc, h0) * 0.02)
@@ -364,7 +368,8 @@ def forward_matmul_flops(cfg: ModelConfig, batch: int) -> int:
     """
     n_tok = 1 + cfg.num_joints + cfg.level_sizes[0] + cfg.num_input_tokens
     h0 = cfg.hidden_sizes[0]
-    macs = cfg.num_input_tokens * (cfg.input_token_dim * h0 + h0 * h0)
+    hi = cfg.input_mlp_hidden or h0
+    macs = cfg.num_input_tokens * (cfg.input_token_dim * hi + hi * h0)
     for i, h in enumerate(cfg.hidden_sizes):
         ff = int(round(h * cfg.mlp_ratio))
         per_layer = n_tok * (3 * h * h + h * h + 2 * h * ff) + 2 * n_tok * n_tok * h
