@@ -15,7 +15,8 @@ The build has three phases:
 
 The build has no randomness: sampling is strided and the camera rig is fixed, so the same inputs and recipe
 give the same store, byte for byte in its arrays, with any number of workers.
-Relative paths in a recipe resolve against the current directory.
+Relative data paths in a recipe (amass_root, body_model.dir, h36m_regressor) resolve against the current
+directory; `splits.from` (the project's data manifest) resolves against the recipe file's folder.
 """
 
 from __future__ import annotations
@@ -159,14 +160,17 @@ def manifest_splits(manifest: str | Path) -> dict[str, str]:
 
     path = Path(manifest)
     if not path.is_file():
-        raise RecipeError(f"splits.from: manifest {str(path)!r} not found (relative paths resolve against the current directory)")
+        raise RecipeError(f"splits.from: manifest {str(path)!r} not found (a relative path is relative to the recipe file)")
     data = yaml.safe_load(path.read_text()) or {}
     subsets = (((data.get("sources") or {}).get("amass") or {}).get("subsets")) or []
     return {s["name"]: s.get("split", "train") for s in subsets}
 
 
 def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
-    """Read a recipe YAML into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win."""
+    """Read a recipe YAML into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win.
+
+    A `target_fps` override replaces a recipe's `target_meshes` and vice versa.
+    """
     import yaml
 
     fields: dict[str, Any] = {}
@@ -179,14 +183,19 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
             raise RecipeError(f"recipe {p}: top level must be a mapping")
         flat = _flatten(raw)
         splits: dict[str, str] = {}
-        if "splits.from" in flat:
-            splits.update(manifest_splits(flat.pop("splits.from")))
+        if "splits.from" in flat:  # the manifest belongs to the project: relative to the recipe file
+            splits.update(manifest_splits(p.parent / flat.pop("splits.from")))
         splits.update(flat.pop("splits.subsets", None) or {})
         for key, value in flat.items():
             if key not in _RECIPE_KEYS:
                 raise RecipeError(f"recipe {p}: unknown key {key!r}; known keys: {sorted(_RECIPE_KEYS) + ['splits.from', 'splits.subsets']}")
             fields[_RECIPE_KEYS[key]] = value
         fields["splits"] = splits
+    # A sampling flag replaces the recipe's sampling rule, whichever of the two the recipe used.
+    if overrides.get("target_meshes") is not None:
+        fields.pop("target_fps", None)
+    if overrides.get("target_fps") is not None:
+        fields.pop("target_meshes", None)
     for k, v in overrides.items():
         if v is not None:
             fields[k] = v
@@ -329,6 +338,12 @@ def sequences_table_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.table(cols), buf, compression="zstd")
     return buf.getvalue()
+
+
+def _table_rows(table: bytes) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(table)).to_pylist()
 
 
 def recipe_hash(cfg: BuildConfig, model_files: dict[str, str]) -> str:
@@ -564,7 +579,7 @@ def run_build(config: BuildConfig) -> BuildResult:
             num_betas=model_info["num_betas"], heatmap_joints=len(conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]),
             chunk_meshes=config.chunk_meshes, shard_meshes=config.shard_meshes,
         )
-        table_sum = hashlib.blake2b(table, digest_size=16).hexdigest()
+        table_sum = st.table_checksum(_table_rows(table))
         if fresh:
             _create(out, config, rhash, layout, rows, table, static_arrays, static_attrs, model_info)
         else:
@@ -623,7 +638,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     tmp = out / f".{schema.SEQUENCES_TABLE}.tmp"
     tmp.write_bytes(table)
     os.replace(tmp, out / schema.SEQUENCES_TABLE)
-    sums[st.SEQUENCES_KEY] = [hashlib.blake2b(table, digest_size=16).hexdigest()]
+    sums[st.SEQUENCES_KEY] = [st.table_checksum(_table_rows(table))]
     st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 
 

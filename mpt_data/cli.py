@@ -78,8 +78,10 @@ def _store_errors():
 def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **options):
     """Build a sharded Zarr store of meshes and 2D views from AMASS (recipe values, overridden by flags).
 
+    Relative data paths in a recipe resolve against the current directory. With --scheduler, the workers
+    must see the same paths (a shared filesystem).
+
     \b
-    Relative paths in a recipe resolve against the current directory.
       mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
       mpt-data build --recipe pipelines/amass-mpt.yaml --amass-root /data/amass --body-models /data/smplh
     """
@@ -106,8 +108,13 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
 @click.option("--name", help="Name of the store in the manifest.  [default: the folder name]")
 def freeze(store, manifest, name):
     """Seal a complete store: fingerprint, consolidated metadata, read-only files, manifest entry."""
+    from pathlib import Path
+
     from mpt_data.store import freeze_store
 
+    if manifest and not Path(manifest).is_file():
+        click.echo(f"no manifest at {manifest}: the store is not recorded in one (use --manifest PATH)", err=True)
+        manifest = None
     try:
         fp = freeze_store(store, manifest or None, name)
     except _store_errors() as err:
@@ -130,9 +137,8 @@ def verify(store):
     click.echo(f"checked {report.chunks_checked} chunks; fingerprint stored {report.stored_fingerprint} "
                f"computed {report.computed_fingerprint}")
     if not report.ok:
-        raise click.ClickException(f"{store} does not verify ({len(report.mismatches)} difference(s))"
-                                   + ("" if report.stored_fingerprint else "; it is not frozen yet"))
-    click.echo("OK")
+        raise click.ClickException(f"{store} does not verify ({len(report.mismatches)} difference(s))")
+    click.echo("OK" if report.stored_fingerprint else f"OK (not frozen yet: mpt-data freeze {store})")
 
 
 @main.command()

@@ -138,7 +138,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
         img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
     else:  # flat wall with a floor band
         wall, floor = rng.uniform(30, 230, 3), rng.uniform(20, 200, 3)
-        img = np.empty((size, size, 3)) + wall
+        img = np.broadcast_to(wall, (size, size, 3)).copy()
         h = int(rng.uniform(0.55, 0.85) * size)
         img[h:] = floor
     img = np.clip(img, 0, 255).astype(np.uint8)

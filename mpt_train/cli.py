@@ -111,10 +111,11 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
 @click.option("--no-baseline", is_flag=True, help="Skip the mean-pose baseline.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "json_out", default=None, help="Also write the figures to this JSON file.")
+@click.option("--picture", default=None, help="Also write predicted vs true meshes of a few samples to this PNG.")
 @click.option("--allow-unfrozen", is_flag=True)
 @click.option("--force", is_flag=True, help="Evaluate even if the store fingerprint differs from training.")
 def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_baseline, device, json_out,
-             allow_unfrozen, force):
+             picture, allow_unfrozen, force):
     """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
     import json
 
@@ -122,7 +123,7 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
 
     res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
                               max_batches=max_batches, baseline=not no_baseline, device=device,
-                              allow_unfrozen=allow_unfrozen, force=force)
+                              allow_unfrozen=allow_unfrozen, force=force, picture=picture)
     names = sorted({k for r in res.values() for k in r if k != "samples"})
     click.echo(f"{'':16s}" + "".join(f"{n:>18s}" for n in names))
     for row, r in res.items():

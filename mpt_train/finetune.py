@@ -125,7 +125,10 @@ def scratch_regressor(like: MeshRegressor, store: str, seed: int) -> MeshRegress
 
     topo = topology_from_store(open_store(store, allow_unfrozen=True).topology())
     torch.manual_seed(seed)
-    return MeshRegressor(like.cfg, topo)
+    fresh = MeshRegressor(like.cfg, topo)
+    with torch.no_grad():  # the query template in the typical camera frame, as pre-training sets it up
+        fresh.query_template.copy_(like.query_template)
+    return fresh
 
 
 # ------------------------------------------------------------------------------------------

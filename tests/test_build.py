@@ -299,3 +299,11 @@ def test_cli_build_freeze_verify_info(inputs, tmp_path):
     r = runner.invoke(main, ["build", "--amass-root", str(inputs.amass_root), "--body-models", str(tmp_path),
                              "--target-fps", "5", "--workers", "0", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "body model" in r.output
+
+
+def test_a_sampling_flag_replaces_the_recipe_rule(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = bd.load_recipe("pipelines/amass-mpt.yaml", target_fps=5.0)
+    assert cfg.target_fps == 5.0 and cfg.target_meshes is None
+    cfg = bd.load_recipe("pipelines/demo.yaml", target_meshes=100)
+    assert cfg.target_meshes == 100 and cfg.target_fps is None

@@ -194,5 +194,5 @@ def test_heatmap_training_step_lowers_the_loss(inputs, tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]

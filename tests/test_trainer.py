@@ -105,10 +105,14 @@ def test_pretrain_and_evaluate_commands_on_a_store(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["num_input_tokens"] == 64 and cfg["store_fingerprint"] == "test-fingerprint"
     res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "latest"), "--shards", store,
-                                    "--json", str(tmp_path / "e.json"), "--device", "cpu"])
+                                    "--json", str(tmp_path / "e.json"), "--device", "cpu",
+                                    "--picture", str(tmp_path / "cmp.png")])
     assert res.exit_code == 0, res.output
     figures = json.loads((tmp_path / "e.json").read_text())
     assert set(figures) == {"clean", "missing_joints", "mean_pose"}
     assert figures["clean"]["samples"] == 16 * 2  # the val chunk, both cameras
     assert figures["clean"]["pa_mpjpe"] > 0 and figures["mean_pose"]["mpve"] > 0
     assert figures["missing_joints"]["mpjpe"] != figures["clean"]["mpjpe"]
+    import cv2
+    img = cv2.imread(str(tmp_path / "cmp.png"))
+    assert img.shape == (4 * 224, 2 * 224, 3) and (img < 250).any()
