@@ -21,9 +21,6 @@ directory; `splits.from` (the project's data manifest) resolves against the reci
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import io
 import json
 import os
 import sys
@@ -36,325 +33,12 @@ import numpy as np
 
 from mpt_data import __version__, conventions, schema
 from mpt_data import store as st
+from mpt_data.plan import Partition, plan_build, scan_file, sequences_table_bytes, table_rows
+from mpt_data.recipe import BuildConfig, RecipeError, load_recipe, manifest_splits, recipe_hash
 
-SPLIT_NAMES = tuple(schema.SPLITS)
-CAMERA_COUNTS = (1, 2, 4, 8)
-
-
-class RecipeError(ValueError):
-    """A recipe or option that cannot work; the message says which field and how to fix it."""
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """A resolved build recipe (YAML `pipelines/*.yaml`, overridden by CLI flags) plus runtime options.
-
-    Recipe fields (stored in the store's `recipe` attribute): sources, body model, sampling, cameras, splits,
-    layout. Runtime fields (`out`, `workers`, `scheduler`, `resume`, `overwrite`, `progress`) change how a
-    build runs, never what it writes.
-    """
-
-    name: str = "store"
-    amass_root: str = ""
-    subsets_include: tuple[str, ...] = ()  # empty: every subset under the root
-    subsets_exclude: tuple[str, ...] = ()
-    fps_overrides: tuple[tuple[str, float], ...] = ()  # (subset, fps): replaces the files' frame rates
-    body_model_dir: str = ""
-    body_model_type: str = "smplh"
-    num_betas: int = 16
-    h36m_regressor: str | None = None  # J_regressor_h36m.npy (17, V); adds the h36m17 joint set
-    target_fps: float | None = None  # exactly one of target_fps / target_meshes
-    target_meshes: int | None = None
-    cameras: int = 4
-    splits: tuple[tuple[str, str], ...] = ()  # (subset, split); subsets not listed are train
-    chunk_meshes: int = 32
-    shard_meshes: int = 2048
-    batch_size: int = 512  # meshes per body-model forward
-    # runtime
-    out: str = "store"
-    workers: int | None = None  # None: all cores; 0: in this process, no cluster
-    scheduler: str | None = None  # address of an existing dask.distributed scheduler
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    RUNTIME_FIELDS = ("out", "workers", "scheduler", "resume", "overwrite", "progress")
-    PATH_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor")
-
-    def recipe(self) -> dict[str, Any]:
-        """The recipe part as plain JSON-able data (what the store records)."""
-        d = dataclasses.asdict(self)
-        for k in self.RUNTIME_FIELDS:
-            d.pop(k)
-        d["fps_overrides"] = dict(self.fps_overrides)
-        d["splits"] = dict(self.splits)
-        d["subsets_include"] = list(self.subsets_include)
-        d["subsets_exclude"] = list(self.subsets_exclude)
-        return d
-
-    def validate(self) -> None:
-        """Raise RecipeError naming the first field that cannot work."""
-        if not self.amass_root or not Path(self.amass_root).is_dir():
-            raise RecipeError(f"sources.amass_root {self.amass_root!r} is not a directory: point it at the AMASS folder (<root>/<subset>/<subject>/*_poses.npz)")
-        if not self.body_model_dir or not Path(self.body_model_dir).is_dir():
-            raise RecipeError(f"body_model.dir {self.body_model_dir!r} is not a directory: point it at the folder with the {self.body_model_type.upper()} model files")
-        if (self.target_fps is None) == (self.target_meshes is None):
-            raise RecipeError("sampling: give exactly one of target_fps or target_meshes")
-        if self.target_fps is not None and not (self.target_fps > 0):
-            raise RecipeError(f"sampling.target_fps must be > 0, got {self.target_fps}")
-        if self.target_meshes is not None and not (self.target_meshes > 0):
-            raise RecipeError(f"sampling.target_meshes must be > 0, got {self.target_meshes}")
-        if self.cameras not in CAMERA_COUNTS:
-            raise RecipeError(f"cameras must be one of {CAMERA_COUNTS}, got {self.cameras}")
-        if self.num_betas < 1:
-            raise RecipeError(f"body_model.num_betas must be >= 1, got {self.num_betas}")
-        if self.chunk_meshes < 1 or self.shard_meshes < 1 or self.shard_meshes % self.chunk_meshes:
-            raise RecipeError(f"store.shard_meshes ({self.shard_meshes}) must be a positive multiple of store.chunk_meshes ({self.chunk_meshes})")
-        if self.batch_size < 1:
-            raise RecipeError(f"store.batch_size must be >= 1, got {self.batch_size}")
-        for subset, split in self.splits:
-            if split not in schema.SPLITS:
-                raise RecipeError(f"splits: subset {subset!r} has split {split!r}; use one of {SPLIT_NAMES}")
-        for subset, fps in self.fps_overrides:
-            if not (float(fps) > 0):
-                raise RecipeError(f"sources.fps_overrides[{subset!r}] must be > 0, got {fps}")
-        if self.h36m_regressor and not Path(self.h36m_regressor).is_file():
-            raise RecipeError(f"body_model.h36m_regressor {self.h36m_regressor!r} does not exist: give the path of J_regressor_h36m.npy or remove the key")
-        if self.workers is not None and self.workers < 0:
-            raise RecipeError(f"workers must be >= 0, got {self.workers}")
-
-
-_RECIPE_KEYS = {
-    "name": "name",
-    "sources.amass_root": "amass_root",
-    "sources.include": "subsets_include",
-    "sources.exclude": "subsets_exclude",
-    "sources.fps_overrides": "fps_overrides",
-    "body_model.dir": "body_model_dir",
-    "body_model.type": "body_model_type",
-    "body_model.num_betas": "num_betas",
-    "body_model.h36m_regressor": "h36m_regressor",
-    "sampling.target_fps": "target_fps",
-    "sampling.target_meshes": "target_meshes",
-    "cameras": "cameras",
-    "store.chunk_meshes": "chunk_meshes",
-    "store.shard_meshes": "shard_meshes",
-    "store.batch_size": "batch_size",
-}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("sources.fps_overrides", "splits.subsets"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def manifest_splits(manifest: str | Path) -> dict[str, str]:
-    """{subset: split} declared in a data manifest's `sources.amass.subsets` list."""
-    import yaml
-
-    path = Path(manifest)
-    if not path.is_file():
-        raise RecipeError(f"splits.from: manifest {str(path)!r} not found (a relative path is relative to the recipe file)")
-    data = yaml.safe_load(path.read_text()) or {}
-    subsets = (((data.get("sources") or {}).get("amass") or {}).get("subsets")) or []
-    return {s["name"]: s.get("split", "train") for s in subsets}
-
-
-def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
-    """Read a recipe YAML into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win.
-
-    A `target_fps` override replaces a recipe's `target_meshes` and vice versa.
-    """
-    import yaml
-
-    fields: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"recipe {str(p)!r} not found")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise RecipeError(f"recipe {p}: top level must be a mapping")
-        flat = _flatten(raw)
-        splits: dict[str, str] = {}
-        if "splits.from" in flat:  # the manifest belongs to the project: relative to the recipe file
-            splits.update(manifest_splits(p.parent / flat.pop("splits.from")))
-        splits.update(flat.pop("splits.subsets", None) or {})
-        for key, value in flat.items():
-            if key not in _RECIPE_KEYS:
-                raise RecipeError(f"recipe {p}: unknown key {key!r}; known keys: {sorted(_RECIPE_KEYS) + ['splits.from', 'splits.subsets']}")
-            fields[_RECIPE_KEYS[key]] = value
-        fields["splits"] = splits
-    # A sampling flag replaces the recipe's sampling rule, whichever of the two the recipe used.
-    if overrides.get("target_meshes") is not None:
-        fields.pop("target_fps", None)
-    if overrides.get("target_fps") is not None:
-        fields.pop("target_meshes", None)
-    for k, v in overrides.items():
-        if v is not None:
-            fields[k] = v
-    for k in ("subsets_include", "subsets_exclude"):
-        if k in fields:
-            fields[k] = tuple(fields[k] or ())
-    if isinstance(fields.get("fps_overrides"), dict):
-        fields["fps_overrides"] = tuple(sorted((str(a), float(b)) for a, b in fields["fps_overrides"].items()))
-    if isinstance(fields.get("splits"), dict):
-        fields["splits"] = tuple(sorted(fields["splits"].items()))
-    names = {f.name for f in dataclasses.fields(BuildConfig)}
-    unknown = set(fields) - names
-    if unknown:
-        raise RecipeError(f"unknown option(s) {sorted(unknown)}")
-    try:
-        return BuildConfig(**fields)
-    except TypeError as err:
-        raise RecipeError(str(err)) from err
-
-
-# ---------------------------------------------------------------------------------------------------
-# Plan
-
-
-@dataclass(frozen=True)
-class Segment:
-    """The sampled frames of one sequence that fall in one partition."""
-
-    row: int  # sequences.parquet row
-    path: str  # absolute file path
-    size: int  # bytes, checked again when the task reads the file
-    gender: str
-    split: int
-    frames: tuple[int, ...]  # source frame indices
-    mesh_start: int  # global mesh index of frames[0]
-
-
-@dataclass(frozen=True)
-class Partition:
-    index: int
-    start: int
-    stop: int
-    segments: tuple[Segment, ...]
-
-
-def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str, Any]:
-    """Read and validate one motion file fully; return its sequences-table row (status 'ok' or 'skipped')."""
-    from mpt_data.amass import MotionError, file_sha256, read_motion, subset_and_subject
-
-    p = Path(path)
-    rel = Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
-    subset, subject = subset_and_subject(rel)
-    row: dict[str, Any] = {"path": rel, "subset": subset, "subject": subject, "gender": "", "fps": 0.0,
-                           "frames": 0, "size": 0, "sha256": "", "status": "skipped", "reason": ""}
-    try:
-        row["size"] = p.stat().st_size
-        motion = read_motion(p, root, fps_overrides)
-        row["sha256"] = file_sha256(p)
-    except MotionError as err:
-        row["reason"] = str(err)
-        return row
-    except OSError as err:
-        row["reason"] = f"unreadable file: {err.strerror or err}"
-        return row
-    row.update(gender=motion.gender, fps=float(motion.fps), frames=motion.num_frames, status="ok")
-    return row
-
-
-def plan_build(cfg: BuildConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Partition], int]:
-    """Sample frames and assign global mesh indices; returns (table rows, partitions, number of meshes)."""
-    from mpt_data.sampling import allocate_target, sample_indices
-
-    rows = sorted(rows, key=lambda r: r["path"])
-    splits = dict(cfg.splits)
-    ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
-        raise RecipeError(f"no usable motion files under {cfg.amass_root} (after include/exclude); nothing to build")
-    if cfg.target_fps is not None:
-        rate = float(cfg.target_fps)
-    else:
-        rate = allocate_target([r["frames"] for r in ok], [r["fps"] for r in ok], int(cfg.target_meshes))
-    next_mesh = 0
-    sampled: dict[int, np.ndarray] = {}
-    for i, r in enumerate(rows):
-        r["index"] = i
-        r["split"] = splits.get(r["subset"], "train")
-        if r["status"] != "ok":
-            r["sampled"], r["first_mesh"] = 0, -1
-            continue
-        idx = sample_indices(r["frames"], r["fps"], rate)
-        sampled[i] = idx
-        r["sampled"], r["first_mesh"] = int(idx.shape[0]), next_mesh
-        next_mesh += int(idx.shape[0])
-    n = next_mesh
-    root = Path(cfg.amass_root)
-    parts: list[Partition] = []
-    order = sorted(sampled)  # sequences in mesh order: their ranges are contiguous and increasing
-    k = 0
-    for pi in range(-(-n // cfg.shard_meshes)):
-        start, stop = pi * cfg.shard_meshes, min((pi + 1) * cfg.shard_meshes, n)
-        segs = []
-        while k < len(order) and rows[order[k]]["first_mesh"] + sampled[order[k]].shape[0] <= start:
-            k += 1
-        j = k
-        while j < len(order) and rows[order[j]]["first_mesh"] < stop:
-            i = order[j]
-            r, idx, first = rows[i], sampled[i], rows[i]["first_mesh"]
-            lo, hi = max(start, first), min(stop, first + idx.shape[0])
-            segs.append(Segment(row=i, path=str(root / r["path"]), size=r["size"], gender=r["gender"],
-                                split=schema.SPLITS[r["split"]], frames=tuple(int(f) for f in idx[lo - first:hi - first]),
-                                mesh_start=lo))
-            j += 1
-        parts.append(Partition(pi, start, stop, tuple(segs)))
-    for r in rows:
-        r["sample_fps"] = rate
-    return rows, parts, n
-
-
-def sequences_table_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """sequences.parquet contents for the planned rows (deterministic bytes)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    cols = {
-        "index": pa.array([r["index"] for r in rows], pa.int32()),
-        "path": pa.array([r["path"] for r in rows], pa.string()),
-        "subset": pa.array([r["subset"] for r in rows], pa.string()),
-        "subject": pa.array([r["subject"] for r in rows], pa.string()),
-        "gender": pa.array([r["gender"] for r in rows], pa.string()),
-        "fps": pa.array([r["fps"] for r in rows], pa.float64()),
-        "frames": pa.array([r["frames"] for r in rows], pa.int64()),
-        "sampled": pa.array([r["sampled"] for r in rows], pa.int64()),
-        "first_mesh": pa.array([r["first_mesh"] for r in rows], pa.int64()),
-        "split": pa.array([r["split"] for r in rows], pa.string()),
-        "size": pa.array([r["size"] for r in rows], pa.int64()),
-        "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
-        "status": pa.array([r["status"] for r in rows], pa.string()),
-        "reason": pa.array([r["reason"] for r in rows], pa.string()),
-    }
-    buf = io.BytesIO()
-    pq.write_table(pa.table(cols), buf, compression="zstd")
-    return buf.getvalue()
-
-
-def _table_rows(table: bytes) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(table)).to_pylist()
-
-
-def recipe_hash(cfg: BuildConfig, model_files: dict[str, str]) -> str:
-    """SHA-256 of what decides the store's content besides the motion files: the recipe without its paths
-    and the hashes of the body-model files used (the motion files' hashes are in sequences.parquet)."""
-    recipe = cfg.recipe()
-    for k in BuildConfig.PATH_FIELDS:
-        recipe.pop(k)
-    recipe.pop("name")
-    blob = json.dumps({"recipe": recipe, "model_files": model_files, "schema": schema.SCHEMA_VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+# Stable entry points (tests and the trainer's fixtures call `build_store(load_recipe(None, ...))`).
+__all__ = ["BuildConfig", "BuildResult", "RecipeError", "build_store", "load_recipe", "manifest_splits", "run_build",
+           "run_partition", "scan_file"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -433,7 +117,8 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             arrays[schema.SEQUENCE][sl] = seg.row
             arrays[schema.FRAME][sl] = fr
             arrays[schema.SPLIT][sl] = seg.split
-        sources.append({"path": seg.path, "size": size, "meshes": int(frames.shape[0])})
+        rel = os.path.relpath(seg.path, ctx.amass_root)
+        sources.append({"path": Path(rel).as_posix(), "size": size, "meshes": int(frames.shape[0])})
     sums = st.write_mesh_block(ctx.out, part.start, arrays, lay.chunk_meshes)
     record = {
         "partition": part.index,
@@ -579,7 +264,7 @@ def run_build(config: BuildConfig) -> BuildResult:
             num_betas=model_info["num_betas"], heatmap_joints=len(conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]),
             chunk_meshes=config.chunk_meshes, shard_meshes=config.shard_meshes,
         )
-        table_sum = st.table_checksum(_table_rows(table))
+        table_sum = st.table_checksum(table_rows(table))
         if fresh:
             _create(out, config, rhash, layout, rows, table, static_arrays, static_attrs, model_info)
         else:
@@ -638,7 +323,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     tmp = out / f".{schema.SEQUENCES_TABLE}.tmp"
     tmp.write_bytes(table)
     os.replace(tmp, out / schema.SEQUENCES_TABLE)
-    sums[st.SEQUENCES_KEY] = [st.table_checksum(_table_rows(table))]
+    sums[st.SEQUENCES_KEY] = [st.table_checksum(table_rows(table))]
     st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 
 

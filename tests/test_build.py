@@ -307,3 +307,26 @@ def test_a_sampling_flag_replaces_the_recipe_rule(monkeypatch):
     assert cfg.target_fps == 5.0 and cfg.target_meshes is None
     cfg = bd.load_recipe("pipelines/demo.yaml", target_meshes=100)
     assert cfg.target_meshes == 100 and cfg.target_fps is None
+
+
+def test_plan_tiles_every_shard_with_sequence_segments():
+    from mpt_data.plan import plan_build
+
+    frames = [50, 7, 200, 1, 90]
+    rows = [{"path": f"S/{i:02d}_poses.npz", "subset": "S", "subject": "", "gender": "male", "fps": 60.0,
+             "frames": f, "size": 10, "sha256": "", "status": "ok", "reason": ""} for i, f in enumerate(frames)]
+    rows.insert(2, {**rows[0], "path": "S/01b_poses.npz", "status": "skipped", "reason": "zero frames", "frames": 0})
+    cfg = bd.load_recipe(None, amass_root="/data", body_model_dir="/m", target_fps=20.0, chunk_meshes=4, shard_meshes=8)
+    table, parts, n = plan_build(cfg, rows)
+    assert n == sum(-(-f // 3) for f in frames) and len(parts) == -(-n // 8)
+    for p in parts:
+        assert (p.start, p.stop) == (p.index * 8, min(p.index * 8 + 8, n))
+        at = p.start
+        for seg in p.segments:
+            assert seg.mesh_start == at
+            row = table[seg.row]
+            k0 = seg.mesh_start - row["first_mesh"]
+            assert list(seg.frames) == [3 * k for k in range(k0, k0 + len(seg.frames))]
+            at += len(seg.frames)
+        assert at == p.stop
+    assert [r["first_mesh"] for r in table if r["status"] == "skipped"] == [-1]

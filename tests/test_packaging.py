@@ -10,13 +10,7 @@ from click.testing import CliRunner
 
 
 def _modules_after(code: str) -> set[str]:
-    probe = textwrap.dedent(
-        f"""
-        import sys
-        {code}
-        print("\\n".join(sorted(sys.modules)))
-        """
-    )
+    probe = "import sys\n" + textwrap.dedent(code) + "\nprint('\\n'.join(sorted(sys.modules)))\n"
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     return set(out.stdout.split())
 
