@@ -295,8 +295,10 @@ class BackboneConfig:
     kind: ``pose_resnet`` (SimpleBaseline), ``pose_hrnet`` or ``pose_higher_hrnet``.
     depth: ResNet depth (pose_resnet). width: HRNet width 32/48, or the ResNet base width
     (64 public; smaller for the CPU demo). deconv_filters: SimpleBaseline deconvolution width.
-    out_size: side of the maps handed to the transformer. frozen: no gradients, BN statistics
-    fixed (the paper's Table 4 "frozen backbone"). checkpoint: a public or saved ``.pth``.
+    out_size: side of the maps handed to the transformer. in_size: side the crop is resized to
+    before the network (0: as given, 224 in MPT); the CPU demo's network reads 128 px crops, about
+    a third of the work, and its maps are still resized to ``out_size``. frozen: no gradients, BN
+    statistics fixed (the paper's Table 4 "frozen backbone"). checkpoint: a public or saved ``.pth``.
     """
 
     kind: Literal["pose_resnet", "pose_hrnet", "pose_higher_hrnet"] = "pose_resnet"
@@ -305,6 +307,7 @@ class BackboneConfig:
     deconv_filters: int = 256
     num_joints: int = NUM_JOINTS
     out_size: int = CROP_SIZE
+    in_size: int = 0
     frozen: bool = False
     checkpoint: str | None = None
 
@@ -319,8 +322,9 @@ def hrnet(width: int = 32, higher: bool = False, **kw) -> BackboneConfig:
     return BackboneConfig(kind="pose_higher_hrnet" if higher else "pose_hrnet", width=width, **kw)
 
 
-# The CPU demo backbone: ResNet-18 layout at a quarter of the width, 64 deconvolution filters.
-TINY_BACKBONE = BackboneConfig(kind="pose_resnet", depth=18, width=16, deconv_filters=64)
+# The CPU demo backbone: ResNet-18 layout at a quarter of the width, 64 deconvolution filters,
+# reading 128 px crops (32×32 maps before the resize to the transformer's 224 grid).
+TINY_BACKBONE = BackboneConfig(kind="pose_resnet", depth=18, width=16, deconv_filters=64, in_size=128)
 
 
 def build_pose_network(cfg: BackboneConfig) -> nn.Module:
@@ -337,7 +341,8 @@ def build_pose_network(cfg: BackboneConfig) -> nn.Module:
 class PoseFeatureMaps(nn.Module):
     """Image crop → 17 pose feature maps on the transformer's grid.
 
-    Input: (B, 3, H, W) float RGB in [0, 1] (any H, W; 224×224 crops in MPT).
+    Input: (B, 3, H, W) float RGB in [0, 1] (any H, W; 224×224 crops in MPT), resized to
+    ``cfg.in_size`` square first when that is set.
     Output: (B, 17, out_size, out_size) float, the raw heatmaps bilinearly resized.
     A frozen backbone has no trainable parameters and stays in eval mode (fixed BN statistics)
     even when its parent module is put in training mode.
@@ -368,6 +373,9 @@ class PoseFeatureMaps(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        if self.cfg.in_size and x.shape[-2:] != (self.cfg.in_size, self.cfg.in_size):
+            x = F.interpolate(x, size=(self.cfg.in_size, self.cfg.in_size), mode="bilinear", align_corners=False,
+                              antialias=True)
         maps = self.net(x)
         size = (self.cfg.out_size, self.cfg.out_size)
         if maps.shape[-2:] != size:

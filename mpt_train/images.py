@@ -101,9 +101,13 @@ def read_mixture(path: str | Path, **overrides) -> ImageStreamConfig:
 
 @dataclass
 class _Dataset:
+    """A shard folder's read units. ``kept`` (file, row group) → the row indices of that group to
+    use, for a dataset cut down to a share of its rows; a unit's ``rows`` is then that count."""
+
     name: str
     context: float
     units: list[tuple[str, int, int]]  # (file, row group, rows)
+    kept: dict[tuple[str, int], list[int]] = field(default_factory=dict)
 
 
 def open_dataset(folder: str | Path, name: str) -> _Dataset:
@@ -218,6 +222,9 @@ class ImageStream(torch.utils.data.IterableDataset):
         path, group, _ = self.datasets[d].units[unit]
         table = pq.ParquetFile(path).read_row_group(group)
         rows = table.to_pylist()
+        kept = self.datasets[d].kept.get((path, group))
+        if kept is not None:
+            rows = [rows[i] for i in kept]
         order = self._rows(d, unit, slot + t * slots)
         return [rows[i] for i in order]
 

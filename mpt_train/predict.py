@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpt_data.schema import CROP_SIZE
+from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
 BOX_MARGIN = 1.2
 FOCAL_PX = 5000.0  # at CROP_SIZE
@@ -77,9 +77,11 @@ def perspective_from_weak(camera: np.ndarray, box: tuple[float, float, float], s
     f = FOCAL_PX
     t = np.array([tx / s, ty / s, f / (half * s)])
     x0, y0, side = box
-    k = size / side  # crop pixel = k * (image pixel - x0)
-    # in the crop u = f·X/Z + half, the pixel rule of mpt_train.losses.normalise_pixels
-    K = np.array([[f / k, 0, half / k + x0], [0, f / k, half / k + y0], [0, 0, 1]])
+    k = size / side  # crop pixel = k * (image pixel - x0), pixel centres at integers (the cut and the shards)
+    # The camera's unit: n = 2·(crop pixel + PIXEL_CENTRE)/size - 1 (mpt_train.finetune.crop_pixels_to_unit),
+    # so crop pixel = f·X/Z + half - PIXEL_CENTRE and image pixel = crop pixel / k + x0.
+    c = (half - PIXEL_CENTRE) / k
+    K = np.array([[f / k, 0, c + x0], [0, f / k, c + y0], [0, 0, 1]])
     return K, t
 
 

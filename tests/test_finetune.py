@@ -170,3 +170,24 @@ def test_finetune_task_trains_with_the_shared_loop_and_frozen_backbone_stays_fix
     w0 = trainable.model.backbone.net.conv1.weight.clone()
     train(dataclasses.replace(tc, out=str(tmp_path / "ft2"), steps=2), trainable)
     assert not torch.equal(trainable.model.backbone.net.conv1.weight, w0)
+
+
+def test_overlay_camera_puts_points_where_the_weak_perspective_crop_projection_does():
+    """K @ (X + t) in image pixels equals: weak perspective → [-1, 1] crop units → crop pixels
+    (finetune's unit, centres at integers) → image pixels through the crop box."""
+    from mpt_data.images import image_to_crop
+    from mpt_train.predict import perspective_from_weak
+
+    rng = np.random.default_rng(4)
+    pts = rng.normal(0, 0.3, (50, 3))
+    pts[:, 2] = 0.0  # at the root's depth perspective and weak perspective agree exactly
+    cam = np.array([0.8, 0.1, -0.2])
+    box = (37.0, -12.0, 180.0)  # x0, y0, side in image pixels
+    unit = cam[0] * pts[:, :2] + cam[1:]
+    crop_px = (unit + 1) * 224 / 2 - 0.5  # inverse of crop_pixels_to_unit
+    image_px = crop_px * 180.0 / 224 + np.array(box[:2])
+    assert np.allclose(image_to_crop(image_px, box, 224), crop_px, atol=1e-3)  # the shards' rule, inverted
+    K, t = perspective_from_weak(cam, box)
+    p = (pts + t) @ K.T
+    uv = p[:, :2] / p[:, 2:]
+    assert np.abs(uv - image_px).max() < 1e-6  # pixels; 0.4 px off everywhere with the pixel centre dropped

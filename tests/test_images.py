@@ -148,3 +148,25 @@ def test_stream_resume_continues_exactly_and_labels_masks(two_datasets):
     again.load_state_dict(state)
     assert torch.equal(next(iter(again))["image"], nxt["image"])
     assert first[0]["joints2d"].shape == (4, 17, 2)
+
+
+def test_fraction_keeps_that_share_of_rows_not_of_row_groups(two_datasets):
+    from mpt_train.finetune import keep_units
+
+    cfg = read_mixture(two_datasets / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=5)
+    full = ImageStream(cfg)
+    everything = {(int(s["dataset"]), float(s["joints2d"][0, 0])) for s in
+                  (next(it) for it in [iter(full.samples(0, 1))] for _ in range(60))}
+    stream = ImageStream(cfg)
+    keep_units(stream, 0.2, seed=0)
+    # d0: 14 rows in groups of 3 → round(2.8) = 3 rows; d1: 9 rows → round(1.8) = 2 (not 1 group each)
+    assert [sum(r for _, _, r in ds.units) for ds in stream.datasets] == [3, 2]
+    seen = _keys(stream, 0, 1, 60)
+    per = {d: {x for dd, x in seen if dd == d} for d in (0, 1)}
+    assert len(per[0]) == 3 and len(per[1]) == 2  # every sample comes from the kept rows, all of them used
+    assert set(seen) <= everything
+    again = ImageStream(cfg)
+    keep_units(again, 0.2, seed=0)
+    assert _keys(again, 0, 1, 60) == seen  # seeded: the same subset and order
+    with pytest.raises(ValueError, match="fraction"):
+        keep_units(ImageStream(cfg), 0.0, seed=0)
