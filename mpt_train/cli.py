@@ -33,7 +33,7 @@ def main() -> None:
 @click.option("--steps", type=int, default=None, help="Optimiser steps (default: from --epochs).")
 @click.option("--epochs", type=float, default=None, help="Epochs over the train split (alternative to --steps).")
 @click.option("--batch-size", type=int, default=None, help="Samples per rank and step (tiny 32, paper 32).")
-@click.option("--lr", type=float, default=None, help="Peak Adam learning rate (paper 2e-4; tiny 1e-3).")
+@click.option("--lr", type=float, default=None, help="Peak Adam learning rate (paper 2e-4; tiny 2e-3).")
 @click.option("--warmup-frac", type=float, default=0.1, show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm; 0 = off.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
@@ -41,7 +41,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Loader worker processes per rank.")
 @click.option("--patch", type=int, default=None, help="Heatmap patch side in px (paper 8, tiny 16).")
-@click.option("--mask-ratio", type=float, default=0.3, show_default=True, help="Masked Heatmap Modeling ratio.")
+@click.option("--mask-ratio", type=float, default=None,
+              help="Masked Heatmap Modeling: probability that a joint is removed (paper 0.3, tiny 0.1).")
 @click.option("--no-mhm", is_flag=True, help="Turn MHM, noise and jitter off (Table 3c ablation).")
 @click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
 @click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
@@ -77,9 +78,11 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
     model_cfg = ModelConfig.tiny(joint_set=joint_set) if tiny else ModelConfig.paper(joint_set=joint_set)
     if mvm_ratio is not None:
         model_cfg = dataclasses.replace(model_cfg, mvm_ratio=mvm_ratio)
+    if mask_ratio is None:
+        mask_ratio = 0.1 if tiny else 0.3
     inputs_cfg = InputConfig(patch=patch or (16 if tiny else 8), mask_ratio=mask_ratio, use_mhm=not no_mhm,
                              use_heatmaps=not coords)
-    cfg = TrainConfig(out=out, steps=steps or 1, batch_size=batch_size or 32, lr=lr or (1e-3 if tiny else 2e-4),
+    cfg = TrainConfig(out=out, steps=steps or 1, batch_size=batch_size or 32, lr=lr or (2e-3 if tiny else 2e-4),
                       warmup_frac=warmup_frac, grad_clip=grad_clip, precision=precision, seed=seed,
                       log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every,
                       val_batches=val_batches, progress=not no_progress, device=device)

@@ -78,7 +78,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[dict], prepare: Pre
 
 
 class MeanPoseModel(torch.nn.Module):
-    """Baseline: predicts the same mean joints and mesh (camera frame) for every input."""
+    """Baseline: predicts the same mean joints and mesh (camera frame) for every input (see `mean_pose`)."""
 
     def __init__(self, reference: torch.nn.Module, joints: torch.Tensor, vertices: torch.Tensor):
         super().__init__()
@@ -97,22 +97,52 @@ class MeanPoseModel(torch.nn.Module):
                 "camera": v.new_zeros(b, 3)}
 
 
+def _rotation_onto(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Rotations (B, 3, 3) that best map centred ``src`` (B, N, 3) onto centred ``dst`` (B or 1, N, 3)
+    in the least-squares sense (Kabsch; proper rotations only)."""
+    a = src - src.mean(1, keepdim=True)
+    b = dst - dst.mean(1, keepdim=True)
+    u, _, vh = torch.linalg.svd(b.transpose(1, 2) @ a)
+    d = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
+    d[:, -1] = torch.sign(torch.linalg.det(u @ vh))
+    return u @ torch.diag_embed(d) @ vh
+
+
+def procrustes_mean(joints: torch.Tensor, vertices: torch.Tensor, iters: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean body pose with each sample's orientation factored out (generalised Procrustes).
+
+    joints (N, J, 3), vertices (N, V, 3), root-centred, in each view's camera frame. Every
+    sample is rotated about the root onto the running mean of the joints, and the means are
+    recomputed, ``iters`` times. The result is turned to the best rotation onto the plain
+    camera-frame mean, so it stands in the typical view orientation. Returns (J, 3), (V, 3).
+
+    The plain average of camera-frame poses seen from all sides is a shrunken blob rather than
+    a body; this is the pose a model that ignores its input should predict.
+    """
+    j, v = joints.double(), vertices.double()
+    ref = j[0:1]
+    for _ in range(iters):
+        rot = _rotation_onto(j, ref)  # (N, 3, 3)
+        ref = (j @ rot.transpose(1, 2)).mean(0, keepdim=True)
+    mean_v = (v @ rot.transpose(1, 2)).mean(0)
+    turn = _rotation_onto(ref, j.mean(0, keepdim=True))[0]
+    return (ref[0] @ turn.T).float(), (mean_v @ turn.T).float()
+
+
 @torch.no_grad()
 def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (J, 3) joints and (V, 3) vertices over prepared targets (e.g. the train split)."""
-    sj = sv = None
-    n = 0
+    """The baseline's (J, 3) joints and (V, 3) vertices: the Procrustes mean of prepared targets
+    (e.g. the train split; see :func:`procrustes_mean`)."""
+    js, vs = [], []
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
         _, t = prepare(batch)
-        j, v = t["joints3d"].double().sum(0), t["vertices"].double().sum(0)
-        sj = j if sj is None else sj + j
-        sv = v if sv is None else sv + v
-        n += t["joints3d"].shape[0]
-    if n == 0:
+        js.append(t["joints3d"].float().cpu())
+        vs.append(t["vertices"].float().cpu())
+    if not js:
         raise ValueError("mean pose: no training samples")
-    return (sj / n).float(), (sv / n).float()
+    return procrustes_mean(torch.cat(js), torch.cat(vs))
 
 
 def load_checkpoint_model(checkpoint: str, device: torch.device, shards_fingerprint: str | None = None,
@@ -137,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
 
     Returns {"clean": metrics, "missing_joints": metrics with MHM-style removed joints
     (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose": the baseline that
-    predicts the train split's mean camera-frame joints and mesh}. Metrics in mm.
+    predicts the train split's Procrustes mean pose and mesh for every input}. Metrics in mm.
     ``picture``: also write predicted vs true meshes of the first samples to this PNG.
     """
     import dataclasses

@@ -4,9 +4,13 @@ MPT's fine-tuning puts a 2D pose network trained elsewhere (SimpleBaseline, HRNe
 of the transformer. Where no public checkpoint can be used (the CPU demo's small ResNet, or a new
 joint layout), this trains one with the shared loop of :mod:`mpt_train.trainer`: the model is
 :class:`~mpt_train.backbones.PoseFeatureMaps` (its maps at the transformer's 224 px grid), the
-targets are the Gaussian heatmaps the transformer was pre-trained on (σ = 3 px, same formula and
-pixel convention as :func:`mpt_train.inputs.render_heatmaps`), and the loss is their mean squared
-difference over the visible joints. The result is exported as ``RUN/pose_network.pth``, a bare
+targets are Gaussian heatmaps of the same formula and pixel convention as
+:func:`mpt_train.inputs.render_heatmaps`, and the loss is their mean squared difference over the
+visible joints. The target width σ belongs to this loss only: pre-training's σ = 3 px (at 224) is
+under one output pixel of a stride-4 network reading 128 px crops, too sharp to learn in a few
+hundred CPU steps, so the demo trains with σ = 8 (about 1.1 output pixels; the public COCO networks
+use 2 output pixels). The maps the network then makes are what fine-tuning feeds the transformer,
+which adapts to their width end to end. The result is exported as ``RUN/pose_network.pth``, a bare
 state dict with the public key names, which ``--backbone-checkpoint`` loads strictly.
 """
 
@@ -46,8 +50,9 @@ class HeatmapCriterion:
     """Mean squared heatmap error over visible joints, per joint normalised by the Gaussian's area.
 
     pred: (B, K, H, W) maps; targets["heatmaps"]: (B, K, H, W); targets["visible"]: (B, K) bool.
-    loss = Σ_visible Σ_pixels (pred - target)² / (number of visible joints · π σ²), so a map of all
-    zeros against one Gaussian scores about 0.5, whatever the resolution. Returns (loss, terms).
+    loss = Σ_visible Σ_pixels (pred - target)² / (number of visible joints · π σ² / 2), the
+    denominator being one target's own squared mass, so a map of all zeros scores 1, whatever the
+    resolution and σ. Returns (loss, terms).
     """
 
     def __init__(self, sigma: float):

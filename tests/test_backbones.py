@@ -109,3 +109,28 @@ def test_feature_maps_shape_frozen_and_resnet50_forward():
     out = trainable(torch.rand(2, 3, 96, 96))
     out.square().mean().backward()
     assert trainable.net.conv1.weight.grad is not None
+
+
+def test_input_size_resizes_the_crop_before_the_network_and_keeps_the_map_grid():
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    maps = PoseFeatureMaps(TINY_BACKBONE).eval()
+    assert TINY_BACKBONE.in_size == 128
+    seen = []
+    maps.net.conv1.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        y = maps(image)
+        # the same network on a crop resized by hand (ImageNet-normalised, antialiased bilinear)
+        x = (image - maps.mean) / maps.std
+        x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False, antialias=True)
+        ref = F.interpolate(maps.net(x), size=(224, 224), mode="bilinear", align_corners=False)
+    assert seen[0] == (128, 128) and y.shape == (1, 17, 224, 224)
+    assert torch.allclose(y, ref, atol=1e-5)
+    full = PoseFeatureMaps(dataclasses.replace(TINY_BACKBONE, in_size=0)).eval()
+    full.net.load_state_dict(maps.net.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(full(image), y, atol=1e-3)  # in_size 0: the crop goes in as given

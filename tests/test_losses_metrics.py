@@ -117,3 +117,22 @@ def test_mpve_and_accumulator_in_mm():
     # vertices moved by (1, 1, 1) cm, the root by (2, 0, 0) cm: (-1, 1, 1) cm after root alignment
     assert res["mpve"] == pytest.approx(np.sqrt(3) * 10, rel=1e-4)
     assert res["h36m17_mpjpe"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_procrustes_mean_recovers_a_pose_seen_from_many_sides():
+    from mpt_train.evaluate import procrustes_mean
+
+    g = torch.Generator().manual_seed(0)
+    pose = torch.randn(17, 3, generator=g, dtype=torch.float64)
+    pose -= pose.mean(0)
+    # the same pose turned about the vertical axis, plus small noise: the plain mean shrinks it
+    angles = torch.linspace(0, 2 * torch.pi, 65)[:-1].double()
+    c, s = torch.cos(angles), torch.sin(angles)
+    rot = torch.zeros(64, 3, 3, dtype=torch.float64)
+    rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, s, 1.0, -s, c
+    joints = pose @ rot.transpose(1, 2) + 0.001 * torch.randn(64, 17, 3, generator=g, dtype=torch.float64)
+    mean_j, mean_v = procrustes_mean(joints.float(), joints.float())
+    plain = joints.mean(0)
+    assert pa_mpjpe(mean_j[None].double(), pose[None]).item() < 0.005  # the pose itself, up to rotation
+    assert pa_mpjpe(plain[None], pose[None]).item() > 0.1  # what a plain average gives
+    assert torch.allclose(mean_j, mean_v, atol=1e-5)  # vertices follow the same rotations
