@@ -158,11 +158,13 @@ def bench_matmul(device: torch.device | str | None = None, n: int = 8192, iters:
 
 
 def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
-                     device: torch.device | str | None = None, warmup: int | None = None) -> dict[str, Any]:
+                     device: torch.device | str | None = None, warmup: int | None = None,
+                     compile: bool = False) -> dict[str, Any]:
     """Time full training steps (forward, the four losses, backward, Adam) of the `paper` preset
     on an SMPL-sized mesh (6890 -> 1723 -> 431) with pre-rendered heatmap tokens.
 
     bf16 autocast on CUDA, fp32 on CPU. Achieved TFLOP/s = 3 x counted forward FLOPs / time.
+    ``compile``: run the forward through torch.compile (its compilation happens in the warm-up).
     """
     from mpt_train.losses import Criterion, LossConfig
     from mpt_train.model import MeshRegressor, ModelConfig, forward_matmul_flops, num_parameters
@@ -185,9 +187,11 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
                "joints2d": torch.rand(bs, cfg.num_joints, 2, device=dev) * 2 - 1,
                "visible": torch.ones(bs, cfg.num_joints, dtype=torch.bool, device=dev)}
 
+    net = torch.compile(model) if compile else model
+
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            pred = model(tokens)
+            pred = net(tokens)
         loss, _ = crit(pred, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,6 +206,6 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
     _sync(dev)
     sec = (time.perf_counter() - t0) / n_steps
     flops = 3 * forward_matmul_flops(cfg, bs)
-    return {"what": "paper training step", "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+    return {"what": "paper training step" + (" (torch.compile)" if compile else ""), "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "batch_size": bs, "steps": n_steps, "parameters": num_parameters(model), "ms_per_step": 1e3 * sec,
             "samples_per_s": bs / sec, "gflop_per_sample": flops / bs / 1e9, "tflop_per_s": flops / sec / 1e12}

@@ -55,9 +55,10 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps on GPUs).")
 def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, grad_clip, precision, device, seed,
              workers, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, log_every, checkpoint_every,
-             val_every, val_batches, resume, force, allow_unfrozen, no_progress):
+             val_every, val_batches, resume, force, allow_unfrozen, no_progress, compile_):
     """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
 
     \b
@@ -85,7 +86,7 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
     cfg = TrainConfig(out=out, steps=steps or 1, batch_size=batch_size or 32, lr=lr or (2e-3 if tiny else 2e-4),
                       warmup_frac=warmup_frac, grad_clip=grad_clip, precision=precision, seed=seed,
                       log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every,
-                      val_batches=val_batches, progress=not no_progress, device=device)
+                      val_batches=val_batches, progress=not no_progress, device=device, compile=compile_)
     loader_cfg = LoaderConfig(shards=shards, num_workers=workers, allow_unfrozen=allow_unfrozen)
     task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg)
     if epochs is not None:
@@ -141,7 +142,8 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
 @click.option("--batch-size", type=int, default=None, help="Paper-step batch (default: 64 on CUDA, 2 on CPU).")
 @click.option("--steps", type=int, default=None, help="Timed paper steps (default: 20 on CUDA, 2 on CPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def bench(shards, batch_size, steps, device):
+@click.option("--compile", "compile_", is_flag=True, help="Time the step under torch.compile.")
+def bench(shards, batch_size, steps, device, compile_):
     """Heatmap render + MHM, loader samples/s, and a `paper` training step in samples/s and TFLOP/s.
 
     On a GPU the step runs in bf16 and is compared with the device's measured bf16 matmul rate
@@ -150,7 +152,7 @@ def bench(shards, batch_size, steps, device):
     from . import bench as b
 
     dev = None if device == "auto" else device
-    step = b.bench_paper_step(batch_size=batch_size, steps=steps, device=dev)
+    step = b.bench_paper_step(batch_size=batch_size, steps=steps, device=dev, compile=compile_)
     render = b.bench_inputs(batch_size=step["batch_size"], device=dev)
     click.echo(b.format_result(render))
     if shards:

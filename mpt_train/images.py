@@ -221,10 +221,10 @@ class ImageStream(torch.utils.data.IterableDataset):
         unit = self._unit(d, slot, slots, t)
         path, group, _ = self.datasets[d].units[unit]
         table = pq.ParquetFile(path).read_row_group(group)
-        rows = table.to_pylist()
         kept = self.datasets[d].kept.get((path, group))
-        if kept is not None:
-            rows = [rows[i] for i in kept]
+        if kept is not None:  # only the kept rows become Python objects (a 1 % cut keeps ~1 per group)
+            table = table.take(kept)
+        rows = table.to_pylist()
         order = self._rows(d, unit, slot + t * slots)
         return [rows[i] for i in order]
 
