@@ -130,9 +130,14 @@ def procrustes_mean(joints: torch.Tensor, vertices: torch.Tensor, iters: int = 4
 
 
 @torch.no_grad()
-def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The baseline's (J, 3) joints and (V, 3) vertices: the Procrustes mean of prepared targets
-    (e.g. the train split; see :func:`procrustes_mean`)."""
+def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The baselines' (J, 3) joints and (V, 3) vertices from prepared targets (e.g. the train split).
+
+    "mean_pose": the Procrustes mean (:func:`procrustes_mean`), the body pose a model that ignores
+    its input should predict. "mean_camera_frame": the plain average of the camera-frame targets,
+    views from all sides averaged into one shrunken shape (a weaker baseline, kept for comparison).
+    """
     js, vs = [], []
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
@@ -142,7 +147,8 @@ def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0) -
         vs.append(t["vertices"].float().cpu())
     if not js:
         raise ValueError("mean pose: no training samples")
-    return procrustes_mean(torch.cat(js), torch.cat(vs))
+    j, v = torch.cat(js), torch.cat(vs)
+    return {"mean_pose": procrustes_mean(j, v), "mean_camera_frame": (j.mean(0), v.mean(0))}
 
 
 def load_checkpoint_model(checkpoint: str, device: torch.device, shards_fingerprint: str | None = None,
@@ -166,8 +172,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
     """Score a pre-trained checkpoint on a store split.
 
     Returns {"clean": metrics, "missing_joints": metrics with MHM-style removed joints
-    (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose": the baseline that
-    predicts the train split's Procrustes mean pose and mesh for every input}. Metrics in mm.
+    (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose" and "mean_camera_frame":
+    the baselines of :func:`mean_pose`, one prediction for every input}. Metrics in mm.
     ``picture``: also write predicted vs true meshes of the first samples to this PNG.
     """
     import dataclasses
@@ -200,9 +206,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
                                            max_batches=max_batches)
     if baseline:
         train_cfg = dataclasses.replace(loader_cfg, split="train")
-        mj, mv = mean_pose(PairLoader(train_cfg), clean, max_batches=baseline_batches)
-        base = MeanPoseModel(model, mj.to(dev), mv.to(dev))
-        out["mean_pose"] = evaluate_model(base, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)
+        for name, (mj, mv) in mean_pose(PairLoader(train_cfg), clean, max_batches=baseline_batches).items():
+            base = MeanPoseModel(model, mj.to(dev), mv.to(dev))
+            out[name] = evaluate_model(base, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)
     if picture:
         comparison_picture(model, PairLoader(loader_cfg), clean, picture, device=dev)
     return out

@@ -3,7 +3,8 @@
 MPT's fine-tuning puts a 2D pose network trained elsewhere (SimpleBaseline, HRNet on COCO) in front
 of the transformer. Where no public checkpoint can be used (the CPU demo's small ResNet, or a new
 joint layout), this trains one with the shared loop of :mod:`mpt_train.trainer`: the model is
-:class:`~mpt_train.backbones.PoseFeatureMaps` (its maps at the transformer's 224 px grid), the
+:class:`~mpt_train.backbones.PoseFeatureMaps` (trained on its own map grid; fine-tuning resizes
+the maps to the transformer's 224 px grid), the
 targets are Gaussian heatmaps of the same formula and pixel convention as
 :func:`mpt_train.inputs.render_heatmaps`, and the loss is their mean squared difference over the
 visible joints. The target width σ belongs to this loss only: pre-training's σ = 3 px (at 224) is
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpt_data.schema import PIXEL_CENTRE
+from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
 from .backbones import BackboneConfig, PoseFeatureMaps
 from .inputs import render_heatmaps
@@ -35,8 +36,9 @@ POSE_NETWORK_FILE = "pose_network.pth"
 
 @dataclass(frozen=True)
 class PoseNetConfig:
-    """The 2D network's training: mixture YAML, validation shard folders, backbone, heatmap σ (px at
-    the 224 grid), DataLoader workers per rank, augmentation on/off."""
+    """The 2D network's training: mixture YAML, validation shard folders, backbone, heatmap σ (px of
+    the 224 crop; the loss is taken on the network's own map grid with σ scaled to it), DataLoader
+    workers per rank, augmentation on/off."""
 
     data: str
     val: tuple[str, ...] = ()
@@ -67,13 +69,15 @@ class HeatmapCriterion:
 
 def heatmap_prepare(device: torch.device, sigma: float, size: int):
     """prepare(batch, train) → (images on device, {"heatmaps", "visible", "joints2d"}); the maps are
-    rendered on the device from the 2D joints (crop pixels, centres at integers)."""
+    rendered on the device from the 2D joints (crop pixels, centres at integers) on a ``size`` grid
+    spanning the crop: joints and σ (given in crop pixels) scale by size / crop side."""
 
     def prepare(batch: dict, train: bool = False) -> tuple[torch.Tensor, dict]:
         images = batch["image"].to(device, non_blocking=True)
         j2d = batch["joints2d"].to(device).float()
         visible = batch["visible"].to(device).bool()
-        maps = render_heatmaps(j2d + PIXEL_CENTRE, visible, size, sigma)
+        k = size / images.shape[-1]
+        maps = render_heatmaps((j2d + PIXEL_CENTRE) * k, visible, size, sigma * k)
         return images, {"heatmaps": maps, "visible": visible, "joints2d": j2d}
 
     return prepare
@@ -90,12 +94,18 @@ def build_posenet_task(train_cfg, pcfg: PoseNetConfig):
     device = torch.device(device_kind, int(os.environ.get("LOCAL_RANK", "0"))) if device_kind == "cuda" \
         else torch.device("cpu")
     torch.manual_seed(train_cfg.seed)
-    model = PoseFeatureMaps(dataclasses.replace(pcfg.backbone, frozen=False))
+    # The loss is taken on the network's own map grid (32 px for 128 px input): the same
+    # targets, without resizing every map to 224 and back through the gradient.
+    probe = PoseFeatureMaps(dataclasses.replace(pcfg.backbone, frozen=False, checkpoint=None)).eval()
+    side = pcfg.backbone.in_size or pcfg.backbone.out_size
+    with torch.no_grad():
+        native = int(probe.net(torch.zeros(1, 3, side, side)).shape[-1])
+    model = PoseFeatureMaps(dataclasses.replace(pcfg.backbone, frozen=False, out_size=native))
     mix = read_mixture(pcfg.data, seed=train_cfg.seed, num_vertices=0, augment=AugmentConfig(enabled=pcfg.augment))
     stream = ImageStream(mix, ddp.rank, ddp.world_size)
     batches = ImageBatches(stream, train_cfg.batch_size, pcfg.workers, pin_memory=device.type == "cuda")
     return Task(
-        model=model, criterion=HeatmapCriterion(pcfg.sigma), train_batches=batches,
+        model=model, criterion=HeatmapCriterion(pcfg.sigma * native / CROP_SIZE), train_batches=batches,
         prepare=heatmap_prepare(device, pcfg.sigma, model.cfg.out_size), val_batches=None,
         config={"posenet": _plain(dataclasses.asdict(pcfg)), "mixture": [dataclasses.asdict(e) for e in mix.datasets]},
         store_fingerprint=None,
@@ -111,11 +121,15 @@ def export_pose_network(model: PoseFeatureMaps, run_dir: str | Path) -> Path:
     return path
 
 
-def argmax_joints(maps: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) maps → (B, K, 2) x, y of each map's maximum, pixel centres at integers."""
+def argmax_joints(maps: torch.Tensor, crop: int | None = None) -> torch.Tensor:
+    """(B, K, H, W) maps → (B, K, 2) x, y of each map's maximum, pixel centres at integers; in the
+    pixels of a ``crop``-side image the square maps span when given (else map pixels)."""
     b, k, h, w = maps.shape
     idx = maps.reshape(b, k, h * w).argmax(-1)
-    return torch.stack([idx % w, idx // w], dim=-1).float()
+    xy = torch.stack([idx % w, idx // w], dim=-1).float()
+    if crop is not None and crop != w:
+        xy = (xy + PIXEL_CENTRE) * (crop / w) - PIXEL_CENTRE
+    return xy
 
 
 @torch.no_grad()
@@ -131,7 +145,7 @@ def evaluate_pose_network(model: nn.Module, batches, device: torch.device, max_b
         maps = model(batch["image"].to(device))
         gt = batch["joints2d"].to(device).float()
         vis = batch["visible"].to(device).bool()
-        d = (argmax_joints(maps) - gt).norm(dim=-1)[vis]
+        d = (argmax_joints(maps, batch["image"].shape[-1]) - gt).norm(dim=-1)[vis]
         dist_sum += float(d.sum())
         close += int((d <= threshold_px).sum())
         count += int(d.numel())

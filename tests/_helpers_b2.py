@@ -69,7 +69,7 @@ class Inputs:
 
 def write_inputs(root: Path) -> Inputs:
     """Body models (helper A's synthetic model, NUM_VERTICES) and motions under `root`."""
-    from mpt_data.synth_body import write_body_models
+    from _synth_cache import write_body_models
 
     body_dir = root / "body_models"
     write_body_models(body_dir, seed=0, num_vertices=NUM_VERTICES)

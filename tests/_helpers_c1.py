@@ -37,7 +37,7 @@ def build_test_stores(root: Path) -> TestStores:
     from _helpers_b2 import motion_arrays
     from mpt_data.build import build_store, load_recipe
     from mpt_data.store import freeze_store
-    from mpt_data.synth_body import write_body_models
+    from _synth_cache import write_body_models
 
     body = root / "body_models"
     write_body_models(body, seed=0, num_vertices=NUM_VERTICES)

@@ -216,11 +216,10 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path):
         load_model_file(tmp_path / "absent.pkl")
 
 
-def test_synthetic_body_models_if_available(tmp_path):
-    synth = pytest.importorskip("mpt_data.synth_body")
-    if not hasattr(synth, "write_body_models"):
-        pytest.skip("synthetic body models not written yet")
-    synth.write_body_models(tmp_path, seed=0, num_vertices=1500)
+def test_synthetic_body_models(tmp_path):
+    from _synth_cache import write_body_models
+
+    write_body_models(tmp_path, seed=0, num_vertices=1500)
     cfg = BodyModelConfig(str(tmp_path))
     for g in ("male", "female", "neutral"):
         path = find_model_file(cfg, g)

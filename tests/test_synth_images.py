@@ -27,7 +27,7 @@ def inputs(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))
     from _helpers_b2 import motion_arrays
 
-    from mpt_data.synth_body import write_body_models
+    from _synth_cache import write_body_models
 
     root = tmp_path_factory.mktemp("synth_images")
     write_body_models(root / "body", seed=0, num_vertices=1500)
@@ -196,3 +196,20 @@ def test_heatmap_training_step_lowers_the_loss(inputs, tmp_path):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_heatmap_targets_on_the_networks_own_grid_peak_at_the_joints():
+    from mpt_train.posenet import argmax_joints, heatmap_prepare
+
+    rng = np.random.default_rng(1)
+    j2d = torch.tensor(rng.uniform(5, 218, (3, 17, 2)), dtype=torch.float32)
+    batch = {"image": torch.zeros(3, 3, 224, 224), "joints2d": j2d, "visible": torch.ones(3, 17, dtype=torch.bool)}
+    _, t32 = heatmap_prepare(torch.device("cpu"), 8.0, 32)(batch)
+    assert t32["heatmaps"].shape == (3, 17, 32, 32)
+    # a map pixel is 7 crop pixels: the peak is the map pixel holding the joint
+    err = (argmax_joints(t32["heatmaps"], 224) - j2d).abs()
+    assert float(err.max()) <= 3.5 + 1e-4
+    # σ scales with the grid: the 32 px target is the 224 px one sampled at map-pixel centres
+    _, t224 = heatmap_prepare(torch.device("cpu"), 8.0, 224)(batch)
+    centres = torch.arange(32) * 7 + 3  # crop pixel whose centre (i + 0.5) is the map pixel's centre
+    assert torch.allclose(t32["heatmaps"], t224["heatmaps"][..., centres[:, None], centres[None, :]], atol=1e-5)

@@ -109,7 +109,7 @@ def test_pretrain_and_evaluate_commands_on_a_store(tmp_path):
                                     "--picture", str(tmp_path / "cmp.png")])
     assert res.exit_code == 0, res.output
     figures = json.loads((tmp_path / "e.json").read_text())
-    assert set(figures) == {"clean", "missing_joints", "mean_pose"}
+    assert set(figures) == {"clean", "missing_joints", "mean_pose", "mean_camera_frame"}
     assert figures["clean"]["samples"] == 16 * 2  # the val chunk, both cameras
     assert figures["clean"]["pa_mpjpe"] > 0 and figures["mean_pose"]["mpve"] > 0
     assert figures["missing_joints"]["mpjpe"] != figures["clean"]["mpjpe"]

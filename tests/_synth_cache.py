@@ -1,0 +1,25 @@
+"""One synthetic body-model build per test session, copied wherever a test needs the files.
+
+Building the synthetic model takes seconds of CPU; many tests need the same (seed, vertex count).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(tempfile.mkdtemp(prefix="mpt-test-body-models-"))
+
+
+def write_body_models(out_dir: Path, seed: int = 0, num_vertices: int = 1500) -> Path:
+    """Same files as `mpt_data.synth_body.write_body_models(out_dir, seed, num_vertices)`."""
+    from mpt_data.synth_body import write_body_models as build
+
+    cached = _ROOT / f"seed{seed}-v{num_vertices}"
+    if not cached.exists():
+        partial = _ROOT / f".partial-seed{seed}-v{num_vertices}"
+        build(partial, seed=seed, num_vertices=num_vertices)
+        partial.rename(cached)
+    shutil.copytree(cached, out_dir, dirs_exist_ok=True)
+    return Path(out_dir)
