@@ -201,7 +201,7 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
 
 
 @main.command()
-@click.option("--init", required=True, type=click.Path(exists=True), help="Pre-trained (or fine-tuned) checkpoint.")
+@click.option("--init", required=True, help="Pre-trained (or fine-tuned) checkpoint: a step-N folder, a run folder or RUN/latest.")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Mixture YAML.")
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder(s) for validation (repeatable).")
@@ -316,7 +316,7 @@ def compare_runs_cmd(runs, out):
 
 
 @main.command("evaluate-images")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True))
+@click.option("--checkpoint", required=True, help="A step-N folder, a run folder or RUN/latest.")
 @click.option("--shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test).")
 @click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "train-metrics"]), default="h36m-p2",
@@ -360,7 +360,7 @@ def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth,
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="A fine-tuned checkpoint.")
+@click.option("--checkpoint", required=True, help="A fine-tuned checkpoint: a step-N folder, a run folder or RUN/latest.")
 @click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--bbox", default=None, help="Person box x,y,w,h in pixels; default: the whole image is the crop.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
