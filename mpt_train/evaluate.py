@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from .metrics import MetricAccumulator, evaluate_batch
+from .metrics import MetricAccumulator, evaluate_batch, rotation_onto
 
 Prepare = Callable[[dict], tuple[torch.Tensor, dict]]
 
@@ -97,17 +97,6 @@ class MeanPoseModel(torch.nn.Module):
                 "camera": v.new_zeros(b, 3)}
 
 
-def _rotation_onto(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Rotations (B, 3, 3) that best map centred ``src`` (B, N, 3) onto centred ``dst`` (B or 1, N, 3)
-    in the least-squares sense (Kabsch; proper rotations only)."""
-    a = src - src.mean(1, keepdim=True)
-    b = dst - dst.mean(1, keepdim=True)
-    u, _, vh = torch.linalg.svd(b.transpose(1, 2) @ a)
-    d = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
-    d[:, -1] = torch.sign(torch.linalg.det(u @ vh))
-    return u @ torch.diag_embed(d) @ vh
-
-
 def procrustes_mean(joints: torch.Tensor, vertices: torch.Tensor, iters: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean body pose with each sample's orientation factored out (generalised Procrustes).
 
@@ -119,13 +108,16 @@ def procrustes_mean(joints: torch.Tensor, vertices: torch.Tensor, iters: int = 4
     The plain average of camera-frame poses seen from all sides is a shrunken blob rather than
     a body; this is the pose a model that ignores its input should predict.
     """
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(1, keepdim=True)
+
     j, v = joints.double(), vertices.double()
     ref = j[0:1]
     for _ in range(iters):
-        rot = _rotation_onto(j, ref)  # (N, 3, 3)
+        rot, _ = rotation_onto(centred(j), centred(ref))  # (N, 3, 3)
         ref = (j @ rot.transpose(1, 2)).mean(0, keepdim=True)
     mean_v = (v @ rot.transpose(1, 2)).mean(0)
-    turn = _rotation_onto(ref, j.mean(0, keepdim=True))[0]
+    turn = rotation_onto(centred(ref), centred(j.mean(0, keepdim=True)))[0][0]
     return (ref[0] @ turn.T).float(), (mean_v @ turn.T).float()
 
 

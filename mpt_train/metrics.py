@@ -41,6 +41,16 @@ def mpjpe(pred: torch.Tensor, gt: torch.Tensor, roots: tuple[int, ...]) -> torch
     return (p - g).norm(dim=-1).mean(dim=-1)
 
 
+def rotation_onto(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proper rotations (B, 3, 3) that best map centred ``src`` (B, N, 3) onto centred ``dst``
+    (B or 1, N, 3) in the least-squares sense (Kabsch: SVD of the cross-covariance, reflection
+    fixed). Also returns the (B,) trace term sum(S D) that gives the similarity scale."""
+    u, s, vh = torch.linalg.svd(dst.transpose(1, 2) @ src)  # (B, 3, 3) sum_i d_i s_i^T
+    d = torch.ones_like(s)
+    d[:, -1] = torch.sign(torch.linalg.det(u @ vh))
+    return u @ torch.diag_embed(d) @ vh, (s * d).sum(-1)
+
+
 def procrustes_align(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Similarity-align ``pred`` onto ``gt`` (both (B, N, 3)): returns s R pred + t, (B, N, 3).
 
@@ -51,13 +61,9 @@ def procrustes_align(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     g = gt.double()
     mp, mg = p.mean(1, keepdim=True), g.mean(1, keepdim=True)
     p0, g0 = p - mp, g - mg
-    cov = g0.transpose(1, 2) @ p0  # (B, 3, 3) sum_i g_i p_i^T
-    u, s, vh = torch.linalg.svd(cov)
-    d = torch.ones_like(s)
-    d[:, -1] = torch.sign(torch.linalg.det(u @ vh))
-    rot = u @ torch.diag_embed(d) @ vh  # maps centred pred onto centred gt
+    rot, trace = rotation_onto(p0, g0)  # maps centred pred onto centred gt
     var_p = (p0 ** 2).sum(dim=(1, 2))
-    scale = (s * d).sum(-1) / var_p.clamp_min(1e-12)
+    scale = trace / var_p.clamp_min(1e-12)
     aligned = scale[:, None, None] * p0 @ rot.transpose(1, 2) + mg
     return aligned.to(pred.dtype)
 

@@ -67,6 +67,14 @@ class Inputs:
     body_dir: Path
 
 
+def write_motion_files(amass: Path, motions) -> None:
+    """AMASS-format files for rows (subset, subject, name, frames, fps, gender) under `amass`."""
+    for i, (subset, subject, name, frames, fps, gender) in enumerate(motions):
+        d = amass / subset / subject
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / f"{name}_poses.npz", **motion_arrays(frames, fps, gender, seed=i))
+
+
 def write_inputs(root: Path) -> Inputs:
     """Body models (helper A's synthetic model, NUM_VERTICES) and motions under `root`."""
     from _synth_cache import write_body_models
@@ -74,11 +82,9 @@ def write_inputs(root: Path) -> Inputs:
     body_dir = root / "body_models"
     write_body_models(body_dir, seed=0, num_vertices=NUM_VERTICES)
     amass = root / "amass"
-    for i, (subset, subject, name, frames, fps, gender) in enumerate(GOOD):
-        d = amass / subset / subject
-        d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / f"{name}_poses.npz", **motion_arrays(frames, fps, gender, seed=i))
-        np.savez(d / "shape.npz", betas=np.zeros(16), gender=np.array(gender))  # not a motion: no row
+    write_motion_files(amass, GOOD)
+    for subset, subject, _, _, _, gender in GOOD:  # not motions: no rows
+        np.savez(amass / subset / subject / "shape.npz", betas=np.zeros(16), gender=np.array(gender))
     write_bad_files(amass / "Broken" / "b")
     return Inputs(amass, body_dir)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 NUM_VERTICES = 1500  # the smallest size the synthetic body model is tested at
 CHUNK, SHARD, CAMERAS = 8, 32, 4
@@ -34,7 +33,7 @@ class TestStores:
 
 
 def build_test_stores(root: Path) -> TestStores:
-    from _helpers_b2 import motion_arrays
+    from _helpers_b2 import write_motion_files
     from mpt_data.build import build_store, load_recipe
     from mpt_data.store import freeze_store
     from _synth_cache import write_body_models
@@ -42,10 +41,7 @@ def build_test_stores(root: Path) -> TestStores:
     body = root / "body_models"
     write_body_models(body, seed=0, num_vertices=NUM_VERTICES)
     amass = root / "amass"
-    for i, (subset, subject, name, frames, fps, gender) in enumerate(MOTIONS):
-        d = amass / subset / subject
-        d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / f"{name}_poses.npz", **motion_arrays(frames, fps, gender, seed=i))
+    write_motion_files(amass, MOTIONS)
     stores = []
     for name in ("frozen", "unfrozen"):
         cfg = load_recipe(

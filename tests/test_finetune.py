@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from _reference import np_procrustes
 from mpt_data.images import ImagesConfig, ingest
 from mpt_train import checkpoint as ckpt
 from mpt_train.backbones import TINY_BACKBONE, PoseFeatureMaps
@@ -50,20 +51,6 @@ def _save_model(run_dir, model) -> None:
 # Protocols against an independent computation
 
 
-def _procrustes_np(x, y):
-    """Independent similarity alignment of x onto y (both (N, 3)) by Horn/Kabsch with scale."""
-    mx, my = x.mean(0), y.mean(0)
-    x0, y0 = x - mx, y - my
-    u, s, vt = np.linalg.svd(x0.T @ y0)
-    r = vt.T @ u.T
-    if np.linalg.det(r) < 0:
-        vt[-1] *= -1
-        s[-1] *= -1
-        r = vt.T @ u.T
-    scale = s.sum() / (x0 ** 2).sum()
-    return scale * x0 @ r.T + my
-
-
 def test_h36m_protocol2_and_3dpw_match_an_independent_computation():
     rng = np.random.default_rng(1)
     b = 4
@@ -83,7 +70,7 @@ def test_h36m_protocol2_and_3dpw_match_an_independent_computation():
         p = np.stack([j17[h36m_names.index(n)] for n in eval_names]) - j17[0]
         g = spin[i, :14, :3] - (spin[i, 2, :3] + spin[i, 3, :3]) / 2  # SPIN: 2 right hip, 3 left hip
         mpjpe = np.linalg.norm(p - g, axis=1).mean()
-        pa = np.linalg.norm(_procrustes_np(p, g) - g, axis=1).mean()
+        pa = np.linalg.norm(np_procrustes(p, g) - g, axis=1).mean()
         assert abs(float(got["mpjpe"][i]) - mpjpe) < 1e-6
         assert abs(float(got["pa_mpjpe"][i]) - pa) < 1e-6
         assert pa < mpjpe

@@ -7,24 +7,10 @@ import pytest
 import torch
 
 from _helpers_c2 import synthetic_targets, tiny_model
+from _reference import np_procrustes as _np_procrustes
 from mpt_train.losses import Criterion, LossConfig, masked_l1
 from mpt_train.metrics import (MetricAccumulator, evaluate_batch, mpjpe, mpve, pa_mpjpe, procrustes_align,
                                root_indices)
-
-
-def _np_procrustes(p: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Similarity Procrustes written independently: Horn/Kabsch on the 3x3 H = P^T G."""
-    mp, mg = p.mean(0), g.mean(0)
-    p0, g0 = p - mp, g - mg
-    h = p0.T @ g0
-    u, s, vt = np.linalg.svd(h)
-    r = vt.T @ u.T  # rotation taking p0 to g0 (as column vectors)
-    if np.linalg.det(r) < 0:
-        vt[-1] *= -1
-        s[-1] *= -1
-        r = vt.T @ u.T
-    scale = s.sum() / (p0 ** 2).sum()
-    return scale * p0 @ r.T + mg
 
 
 def test_masked_l1_against_manual():
