@@ -52,8 +52,8 @@ def bench_inputs(
 ) -> dict[str, Any]:
     """Time `prepare_batch` on a batch already on the device.
 
-    Returns samples_per_s, ms_per_batch, and gb_per_s = bytes of the K x size x size heatmap
-    output (in `dtype`) written per second. Defaults: CUDA with bf16 when present, else CPU float32.
+    Returns samples_per_s, ms_per_batch, and gb_per_s = bytes of the heatmap windows
+    (in `dtype`) written per second. Defaults: CUDA with bf16 when present, else CPU float32.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -68,7 +68,7 @@ def bench_inputs(
     _sync(dev)
     sec = (time.perf_counter() - t0) / iters
     k = batch["joints2d"].shape[1]
-    out_bytes = batch_size * k * cfg.size * cfg.size * torch.finfo(dt).bits // 8 if cfg.use_heatmaps else 0
+    out_bytes = out.tokens.values.numel() * torch.finfo(dt).bits // 8 if cfg.use_heatmaps else 0
     assert out.tokens.shape[0] == batch_size
     return {
         "what": "render+MHM (prepare_batch)",
@@ -161,12 +161,13 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
                      device: torch.device | str | None = None, warmup: int | None = None,
                      compile: bool = False) -> dict[str, Any]:
     """Time full training steps (forward, the four losses, backward, Adam) of the `paper` preset
-    on an SMPL-sized mesh (6890 -> 1723 -> 431) with pre-rendered heatmap tokens.
+    on an SMPL-sized mesh (6890 -> 1723 -> 431) with pre-rendered heatmap windows of 17 joints.
 
     bf16 autocast on CUDA, fp32 on CPU. Achieved TFLOP/s = 3 x counted forward FLOPs / time.
     ``compile``: run the forward through torch.compile (its compilation happens in the warm-up).
     """
     from mpt_train.losses import Criterion, LossConfig
+    from mpt_train.inputs import InputConfig, heatmap_windows
     from mpt_train.model import MeshRegressor, ModelConfig, forward_matmul_flops, num_parameters
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -180,7 +181,11 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
     crit = Criterion(LossConfig(), model)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     dt = torch.bfloat16 if cuda else torch.float32
-    tokens = torch.rand(bs, cfg.num_input_tokens, cfg.input_token_dim, device=dev).to(dt)
+    icfg = InputConfig()
+    k = cfg.input_token_dim // (icfg.patch * icfg.patch)
+    j2d = synthetic_loader_batch(bs, num_joints=k, num_vertices=1, device=dev)["joints2d"]
+    tokens = heatmap_windows(j2d, torch.ones(bs, k, dtype=torch.bool, device=dev), icfg.size, icfg.sigma,
+                             icfg.patch, dt)
     nv = cfg.level_sizes[-1]
     targets = {"vertices": torch.randn(bs, nv, 3, device=dev) * 0.3,
                "joints3d": torch.randn(bs, cfg.num_joints, 3, device=dev) * 0.3,
@@ -205,7 +210,7 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
         step()
     _sync(dev)
     sec = (time.perf_counter() - t0) / n_steps
-    flops = 3 * forward_matmul_flops(cfg, bs)
+    flops = 3 * forward_matmul_flops(cfg, bs, window=(k, tokens.window, icfg.patch))
     return {"what": "paper training step" + (" (torch.compile)" if compile else ""), "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "batch_size": bs, "steps": n_steps, "parameters": num_parameters(model), "ms_per_step": 1e3 * sec,
             "samples_per_s": bs / sec, "gflop_per_sample": flops / bs / 1e9, "tflop_per_s": flops / sec / 1e12}

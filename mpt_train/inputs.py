@@ -5,6 +5,14 @@ Everything here is a pure, batched torch function that runs on the training devi
 coordinates, crop pixel (column i, row j) covers [i, i+1) x [j, j+1) with its centre at
 (i + 0.5, j + 0.5); the crop spans x, y in [0, size].
 
+Heatmaps travel as windows (:class:`HeatmapWindows`): a joint's Gaussian is non-zero only
+near the joint, so each joint carries an m x m-patch window around it (every pixel within
+4 sigma; the values left out are below e^-16 ~ 1e-7) and its place on the patch grid. The
+model's token embedding contracts the windows directly (:func:`window_linear`): the same
+numbers as the dense (B, (size/patch)^2, K*patch^2) tokens through a Linear layer, at 1/20
+(tiny) to 1/30 (paper) of the multiply-adds, without materialising 50k pixels per joint.
+`HeatmapWindows.dense()` gives the dense tokens for inspection and tests.
+
 Randomness (which joints are masked, jitter) is a hash of each sample's integer key and
 the joint index, so a sample is augmented the same way whatever batch or device it is in;
 heatmap noise comes from a generator seeded by a hash of the batch's keys (one kernel
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -34,8 +43,9 @@ class InputConfig:
 
     sigma: Gaussian width in pixels, S(p) = exp(-|p - x|^2 / sigma^2) (the paper's eq. 1).
     mask_ratio: probability that each joint is removed (Masked Heatmap Modeling).
-    noise_std: std of Gaussian noise added to the heatmaps of joints present (removed and
-    invisible joints stay exactly zero). jitter_px: std of the 2D coordinate jitter, pixels.
+    noise_std: std of Gaussian noise added to every pixel of the heatmap window of each joint
+    present (removed and invisible joints stay exactly zero; pixels outside a joint's window,
+    where its Gaussian is below 1e-7, get none). jitter_px: std of the 2D coordinate jitter, pixels.
     use_heatmaps: False feeds (K, 3) normalised coordinates + presence instead (Table 3a).
     use_mhm: False turns masking, noise and jitter off (Table 3c).
     patch: patch side in pixels; size: heatmap side in pixels.
@@ -162,6 +172,121 @@ def patchify(heatmaps: torch.Tensor, patch: int = 8) -> torch.Tensor:
     return t.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), k * patch * patch)
 
 
+# A joint's heatmap is kept on the patches within WINDOW_SIGMAS * sigma of it.
+WINDOW_SIGMAS = 4.0
+
+
+def window_patches(sigma: float, patch: int, grid: int) -> int:
+    """Side m, in patches, of the window that holds every pixel within WINDOW_SIGMAS * sigma of a
+    joint wherever it falls: the smallest m with (m - 1) * patch > 2 * radius, at most the grid."""
+    radius = WINDOW_SIGMAS * sigma
+    return min(int(math.floor(2.0 * radius / patch)) + 2, grid)
+
+
+class HeatmapWindows(NamedTuple):
+    """Heatmap patch tokens in windowed form.
+
+    values (B, K, m*patch, m*patch): joint k's heatmap on its window (rows = y), zero for
+    absent joints; origin (B, K, 2) int64: (row, column) of the window's top-left patch on the
+    grid; grid: patches per side; patch: patch side in pixels. Stands for the dense tokens
+    (B, grid^2, K*patch^2) of :func:`patchify`, whose shape `shape` reports.
+    """
+
+    values: torch.Tensor
+    origin: torch.Tensor
+    grid: int
+    patch: int
+
+    @property
+    def shape(self) -> torch.Size:
+        b, k = self.values.shape[:2]
+        return torch.Size((b, self.grid * self.grid, k * self.patch * self.patch))
+
+    @property
+    def window(self) -> int:
+        return self.values.shape[-1] // self.patch
+
+    def to(self, *args, **kwargs) -> "HeatmapWindows":
+        """Move/cast the values (`Tensor.to` arguments); the origin follows the device only."""
+        values = self.values.to(*args, **kwargs)
+        return self._replace(values=values, origin=self.origin.to(values.device))
+
+    def token_index(self) -> torch.Tensor:
+        """(B, K, m, m) int64: the grid token (row * grid + column) under each window patch."""
+        i = torch.arange(self.window, device=self.origin.device)
+        rows = self.origin[..., 0, None, None] + i[:, None]
+        cols = self.origin[..., 1, None, None] + i[None, :]
+        return rows * self.grid + cols
+
+    def heatmaps(self) -> torch.Tensor:
+        """(B, K, size, size) full heatmaps: each window written at its place, zero elsewhere."""
+        b, k, s, _ = self.values.shape
+        size = self.grid * self.patch
+        out = self.values.new_zeros(b, k, size, size)
+        i = torch.arange(s, device=self.values.device)
+        rows = (self.origin[..., 0] * self.patch)[..., None, None] + i[:, None]
+        cols = (self.origin[..., 1] * self.patch)[..., None, None] + i[None, :]
+        bi = torch.arange(b, device=out.device)[:, None, None, None]
+        ki = torch.arange(k, device=out.device)[None, :, None, None]
+        out[bi, ki, rows, cols] = self.values
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """(B, grid^2, K*patch^2) tokens, the layout of :func:`patchify`."""
+        return patchify(self.heatmaps(), self.patch)
+
+
+def heatmap_windows(
+    joints2d: torch.Tensor, present: torch.Tensor, size: int = 224, sigma: float = 3.0, patch: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> HeatmapWindows:
+    """Gaussian heatmaps S_j(p) = exp(-|p - x_j|^2 / sigma^2) as :class:`HeatmapWindows`.
+
+    joints2d (B, K, 2) crop pixels (x, y); present (B, K) bool (False: the joint's values are
+    zero). Each window is the m x m patches (m = :func:`window_patches`) starting at the patch
+    that holds x - 4 sigma, moved inside the grid; it holds the whole 4-sigma disc, or the part
+    of it inside the crop. Joints outside the crop get an edge window of (near) zeros.
+    """
+    grid = size // patch
+    m = window_patches(sigma, patch, grid)
+    radius = WINDOW_SIGMAS * sigma
+    p = present.to(torch.float32)
+    xy = torch.where(present[..., None], joints2d.to(torch.float32), torch.zeros((), device=joints2d.device))
+    origin = torch.floor((xy - radius) / patch).clamp(0, grid - m).to(torch.int64)  # (B, K, 2) as (col, row)
+    i = torch.arange(m * patch, device=xy.device, dtype=torch.float32) + schema.PIXEL_CENTRE
+    centres = (origin * patch).to(torch.float32)[..., None] + i  # (B, K, 2, m*patch)
+    d = centres - xy[..., None]
+    g = torch.exp(d * d * (-1.0 / (sigma * sigma)))
+    gx, gy = g[..., 0, :] * p[..., None], g[..., 1, :]
+    values = (gy[..., :, None] * gx[..., None, :]).to(dtype)
+    return HeatmapWindows(values=values, origin=origin.flip(-1).contiguous(), grid=grid, patch=patch)
+
+
+def window_linear(windows: HeatmapWindows, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(windows.dense(), weight, bias)`` computed from the windows alone.
+
+    weight (F, K*patch^2) in the (k, dy, dx) order of :func:`patchify`; bias (F,) or None.
+    Returns (B, grid^2, F). One batched matmul per joint over its window's patches, then the
+    patch embeddings are summed into their grid tokens (tokens outside every window get the
+    bias alone, as their all-zero patches would).
+    """
+    v = windows.values
+    b, k, s, _ = v.shape
+    p, m, g = windows.patch, windows.window, windows.grid
+    f = weight.shape[0]
+    if weight.shape[1] != k * p * p:
+        raise ValueError(f"weight {tuple(weight.shape)} does not take {k} joints of {p}x{p} patches")
+    w = weight.view(f, k, p * p).permute(1, 2, 0)  # (K, p*p, F)
+    x = v.reshape(b, k, m, p, m, p).permute(1, 0, 2, 4, 3, 5).reshape(k, b * m * m, p * p)
+    y = torch.bmm(x.to(w.dtype), w)  # (K, B*m*m, F); autocast picks the compute dtype
+    y = y.view(k, b, m * m, f).transpose(0, 1).reshape(b, k * m * m, f)
+    idx = windows.token_index().reshape(b, k * m * m, 1).expand(-1, -1, f)
+    out = torch.zeros(b, g * g, f, device=y.device, dtype=torch.float32).scatter_add_(1, idx, y.float())
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(y.dtype)
+
+
 def render_patches(
     joints2d: torch.Tensor, present: torch.Tensor, size: int = 224, sigma: float = 3.0, patch: int = 8,
     dtype: torch.dtype = torch.float32,
@@ -169,6 +294,8 @@ def render_patches(
     """`patchify(render_heatmaps(...))` written straight into token layout (one pass over the output).
 
     joints2d (B, K, 2) crop pixels, present (B, K) bool. Returns (B, (size/patch)^2, K*patch*patch).
+    Untruncated: every pixel of every present joint's map (the windows of :func:`heatmap_windows`
+    agree with it to 1e-7).
     """
     b, k = present.shape
     n = size // patch
@@ -213,14 +340,15 @@ def jitter(joints2d: torch.Tensor, keys: torch.Tensor, std_px: float) -> torch.T
 class ModelInputs:
     """A batch ready for the model, on the device.
 
-    tokens: (B, (size/patch)^2, K*patch^2) heatmap patches in the training dtype, or (B, K, 3)
-    coordinates when use_heatmaps is False. present (B, K) bool: joint visible and not masked.
+    tokens: :class:`HeatmapWindows` (values in the training dtype) standing for the
+    (B, (size/patch)^2, K*patch^2) heatmap patches, or (B, K, 3) coordinates when
+    use_heatmaps is False. present (B, K) bool: joint visible and not masked.
     masked (B, K) bool: removed by MHM. joints2d (B, K, 2) float32 in [-1, 1], un-jittered
     ground truth; visible (B, K) bool. joints3d (B, J, 3) and vertices (B, V, 3) float32
     metres in the view's camera axes, root-centred. Extra joint sets as extra[name] (B, J', 3).
     """
 
-    tokens: torch.Tensor
+    tokens: HeatmapWindows | torch.Tensor
     present: torch.Tensor
     masked: torch.Tensor
     joints2d: torch.Tensor
@@ -255,9 +383,9 @@ def prepare_batch(
     present = visible & ~masked
     xy = jitter(j2d, keys, cfg.jitter_px) if cfg.use_mhm and cfg.jitter_px > 0 else j2d.to(torch.float32)
     if cfg.use_heatmaps:
-        tokens = render_patches(xy, present, cfg.size, cfg.sigma, cfg.patch, dtype)
+        tokens = heatmap_windows(xy, present, cfg.size, cfg.sigma, cfg.patch, dtype)
         if cfg.use_mhm and cfg.noise_std > 0:
-            add_patch_noise_(tokens, present, noise_seed, cfg.noise_std, cfg.patch)
+            add_window_noise_(tokens, present, noise_seed, cfg.noise_std)
     else:
         tokens = coordinate_tokens(xy, present, cfg.size).to(dtype)
     extra = {
@@ -278,17 +406,15 @@ def prepare_batch(
     )
 
 
-def add_patch_noise_(tokens: torch.Tensor, present: torch.Tensor, seed: int, std: float, patch: int) -> None:
-    """In place: tokens (B, N, K*patch^2) += N(0, std^2) on the channels of joints present (B, K).
+def add_window_noise_(windows: HeatmapWindows, present: torch.Tensor, seed: int, std: float) -> None:
+    """In place: every window pixel of the joints present (B, K) += N(0, std^2).
 
     Removed and invisible joints stay exactly zero. `seed` (e.g. `batch_seed(keys)`) seeds the
     device's generator, so the same batch gets the same noise.
     """
-    b, n, _ = tokens.shape
-    k = present.shape[1]
-    gen = torch.Generator(device=tokens.device)
+    v = windows.values
+    gen = torch.Generator(device=v.device)
     gen.manual_seed(seed)
-    noise = torch.randn(tokens.shape, generator=gen, device=tokens.device, dtype=tokens.dtype)
-    noise.mul_(std)
-    noise.view(b, n, k, patch * patch).mul_(present.to(tokens.dtype)[:, None, :, None])
-    tokens.add_(noise)
+    noise = torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype)
+    noise.mul_(std).mul_(present.to(v.dtype)[..., None, None])
+    v.add_(noise)

@@ -13,6 +13,10 @@ initialised from the store's sparse up-sampling maps. The camera query gives a w
 perspective camera (s, tx, ty) mapping camera-frame metres to normalised crop coordinates
 ([-1, 1] across the 224 px crop).
 
+Heatmap inputs may come as :class:`mpt_train.inputs.HeatmapWindows`; the token MLP's first
+layer then contracts each joint's window instead of the mostly-zero dense patches (same
+numbers, a twentieth of the work).
+
 Masked Vertex Modeling: in training, a random fraction of the joint and vertex query
 tokens is replaced by a learned mask token (METRO), so the model learns to infer them from
 the rest of the body.
@@ -28,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .inputs import HeatmapWindows, window_linear
 
 MODEL_STATE_VERSION = 1
 
@@ -297,13 +303,21 @@ class MeshRegressor(nn.Module):
             raise KeyError(f"model has no regressor for {joint_set!r}")
         return getattr(self, f"regressor_{joint_set}")
 
-    def forward(self, tokens: torch.Tensor) -> dict[str, Any]:
+    def embed_inputs(self, tokens: torch.Tensor | HeatmapWindows) -> torch.Tensor:
+        """Input tokens (B, N, D), or heatmap windows standing for them -> (B, N, h0) embeddings."""
         cfg = self.cfg
-        b = tokens.shape[0]
-        if tokens.shape[1:] != (cfg.num_input_tokens, cfg.input_token_dim):
+        if tuple(tokens.shape[1:]) != (cfg.num_input_tokens, cfg.input_token_dim):
             raise ValueError(f"model expects input tokens (B, {cfg.num_input_tokens}, {cfg.input_token_dim}), "
                              f"got {tuple(tokens.shape)}")
-        x_in = self.input_embed(tokens) + self.input_pos
+        if isinstance(tokens, HeatmapWindows):
+            first, act, second = self.input_embed
+            return second(act(window_linear(tokens, first.weight, first.bias))) + self.input_pos
+        return self.input_embed(tokens) + self.input_pos
+
+    def forward(self, tokens: torch.Tensor | HeatmapWindows) -> dict[str, Any]:
+        cfg = self.cfg
+        b = tokens.shape[0]
+        x_in = self.embed_inputs(tokens)
         q_pos = self.query_coord(self.query_template)  # (J+Vc, h0)
         q_pos = torch.cat([q_pos.new_zeros(1, q_pos.shape[1]), q_pos])
         queries = (self.query_embed + q_pos).unsqueeze(0).expand(b, -1, -1)
@@ -359,9 +373,12 @@ def weak_perspective(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor
     return camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]
 
 
-def forward_matmul_flops(cfg: ModelConfig, batch: int) -> int:
+def forward_matmul_flops(cfg: ModelConfig, batch: int, window: tuple[int, int, int] | None = None) -> int:
     """Multiply-add FLOPs (2 per MAC) of one forward pass, counted from the config.
 
+    ``window`` = (K, m, patch) when the inputs are :class:`HeatmapWindows` (K joints with
+    m x m-patch windows): the first input layer then costs K * m^2 * patch^2 MACs per output
+    feature instead of N * D.
     Counts every per-sample matmul: input MLP, per-layer QKV/projection/feed-forward,
     attention scores and weighted sums, block shrink maps, heads and the up-sampling maps.
     Not counted: LayerNorm, softmax, activations, and the batch-independent query embedding
@@ -370,7 +387,11 @@ def forward_matmul_flops(cfg: ModelConfig, batch: int) -> int:
     n_tok = 1 + cfg.num_joints + cfg.level_sizes[0] + cfg.num_input_tokens
     h0 = cfg.hidden_sizes[0]
     hi = cfg.input_mlp_hidden or h0
-    macs = cfg.num_input_tokens * (cfg.input_token_dim * hi + hi * h0)
+    if window is None:
+        macs = cfg.num_input_tokens * (cfg.input_token_dim * hi + hi * h0)
+    else:
+        k, m, patch = window
+        macs = k * m * m * patch * patch * hi + cfg.num_input_tokens * hi * h0
     for i, h in enumerate(cfg.hidden_sizes):
         ff = int(round(h * cfg.mlp_ratio))
         per_layer = n_tok * (3 * h * h + h * h + 2 * h * ff) + 2 * n_tok * n_tok * h

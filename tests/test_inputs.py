@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mpt_train.inputs import (
-    InputConfig, coordinate_tokens, jitter, key_normal, key_uniform, mhm_mask, patchify, prepare_batch,
-    render_heatmaps, render_patches, to_camera_frame,
+    HeatmapWindows, InputConfig, coordinate_tokens, heatmap_windows, jitter, key_normal, key_uniform, mhm_mask,
+    patchify, prepare_batch, render_heatmaps, render_patches, to_camera_frame, window_linear, window_patches,
 )
 
 K = 17
@@ -85,18 +85,71 @@ def test_patches_equal_patchify_and_layout():
     assert h[~vis].abs().max() == 0
 
 
+def _same_windows(a: HeatmapWindows, b: HeatmapWindows) -> bool:
+    return a.values.equal(b.values) and a.origin.equal(b.origin) and (a.grid, a.patch) == (b.grid, b.patch)
+
+
+@pytest.mark.parametrize("patch", [8, 16])
+def test_windows_hold_the_whole_heatmap(patch):
+    """Windows written into a full map equal the untruncated heatmaps to 2e-7, for joints inside,
+    on the edge of and outside the crop, and the window holds every pixel within 4 sigma."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([_joints(4, 5), -30 + 284 * torch.rand(4, K, 2, generator=g)])  # some outside [0, 224]
+    x[0, :4] = torch.tensor([[0.0, 0.0], [223.9, 223.9], [12.0, 211.99], [patch * 3.0, patch * 5.0 - 0.01]])
+    vis = torch.rand(8, K, generator=g) > 0.2
+    w = heatmap_windows(x, vis, 224, 3.0, patch)
+    m = window_patches(3.0, patch, 224 // patch)
+    assert w.values.shape == (8, K, m * patch, m * patch) and (m - 1) * patch > 24
+    assert w.shape == (8, (224 // patch) ** 2, K * patch * patch)
+    full = render_heatmaps(x, vis, 224, 3.0)
+    torch.testing.assert_close(w.heatmaps(), full, rtol=0, atol=2e-7)
+    torch.testing.assert_close(w.dense(), render_patches(x, vis, 224, 3.0, patch), rtol=0, atol=2e-7)
+    # the window covers [x - 12, x + 12] (clipped to the crop) on both axes
+    lo = w.origin.flip(-1) * patch
+    inside = vis[..., None] & (x > -12) & (x < 236)
+    assert (lo <= (x - 12).clamp(min=0))[inside].all()
+    assert (lo + m * patch >= (x + 12).clamp(max=224))[inside].all()
+
+
+@pytest.mark.parametrize("patch", [8, 16])
+def test_window_linear_equals_dense_linear(patch):
+    """The model's first input layer on windows = a Linear on the dense tokens, values and gradients."""
+    g = torch.Generator().manual_seed(6)
+    x, vis = _joints(3, 7), torch.rand(3, K, generator=g) > 0.3
+    w = heatmap_windows(x, vis, 224, 3.0, patch)
+    weight = torch.randn(24, K * patch * patch, generator=g, requires_grad=True)
+    bias = torch.randn(24, generator=g, requires_grad=True)
+    out = window_linear(w, weight, bias)
+    ref = torch.nn.functional.linear(w.dense(), weight, bias)
+    assert out.shape == ref.shape == (3, (224 // patch) ** 2, 24)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn(out.shape, generator=g)
+    gw, gb = torch.autograd.grad((out * up).sum(), (weight, bias))
+    rw, rb = torch.autograd.grad((ref * up).sum(), (weight, bias))
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb, rb, rtol=1e-5, atol=1e-4)
+    # tokens away from every joint hold the bias alone
+    far = torch.ones(3, (224 // patch) ** 2, dtype=torch.bool)
+    far.scatter_(1, w.token_index().reshape(3, -1), False)
+    torch.testing.assert_close(out.detach()[far], bias.detach().expand(int(far.sum()), -1))
+
+
 def test_masked_and_invisible_joints_all_zero_with_noise():
     batch = _batch(8)
     cfg = InputConfig(mask_ratio=0.5, noise_std=0.1, jitter_px=2.0)
     out = prepare_batch(batch, cfg, "cpu")
-    tok = out.tokens.reshape(8, 784, K, 64)
+    tok = out.tokens.dense().reshape(8, 784, K, 64)
     absent = ~out.present
     assert out.masked.any() and (absent & batch["visible"]).any()
     assert tok.permute(0, 2, 1, 3)[absent].abs().max() == 0
     assert out.present.equal(batch["visible"] & ~out.masked)
     present_max = tok.amax(dim=(1, 3))[out.present]
     assert present_max.min() > 0.8  # a Gaussian peak (plus noise) on every present joint
-    assert tok.permute(0, 2, 1, 3)[out.present].std() > 0.09  # noise on present channels
+    # the noise: every window pixel of a present joint, std 0.1 around the clean Gaussian
+    clean = prepare_batch(batch, InputConfig(mask_ratio=0.5, noise_std=0.0, jitter_px=2.0), "cpu")
+    diff = (out.tokens.values - clean.tokens.values)[out.present]
+    assert abs(diff.std().item() - 0.1) < 0.005 and abs(diff.mean().item()) < 0.005
+    assert out.tokens.values[absent].abs().max() == 0
 
 
 def test_mask_ratio_and_reproducibility():
@@ -136,9 +189,10 @@ def test_switches_and_eval_config():
     batch = _batch(4)
     off = prepare_batch(batch, InputConfig(use_mhm=False, noise_std=0.5, jitter_px=5.0), "cpu")
     assert not off.masked.any() and off.present.equal(batch["visible"])
-    torch.testing.assert_close(off.tokens, render_patches(batch["joints2d"], batch["visible"]), rtol=0, atol=0)
+    torch.testing.assert_close(off.tokens.dense(), render_patches(batch["joints2d"], batch["visible"]),
+                               rtol=0, atol=2e-7)
     ev = prepare_batch(batch, InputConfig().without_augmentation(), "cpu")
-    assert ev.tokens.equal(off.tokens)
+    assert _same_windows(ev.tokens, off.tokens)
     coords = prepare_batch(batch, InputConfig(use_heatmaps=False, use_mhm=False), "cpu")
     assert coords.tokens.shape == (4, K, 3)
     vis = batch["visible"]
@@ -147,9 +201,9 @@ def test_switches_and_eval_config():
     torch.testing.assert_close(coords.tokens, coordinate_tokens(batch["joints2d"], vis))
     torch.testing.assert_close(off.joints2d, batch["joints2d"] / 112.0 - 1.0)
     bf = prepare_batch(batch, InputConfig(), "cpu", dtype=torch.bfloat16)
-    assert bf.tokens.dtype == torch.bfloat16 and bf.joints3d.dtype == torch.float32
+    assert bf.tokens.values.dtype == torch.bfloat16 and bf.joints3d.dtype == torch.float32
     again = prepare_batch(batch, InputConfig(), "cpu", dtype=torch.bfloat16)
-    assert again.tokens.equal(bf.tokens)  # noise, mask and jitter repeat for the same batch
+    assert _same_windows(again.tokens, bf.tokens)  # noise, mask and jitter repeat for the same batch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -159,5 +213,6 @@ def test_cuda_matches_cpu_rendering():
     cpu = prepare_batch(batch, cfg, "cpu")
     gpu = prepare_batch(batch, cfg, "cuda")
     assert gpu.masked.cpu().equal(cpu.masked)
-    torch.testing.assert_close(gpu.tokens.cpu(), cpu.tokens, atol=1e-5, rtol=0)
-    assert math.isfinite(gpu.tokens.float().sum().item())
+    assert gpu.tokens.origin.cpu().equal(cpu.tokens.origin)
+    torch.testing.assert_close(gpu.tokens.values.cpu(), cpu.tokens.values, atol=1e-5, rtol=0)
+    assert math.isfinite(gpu.tokens.values.float().sum().item())

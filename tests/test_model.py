@@ -107,6 +107,37 @@ def test_flop_count_matches_torch_counter():
     assert forward_matmul_flops(cfg, b) == counted + attention
 
 
+def test_heatmap_windows_give_the_dense_tokens_output_and_flops():
+    """The model on heatmap windows = the model on their dense tokens (forward and gradients),
+    and the FLOP count with ``window`` matches torch's counter on the windowed forward."""
+    from mpt_train.inputs import heatmap_windows
+
+    model = tiny_model(patch=16).eval()
+    g = torch.Generator().manual_seed(3)
+    j2d = 10 + 204 * torch.rand(2, 17, 2, generator=g)
+    w = heatmap_windows(j2d, torch.rand(2, 17, generator=g) > 0.2, 224, 3.0, 16)
+    with torch.no_grad():
+        model.coord_head.weight.normal_(std=0.1)  # outputs depend on the inputs
+    a, b = model(w), model(w.dense())
+    for key in ("joints", "vertices", "camera"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    first = model.input_embed[0].weight
+    ga = torch.autograd.grad(a["vertices"].square().sum(), first)[0]
+    gb = torch.autograd.grad(b["vertices"].square().sum(), first)[0]
+    torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-6)
+    cfg = model.cfg
+    with FlopCounterMode(display=False) as fc:
+        model(w)
+    counts = fc.get_flop_counts()
+    counted = fc.get_total_flops() - sum(counts["MeshRegressor.query_coord"].values())
+    n = 1 + cfg.num_joints + cfg.level_sizes[0] + cfg.num_input_tokens
+    sdpa = sum(op for op in counts["Global"] if "attention" in str(op))
+    attention = 0 if sdpa else 2 * cfg.layers_per_block * sum(4 * n * n * h for h in cfg.hidden_sizes)
+    assert forward_matmul_flops(cfg, 2, window=(17, w.window, 16)) == counted + attention
+    saved = 2 * 2 * cfg.input_mlp_hidden * (196 * 17 * 256 - 17 * 9 * 256)  # 196 tokens vs 17 windows of 3x3
+    assert forward_matmul_flops(cfg, 2) - forward_matmul_flops(cfg, 2, window=(17, 3, 16)) == saved
+
+
 def test_weak_perspective_and_typical_rotation():
     pts = torch.tensor([[[1.0, 2.0, 5.0], [-1.0, 0.5, 3.0]]])
     cam = torch.tensor([[0.5, 0.1, -0.2]])
