@@ -25,6 +25,7 @@ the rest of the body.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -192,6 +193,25 @@ def config_for_topology(cfg: ModelConfig, topo: MeshTopology, *, num_input_token
         num_input_tokens=num_input_tokens, input_token_dim=input_token_dim, input_kind=input_kind)
 
 
+def sincos_positions(grid: int, dim: int, base: float = 100.0) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2D sine-cosine codes of a row-major patch grid, values in [-1, 1].
+
+    The first half of the features encodes the column, the second the row; each half is
+    sin/cos pairs at dim/4 frequencies from 1 to 1/base radians per patch (geometric).
+    """
+    if dim % 4:
+        raise ValueError(f"sincos positions need dim divisible by 4, got {dim}")
+    q = dim // 4
+    freq = base ** (-torch.arange(q, dtype=torch.float64) / max(q - 1, 1))
+    i = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(i, i, indexing="ij")
+    parts = []
+    for coord in (cols.reshape(-1), rows.reshape(-1)):
+        a = coord[:, None] * freq[None, :]
+        parts += [torch.sin(a), torch.cos(a)]
+    return torch.cat(parts, dim=1).to(torch.float32)
+
+
 class _Layer(nn.Module):
     """Pre-norm transformer layer with scaled_dot_product_attention."""
 
@@ -234,7 +254,14 @@ class MeshRegressor(nn.Module):
         nj, nc, nv = cfg.num_joints, cfg.level_sizes[0], cfg.level_sizes[-1]
         hi = cfg.input_mlp_hidden or h0
         self.input_embed = nn.Sequential(nn.Linear(cfg.input_token_dim, hi), nn.GELU(), nn.Linear(hi, h0))
-        self.input_pos = nn.Parameter(torch.randn(cfg.num_input_tokens, h0) * 0.02)
+        grid = math.isqrt(cfg.num_input_tokens)
+        if cfg.input_kind != "coords" and grid * grid == cfg.num_input_tokens:
+            # Patch tokens on a square grid start from 2D sine-cosine positions (learned from
+            # there): nearby patches start with similar codes, so attention can read where a
+            # joint's heatmap lies from the first step instead of learning the grid from scratch.
+            self.input_pos = nn.Parameter(sincos_positions(grid, h0))
+        else:
+            self.input_pos = nn.Parameter(torch.randn(cfg.num_input_tokens, h0) * 0.02)
         self.query_coord = nn.Linear(3, h0)  # embeds each query's template position
         self.query_embed = nn.Parameter(torch.randn(1 + nj + nc, h0) * 0.02)
         self.mask_token = nn.Parameter(torch.zeros(h0))

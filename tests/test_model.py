@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _helpers_c2 import synthetic_topology_arrays, tiny_model
-from mpt_train.model import (ModelConfig, forward_matmul_flops, model_from_state, sparse_to_dense,
+from mpt_train.model import (ModelConfig, forward_matmul_flops, model_from_state, sincos_positions, sparse_to_dense,
                              topology_from_store, typical_camera_rotation, weak_perspective)
 
 
@@ -136,6 +136,27 @@ def test_heatmap_windows_give_the_dense_tokens_output_and_flops():
     assert forward_matmul_flops(cfg, 2, window=(17, w.window, 16)) == counted + attention
     saved = 2 * 2 * cfg.input_mlp_hidden * (196 * 17 * 256 - 17 * 9 * 256)  # 196 tokens vs 17 windows of 3x3
     assert forward_matmul_flops(cfg, 2) - forward_matmul_flops(cfg, 2, window=(17, 3, 16)) == saved
+
+
+def test_sincos_positions_of_the_patch_grid():
+    """Values against the formula written out in numpy; heatmap grids start from them, coordinate
+    tokens (no grid) from small random codes."""
+    p = sincos_positions(14, 128).numpy()
+    assert p.shape == (196, 128)
+    freq = 100.0 ** (-np.arange(32) / 31)
+    for token in (0, 15, 195):
+        row, col = divmod(token, 14)
+        ref = np.concatenate([np.sin(col * freq), np.cos(col * freq), np.sin(row * freq), np.cos(row * freq)])
+        np.testing.assert_allclose(p[token], ref, atol=1e-6)
+    d = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    assert d[0, 1] < d[0, 2] < d[0, 5] and d[0, 14] < d[0, 28]  # nearer patches, nearer codes
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(4, 30)
+    heat = tiny_model(patch=16)
+    torch.testing.assert_close(heat.input_pos.detach(), sincos_positions(14, heat.cfg.hidden_sizes[0]))
+    from _helpers_c2 import small_input_model
+    coords = small_input_model(tokens=8)
+    assert coords.input_pos.shape == (8, coords.cfg.hidden_sizes[0]) and coords.input_pos.abs().max() < 0.2
 
 
 def test_weak_perspective_and_typical_rotation():
