@@ -22,6 +22,7 @@ pickled Python objects is refused rather than executed.
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -83,19 +84,27 @@ def is_motion_file(path: Path) -> bool:
 def find_motion_files(root: str | Path) -> list[Path]:
     """All motion files under ``root``, sorted by their path relative to ``root``.
 
-    Hidden files and folders (names starting with ".") are ignored. Raises
-    ``FileNotFoundError`` if ``root`` is not a directory.
+    Symlinked folders and files are followed (AMASS subsets are often linked in from where they
+    were unpacked), each real folder once, so a link cycle ends. Paths keep the names under
+    ``root`` (the link's name, not its target's). Hidden files and folders (names starting with
+    ".") are ignored. Raises ``FileNotFoundError`` if ``root`` is not a directory.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"AMASS root {root} is not a directory")
     found = []
-    for p in root.rglob("*.npz"):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
             continue
-        if p.is_file() and is_motion_file(p):
-            found.append(p)
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            p = Path(folder) / name
+            if not name.startswith(".") and name.endswith(".npz") and is_motion_file(p) and p.is_file():
+                found.append(p)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -200,7 +209,11 @@ def read_motion(
     Raises ``MotionError`` with a short reason on the first failure.
     """
     path = Path(path)
-    rel = path.resolve().relative_to(Path(root).resolve()).as_posix()
+    # Lexical, not resolved: a symlinked file or folder keeps the subset and subject it has under root.
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        raise MotionError(f"not under the AMASS root {root}") from None
     subset, subject = subset_and_subject(rel)
     data = _load_fields(path)
 

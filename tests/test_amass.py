@@ -71,6 +71,26 @@ def test_find_motion_files_skips_shapes_and_others(tmp_path):
     assert subset_and_subject("A/y_poses.npz") == ("A", "")
 
 
+def test_symlinked_subsets_and_files_keep_their_names_under_the_root(tmp_path):
+    """Subsets linked in from elsewhere are found and read with the link's subset/subject; a link
+    cycle ends; hidden folders stay skipped."""
+    root, elsewhere = tmp_path / "amass", tmp_path / "unpacked"
+    own = _smplh(root / "KIT" / "s2" / "a_poses.npz")
+    target = _smplh(elsewhere / "CMU_v2" / "07" / "b_poses.npz", frames=7)
+    (root / "CMU").symlink_to(elsewhere / "CMU_v2", target_is_directory=True)
+    (root / "KIT" / "s2" / "c_poses.npz").symlink_to(target)
+    (root / "KIT" / "s2" / "loop").symlink_to(root / "KIT", target_is_directory=True)
+    _smplh(root / ".trash" / "s" / "d_poses.npz")
+    found = find_motion_files(root)
+    assert [p.relative_to(root).as_posix() for p in found] == [
+        "CMU/07/b_poses.npz", "KIT/s2/a_poses.npz", "KIT/s2/c_poses.npz"]
+    linked = read_motion(found[0], root)
+    assert (linked.path, linked.subset, linked.subject, linked.num_frames) == ("CMU/07/b_poses.npz", "CMU", "07", 7)
+    assert read_motion(found[2], root).subset == "KIT" and read_motion(own, root).num_frames == 10
+    with pytest.raises(MotionError, match="not under the AMASS root"):
+        read_motion(target, root)
+
+
 def test_fps_override_replaces_the_file_rate(tmp_path):
     p = _smplh(tmp_path / "BMLhandball" / "s" / "t_poses.npz", mocap_framerate=None)
     with pytest.raises(MotionError, match="mocap_framerate missing or zero"):
