@@ -103,7 +103,7 @@ def find_motion_files(root: str | Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             p = Path(folder) / name
-            if not name.startswith(".") and name.endswith(".npz") and is_motion_file(p) and p.is_file():
+            if not name.startswith(".") and is_motion_file(p) and p.is_file():
                 found.append(p)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 

@@ -139,10 +139,14 @@ def to_camera_frame(points: torch.Tensor, rotation: torch.Tensor) -> torch.Tenso
     return torch.matmul(points, rotation.to(points.dtype).transpose(1, 2))
 
 
-def _axis_gaussians(coord: torch.Tensor, size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
-    """(B, K) pixel coordinates -> (B, K, size) exp(-(p - x)^2 / sigma^2) over pixel centres p = i + 0.5."""
+def _axis_gaussians(coord: torch.Tensor, size: int, sigma: float, dtype: torch.dtype,
+                    start: torch.Tensor | None = None) -> torch.Tensor:
+    """(...) pixel coordinates -> (..., size) exp(-(p - x)^2 / sigma^2) over pixel centres
+    p = start + i + 0.5, i < size; ``start`` (...) first pixel of each run (default 0)."""
     p = torch.arange(size, device=coord.device, dtype=torch.float32) + schema.PIXEL_CENTRE
-    d = p[None, None, :] - coord.to(torch.float32)[..., None]
+    if start is not None:
+        p = start.to(torch.float32)[..., None] + p
+    d = p - coord.to(torch.float32)[..., None]
     return torch.exp(d * d * (-1.0 / (sigma * sigma))).to(dtype)
 
 
@@ -206,11 +210,6 @@ class HeatmapWindows(NamedTuple):
     def window(self) -> int:
         return self.values.shape[-1] // self.patch
 
-    def to(self, *args, **kwargs) -> "HeatmapWindows":
-        """Move/cast the values (`Tensor.to` arguments); the origin follows the device only."""
-        values = self.values.to(*args, **kwargs)
-        return self._replace(values=values, origin=self.origin.to(values.device))
-
     def token_index(self) -> torch.Tensor:
         """(B, K, m, m) int64: the grid token (row * grid + column) under each window patch."""
         i = torch.arange(self.window, device=self.origin.device)
@@ -253,10 +252,7 @@ def heatmap_windows(
     p = present.to(torch.float32)
     xy = torch.where(present[..., None], joints2d.to(torch.float32), torch.zeros((), device=joints2d.device))
     origin = torch.floor((xy - radius) / patch).clamp(0, grid - m).to(torch.int64)  # (B, K, 2) as (col, row)
-    i = torch.arange(m * patch, device=xy.device, dtype=torch.float32) + schema.PIXEL_CENTRE
-    centres = (origin * patch).to(torch.float32)[..., None] + i  # (B, K, 2, m*patch)
-    d = centres - xy[..., None]
-    g = torch.exp(d * d * (-1.0 / (sigma * sigma)))
+    g = _axis_gaussians(xy, m * patch, sigma, torch.float32, start=origin * patch)  # (B, K, 2, m*patch)
     gx, gy = g[..., 0, :] * p[..., None], g[..., 1, :]
     values = (gy[..., :, None] * gx[..., None, :]).to(dtype)
     return HeatmapWindows(values=values, origin=origin.flip(-1).contiguous(), grid=grid, patch=patch)
