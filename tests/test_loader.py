@@ -239,3 +239,19 @@ def test_empty_split_streams_nothing(stores):
     assert list(PairLoader(cfg.for_eval("test"))) == []
     with pytest.raises(ValueError, match="'test': 0"):
         list(PairLoader(cfg))
+
+
+def test_fsspec_url_streams_the_same_batches_as_the_path(store):
+    # A store named by URL goes through zarr's fsspec store; worker processes re-open it by URL.
+    from pathlib import Path
+
+    url = Path(store).resolve().as_uri()
+    assert url.startswith("file://")
+    r = open_store(url)
+    assert (r.fingerprint, r.num_meshes) == (open_store(store).fingerprint, open_store(store).num_meshes)
+    by_path = list(PairLoader(_cfg(store, num_workers=1)))
+    by_url = list(PairLoader(_cfg(url, num_workers=1)))
+    assert len(by_path) > 1
+    _same(by_url, by_path)
+    with pytest.raises(StoreError, match="memory://nothing-here"):
+        open_store("memory://nothing-here")
