@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,12 +244,10 @@ def test_empty_split_streams_nothing(stores):
 
 def test_fsspec_url_streams_the_same_batches_as_the_path(store):
     # A store named by URL goes through zarr's fsspec store; worker processes re-open it by URL.
-    from pathlib import Path
-
     url = Path(store).resolve().as_uri()
     assert url.startswith("file://")
-    r = open_store(url)
-    assert (r.fingerprint, r.num_meshes) == (open_store(store).fingerprint, open_store(store).num_meshes)
+    by_url_reader, by_path_reader = open_store(url), open_store(store)
+    assert (by_url_reader.fingerprint, by_url_reader.num_meshes) == (by_path_reader.fingerprint, by_path_reader.num_meshes)
     by_path = list(PairLoader(_cfg(store, num_workers=1)))
     by_url = list(PairLoader(_cfg(url, num_workers=1)))
     assert len(by_path) > 1
