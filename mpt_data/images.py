@@ -26,23 +26,35 @@ last: its presence marks a complete dataset). Each row is one person:
   pose (72,), betas (10,), has_smpl    SMPL parameters when present
   vertices (V·3,) variable, has_vertices
   gender                               'm', 'f' or ''
-A sample is skipped (and counted by reason in the summary) when its image is missing or
-cannot be decoded, its box is not finite or lies wholly outside the image, or its labels
-hold NaN/inf. Nothing is written for a skipped sample.
+A sample is skipped, counted by reason in the summary (``skipped``, with up to
+``EXAMPLES_PER_REASON`` image names per reason in ``examples``) and never written when:
+  path outside the image root      ``imgname`` resolves (``..``, an absolute path, or a symlink
+                                   followed to its target) to a file outside ``--images``; it is
+                                   refused before the file is even opened
+  missing image                    no such file under the root
+  truncated JPEG (no end-of-image marker)   a JPEG whose last two bytes are not FF D9. OpenCV
+                                   decodes a truncated JPEG with only a warning (the lost rows
+                                   come out grey), so the decode alone cannot be trusted: this
+                                   marker check is the strict test (the one YOLOv5 also uses)
+  truncated PNG (no IEND chunk)    the same for a PNG whose final IEND chunk is absent
+  corrupt image                    empty, or OpenCV cannot decode it at all (not an image)
+  box outside the image            its person box misses the image entirely
+  non-finite or non-positive label NaN/inf in a label, or scale <= 0
+The output folder is locked (``.ingest.lock``, mpt_data.fileio.FolderLock) while ingesting, so two
+runs cannot interleave their shards; every file is written atomically.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mpt_data.conventions import COCO_JOINTS, SPIN_JOINTS, SPIN_TO_COCO
+from mpt_data.fileio import FolderLock, atomic_write, atomic_write_json
 
 SPIN_BOX_UNIT_PX = 200.0  # SPIN's scale unit: box side = 200 * scale pixels
 SHARD_FORMAT_VERSION = 1
@@ -50,6 +62,16 @@ NUM_SPIN = len(SPIN_JOINTS)
 NUM_COCO = len(COCO_JOINTS)
 SUMMARY_FILE = "summary.json"
 PER_SAMPLE_KEYS = ("imgname", "center", "scale", "part", "S", "pose", "shape", "has_smpl", "gender", "vertices")
+LOCK_FILE = ".ingest.lock"
+EXAMPLES_PER_REASON = 5
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+PNG_SIGNATURE, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
+
+OUTSIDE_ROOT = "path outside the image root"
+MISSING = "missing image"
+TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
+TRUNCATED_PNG = "truncated PNG (no IEND chunk)"
+CORRUPT = "corrupt image"
 
 
 class AnnotationError(ValueError):
@@ -90,6 +112,7 @@ class IngestSummary:
     shards: list[str]
     config: dict
     version: int = SHARD_FORMAT_VERSION
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first image names skipped for it
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,25 +259,60 @@ def _write_table_atomic(rows: list[dict], path: Path, rows_per_group: int) -> No
             values = [np.asarray(v, np.float32) for v in values]
         columns[field.name] = pa.array(values, type=field.type)
     table = pa.table(columns, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=rows_per_group)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd", row_group_size=rows_per_group))
+
+
+def image_path_inside(root: Path, name: str) -> Path | None:
+    """The file ``name`` names under ``root`` (an already resolved folder), or None when it lies outside.
+
+    Resolving follows ``..`` and symlinks, so ``../x.jpg``, ``/etc/x.jpg`` and a link inside the
+    root that points out of it are all outside; a link to another file inside the root is fine.
+    """
+    p = (root / name).resolve()
+    return p if p.is_relative_to(root) else None
+
+
+def truncation_reason(blob: bytes) -> str:
+    """'' when the encoded image ends with its format's end marker, else the skip reason.
+
+    JPEG: the last two bytes must be the end-of-image marker FF D9; PNG: the last chunk must be
+    IEND. Other formats (and non-images) are left to the decoder.
+    """
+    if blob.startswith(JPEG_SOI) and not blob.endswith(JPEG_EOI):
+        return TRUNCATED_JPEG
+    if blob.startswith(PNG_SIGNATURE) and PNG_IEND not in blob[-12:]:
+        return TRUNCATED_PNG
+    return ""
+
+
+def decode_image_strict(blob: bytes) -> tuple[np.ndarray | None, str]:
+    """Encoded image bytes → ((H, W, 3) uint8 BGR, '') or (None, skip reason); see truncation_reason."""
+    import cv2
+
+    if not blob:
+        return None, CORRUPT
+    reason = truncation_reason(blob)
+    if reason:
+        return None, reason
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    return (img, "") if img is not None else (None, CORRUPT)
 
 
 def _iter_images(data: dict[str, np.ndarray], root: Path) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    """Yields (index, decoded image or None, skip reason); an image used by consecutive rows is read once."""
-    import cv2
+    """Yields (index, decoded image or None, skip reason); an image used by consecutive rows is read once.
 
+    ``root`` must be resolved; nothing outside it is opened."""
     last_name, last = None, (None, "")
     for i, name in enumerate(data["imgname"]):
         name = str(name)
         if name != last_name:
-            p = root / name
-            if not p.is_file():
-                last = (None, "missing image")
+            p = image_path_inside(root, name)
+            if p is None:
+                last = (None, OUTSIDE_ROOT)
+            elif not p.is_file():
+                last = (None, MISSING)
             else:
-                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-                last = (img, "") if img is not None else (None, "corrupt image")
+                last = decode_image_strict(p.read_bytes())
             last_name = name
         yield i, last[0], last[1]
 
@@ -267,12 +325,26 @@ def ingest(cfg: ImagesConfig, progress: bool = False) -> IngestSummary:
         raise AnnotationError(f"{cfg.image_root}: image folder does not exist")
     out = Path(cfg.out) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out / LOCK_FILE, f"image dataset {out}"):
+        return _ingest_locked(cfg, data, root.resolve(), out, progress)
+
+
+def _ingest_locked(cfg: ImagesConfig, data: dict[str, np.ndarray], root: Path, out: Path, progress: bool
+                   ) -> IngestSummary:
     marker = out / SUMMARY_FILE
     if marker.exists():
         marker.unlink()  # a re-run rewrites the dataset; it is complete again only at the end
     for old in out.glob("part-*.parquet"):
         old.unlink()
     skipped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+
+    def skip(reason: str, i: int) -> None:
+        skipped[reason] += 1
+        shown = examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append(f"{i}: {data['imgname'][i]}")
+
     rows: list[dict] = []
     shards: list[str] = []
     n = len(data["imgname"])
@@ -283,14 +355,14 @@ def ingest(cfg: ImagesConfig, progress: bool = False) -> IngestSummary:
         it = tqdm(it, total=n, desc=f"images {cfg.name}")
     for i, image, reason in it:
         if image is None:
-            skipped[reason] += 1
+            skip(reason, i)
             continue
         if not _labels_finite(data, i) or float(data["scale"][i]) <= 0:
-            skipped["non-finite or non-positive label"] += 1
+            skip("non-finite or non-positive label", i)
             continue
         h, w = image.shape[:2]
         if box_outside(data["center"][i], float(data["scale"][i]), w, h):
-            skipped["box outside the image"] += 1
+            skip("box outside the image", i)
             continue
         rows.append(sample_row(data, i, image, cfg))
         if len(rows) == cfg.rows_per_shard:
@@ -299,10 +371,9 @@ def ingest(cfg: ImagesConfig, progress: bool = False) -> IngestSummary:
     if rows:
         shards.append(_flush(rows, out, len(shards), cfg.rows_per_group))
     written = n - sum(skipped.values())
-    summary = IngestSummary(cfg.name, n, written, dict(sorted(skipped.items())), shards, asdict(cfg))
-    tmp = marker.with_name(f".{SUMMARY_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(summary), indent=2))
-    os.replace(tmp, marker)
+    summary = IngestSummary(cfg.name, n, written, dict(sorted(skipped.items())), shards, asdict(cfg),
+                            examples=dict(sorted(examples.items())))
+    atomic_write_json(marker, asdict(summary), indent=2)
     return summary
 
 

@@ -12,10 +12,28 @@ pose-estimation code bases, so that a downloaded ``.pth`` loads strictly:
 - HigherHRNet (``pose_higher_hrnet``): the HRNet trunk, ``final_layers`` (17 heatmaps + 17 tag
   maps at 1/4, 17 heatmaps at 1/2) and ``deconv_layers``.
 
-``PoseFeatureMaps`` wraps any of them: it normalises an RGB image in [0, 1] with the ImageNet
-statistics the public checkpoints were trained with, runs the network, and resizes the 17 maps
-to the transformer's grid (224×224). The wrapped network sits under the attribute ``net``; its
-own ``state_dict`` has exactly the public key names.
+``PoseFeatureMaps`` wraps any of them: it takes an RGB image in [0, 1], puts its channels in the
+order the family's public checkpoints were trained with, normalises it with the ImageNet
+statistics, runs the network, and resizes the 17 maps to the transformer's grid (224×224). The
+wrapped network sits under the attribute ``net``; its own ``state_dict`` has exactly the public
+key names.
+
+Channel order (``CHANNEL_ORDER``, the one place it is decided): everything upstream of a
+backbone (the image stream, evaluation batches, ``predict``, pose-network training) hands
+``PoseFeatureMaps`` RGB, and ``PoseFeatureMaps.forward`` alone reorders it per family:
+
+- ``pose_resnet`` (SimpleBaseline) reads **BGR**: its reference training code reads images with
+  OpenCV (BGR) and never converts them, yet normalises with the ImageNet mean and std listed in
+  RGB order. So channel 0 is blue and is normalised with 0.485 / 0.229; we reproduce exactly that
+  (reverse the channels, then apply the listed statistics unchanged), since it is what the public
+  weights saw.
+- ``pose_hrnet`` and ``pose_higher_hrnet`` read **RGB**: their reference code converts OpenCV's
+  BGR to RGB (HRNet's COCO configs set ``COLOR_RGB: true``; HigherHRNet converts always).
+
+A network trained here from scratch (``train-pose``) gets the same order as its family, so its
+exported weights and a public checkpoint of that family are interchangeable. Fine-tuned
+checkpoints record the order their backbone was fed (``mpt_train.finetune``), and one fed
+another order is refused on load rather than silently fed the wrong colours.
 """
 
 from __future__ import annotations
@@ -34,9 +52,28 @@ from mpt_data.schema import CROP_SIZE
 
 NUM_JOINTS = len(COCO_JOINTS)
 BN_MOMENTUM = 0.1
-# ImageNet statistics used by every public pose checkpoint (RGB order).
+# ImageNet statistics used by every public pose checkpoint, applied to channels 0, 1, 2 in the
+# family's own order (for BGR families: as listed, to B, G, R; see the module docstring).
 IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The channel order each checkpoint family was trained with: the single source of truth.
+CHANNEL_ORDER: dict[str, Literal["RGB", "BGR"]] = {
+    "pose_resnet": "BGR",  # SimpleBaseline: OpenCV-read images, never converted
+    "pose_hrnet": "RGB",
+    "pose_higher_hrnet": "RGB",
+}
+
+
+def channel_order(kind: str) -> Literal["RGB", "BGR"]:
+    """The channel order backbones of family ``kind`` read ('RGB' or 'BGR')."""
+    if kind not in CHANNEL_ORDER:
+        raise ValueError(f"unknown backbone kind {kind!r}: {', '.join(CHANNEL_ORDER)}")
+    return CHANNEL_ORDER[kind]
+
+
+def to_backbone_channels(image_rgb: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, 3, H, W) RGB → the same image in family ``kind``'s channel order (a copy when reordered)."""
+    return image_rgb.flip(1) if channel_order(kind) == "BGR" else image_rgb
 
 
 # ------------------------------------------------------------------------------------------
@@ -335,14 +372,15 @@ def build_pose_network(cfg: BackboneConfig) -> nn.Module:
         return PoseHighResolutionNet(cfg.width, cfg.num_joints, higher=False)
     if cfg.kind == "pose_higher_hrnet":
         return PoseHighResolutionNet(cfg.width, cfg.num_joints, higher=True)
-    raise ValueError(f"unknown backbone kind {cfg.kind!r}: pose_resnet, pose_hrnet or pose_higher_hrnet")
+    raise ValueError(f"unknown backbone kind {cfg.kind!r}: {', '.join(CHANNEL_ORDER)}")
 
 
 class PoseFeatureMaps(nn.Module):
     """Image crop → 17 pose feature maps on the transformer's grid.
 
-    Input: (B, 3, H, W) float RGB in [0, 1] (any H, W; 224×224 crops in MPT), resized to
-    ``cfg.in_size`` square first when that is set.
+    Input: (B, 3, H, W) float RGB in [0, 1] (any H, W; 224×224 crops in MPT), reordered to the
+    family's channel order (``CHANNEL_ORDER``), resized to ``cfg.in_size`` square first when
+    that is set.
     Output: (B, 17, out_size, out_size) float, the raw heatmaps bilinearly resized.
     A frozen backbone has no trainable parameters and stays in eval mode (fixed BN statistics)
     even when its parent module is put in training mode.
@@ -371,8 +409,13 @@ class PoseFeatureMaps(nn.Module):
             self.net.eval()
         return self
 
+    @property
+    def channel_order(self) -> str:
+        return channel_order(self.cfg.kind)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        x = to_backbone_channels(image, self.cfg.kind)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if self.cfg.in_size and x.shape[-2:] != (self.cfg.in_size, self.cfg.in_size):
             x = F.interpolate(x, size=(self.cfg.in_size, self.cfg.in_size), mode="bilinear", align_corners=False,
                               antialias=True)

@@ -11,6 +11,12 @@ training at all is the paper's "test without fine-tuning" (:func:`no_finetune_mo
 The feature maps enter the transformer exactly where the MoCap heatmaps did: 17 maps at
 224×224 cut into 784 patches of 8·8·17 values in :func:`mpt_train.inputs.patchify`'s order,
 so the pre-trained input embedding applies unchanged.
+
+Images reach the backbone as RGB; :class:`~mpt_train.backbones.PoseFeatureMaps` puts them in
+its family's channel order. A fine-tuned checkpoint records that order (``channel_order``);
+loading one whose recorded order differs from its family's today (a version-1 checkpoint, from
+before the order was per family, fed every backbone RGB) raises ``ChannelOrderMismatch`` instead
+of running a backbone on colours it was not trained with.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BackboneConfig, PoseFeatureMaps
-from .images import ImageBatches, ImageStream, ImageStreamConfig, MixtureEntry, read_mixture
+from .backbones import BackboneConfig, PoseFeatureMaps, channel_order
+from .images import ImageBatches, ImageDecodeError, ImageStream, ImageStreamConfig, MixtureEntry, read_mixture
 from .inputs import patchify
 from .model import MeshRegressor, model_from_state, topology_from_store
 
-FINETUNE_STATE_VERSION = 1
+FINETUNE_STATE_VERSION = 2  # 2: records the backbone's input channel order
 IMAGE_JOINT_SET = "coco17"  # the 3D joints image shards carry
+
+
+class ChannelOrderMismatch(ValueError):
+    """A fine-tuned checkpoint whose backbone was fed another channel order than its family reads now."""
 
 
 class BackboneMPT(nn.Module):
@@ -75,12 +85,18 @@ class BackboneMPT(nn.Module):
         """Everything needed to rebuild the model without data: configs, backbone and transformer."""
         bcfg = dataclasses.replace(self.backbone.cfg, checkpoint=None)
         return {"version": FINETUNE_STATE_VERSION, "kind": "backbone_mpt", "patch": self.patch,
-                "backbone_config": dataclasses.asdict(bcfg), "backbone": self.backbone.net.state_dict(),
-                "regressor": self.regressor.state_dict_versioned()}
+                "backbone_config": dataclasses.asdict(bcfg), "channel_order": self.backbone.channel_order,
+                "backbone": self.backbone.net.state_dict(), "regressor": self.regressor.state_dict_versioned()}
 
     def load_state_dict_versioned(self, blob: Mapping[str, Any]) -> None:
-        if blob.get("version") != FINETUNE_STATE_VERSION or blob.get("kind") != "backbone_mpt":
+        if blob.get("version") not in (1, FINETUNE_STATE_VERSION) or blob.get("kind") != "backbone_mpt":
             raise ValueError(f"not a fine-tuned MPT state (version {blob.get('version')}, kind {blob.get('kind')})")
+        fed = blob.get("channel_order", "RGB")  # version 1 fed every backbone RGB
+        if fed != self.backbone.channel_order:
+            kind = self.backbone.cfg.kind
+            raise ChannelOrderMismatch(
+                f"fine-tuned with {fed} input to its {kind} backbone, but {kind} reads {self.backbone.channel_order} "
+                "(the order of its public weights): fine-tune again from the pre-trained checkpoint")
         self.backbone.net.load_state_dict(blob["backbone"], strict=True)
         self.regressor.load_state_dict_versioned(blob["regressor"])
 
@@ -106,7 +122,10 @@ def load_checkpoint_model(path: str | Path, backbone: BackboneConfig | None = No
     from . import checkpoint as ckpt
 
     state, _ = ckpt.load(path)
-    return model_from_blob(state["model"], backbone)
+    try:
+        return model_from_blob(state["model"], backbone)
+    except ChannelOrderMismatch as exc:
+        raise ChannelOrderMismatch(f"{path}: {exc}") from exc
 
 
 def no_finetune_model(pretrained: str | Path, backbone: BackboneConfig) -> BackboneMPT:
@@ -168,7 +187,9 @@ class ImageEvalBatches:
 
     Row groups are dealt to ranks round-robin, so ranks see disjoint parts. Batches carry the
     training keys plus ``spin3d`` (B, 24, 4): the raw SPIN-24 3D joints (camera frame,
-    metres, confidence) for the benchmark protocols.
+    metres, confidence) for the benchmark protocols. A row whose JPEG cannot be decoded is
+    left out with a warning naming its shard and row (as in the training stream) and counted
+    in ``skipped_rows`` (this pass).
     """
 
     def __init__(self, folders: list[str], batch_size: int, num_vertices: int, rank: int = 0, world_size: int = 1,
@@ -177,24 +198,29 @@ class ImageEvalBatches:
 
         self.folders, self.batch_size = list(folders), batch_size
         self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
+        self.skipped_rows = 0
         entries = tuple(MixtureEntry(Path(f).name, f, 1.0) for f in self.folders)
         self.stream = ImageStream(ImageStreamConfig(entries, augment=AugmentConfig(enabled=False),
                                                     num_vertices=num_vertices), rank, world_size)
 
     def __iter__(self) -> Iterator[dict]:
-        import pyarrow.parquet as pq
-
         rng = np.random.default_rng(0)
         buf: list[dict] = []
         n = 0
+        self.skipped_rows = 0
         for d, ds in enumerate(self.stream.datasets):
-            for u, (path, group, _rows) in enumerate(ds.units):
+            for u in range(len(ds.units)):
                 if u % self.world_size != self.rank:
                     continue
-                for row in pq.ParquetFile(path).read_row_group(group).to_pylist():
+                for row in self.stream.load_rows(d, u):
                     if self.max_samples and n >= self.max_samples:
                         break
-                    s = self.stream._prepare(row, d, rng)
+                    try:
+                        s = self.stream._prepare(row, d, rng)
+                    except ImageDecodeError as exc:
+                        self.skipped_rows += 1
+                        self.stream.report_bad_row(row, d, exc, self.skipped_rows)
+                        continue
                     s["spin3d"] = torch.tensor(row["S"], dtype=torch.float32).reshape(24, 4)
                     buf.append(s)
                     n += 1

@@ -22,6 +22,17 @@ augmentation by (seed, slot, k): everything is a function of (seed, slot, k), so
 ``state_dict`` is the number of samples each slot has produced and resuming replays only the
 (cheap) dataset draws, never the images.
 
+Bad rows: a row whose JPEG cannot be decoded (OpenCV refuses it, or it lacks the end-of-image
+marker FF D9, i.e. it is truncated) is skipped: the slot's k-th sample is then the next good
+row of the same dataset, so the draws, the augmentation and every later sample stay the same
+functions of (seed, slot, k). A skip is counted per slot and dataset, and the counts travel
+with every sample (``skipped_rows``, (D,) int64, cumulative) to :class:`ImageBatches`, which
+keeps them in its state: a resumed stream seeks past produced + skipped rows, so it skips the
+same rows at the same places and never reads the skipped data again. Each process warns once
+per bad row (``BadRowWarning``, naming the shard file, the row and the key); the count grows
+at every encounter (once per pass). A row group that cannot be read at all raises
+``ImageShardError`` naming the file and row group.
+
 Samples are dicts of tensors in the targets layout of ``mpt_train.losses``: image (3, 224,
 224) float RGB in [0, 1]; joints2d (17, 2) crop pixels; visible (17,); joints3d (17, 3) metres,
 camera frame, pelvis at the origin; joints3d_conf (17,); has_joints3d (); vertices (V, 3);
@@ -32,6 +43,7 @@ mesh carry zeros of the configured vertex count.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +54,23 @@ from mpt_data.conventions import SPIN_JOINTS
 
 from .augment import AugmentConfig, augment_sample, sample_params
 
-LOADER_STATE_VERSION = 1
+LOADER_STATE_VERSION = 2  # 2: per-slot skipped-row counts; a version-1 state (no skips possible then) loads
 CHOICE_BLOCK = 4096
+JPEG_EOI = b"\xff\xd9"
 SPIN_PELVIS = SPIN_JOINTS.index("pelvis")
 NUM_COCO = 17
+
+
+class ImageShardError(RuntimeError):
+    """An image shard that cannot be read (the message names the file, the row group and what to do)."""
+
+
+class ImageDecodeError(ValueError):
+    """One row's JPEG cannot be decoded; the stream skips such a row and counts it."""
+
+
+class BadRowWarning(UserWarning):
+    """A row of an image shard was skipped (the message names the shard file, row and key)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,12 @@ class _Dataset:
     context: float
     units: list[tuple[str, int, int]]  # (file, row group, rows)
     kept: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    first_row: dict[tuple[str, int], int] = field(default_factory=dict)  # (file, row group) -> its first row in the file
+
+    def file_row(self, path: str, group: int, index: int) -> int:
+        """Row number in the file of row ``index`` of a loaded (possibly cut-down) row group."""
+        kept = self.kept.get((path, group))
+        return self.first_row.get((path, group), 0) + (kept[index] if kept is not None else index)
 
 
 def open_dataset(folder: str | Path, name: str) -> _Dataset:
@@ -119,22 +150,46 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
     if not summary.is_file():
         raise FileNotFoundError(f"{folder}: no summary.json, not a finished `mpt-data images` output")
     info = json.loads(summary.read_text())
-    units = []
+    units, first_row = [], {}
     for shard in info["shards"]:
-        md = pq.ParquetFile(folder / shard).metadata
-        units += [(str(folder / shard), g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+        path = folder / shard
+        try:
+            md = pq.ParquetFile(path).metadata
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ImageShardError(f"{path}: not a readable Parquet shard ({exc}); run `mpt-data images` again "
+                                  f"for dataset {name}") from exc
+        start = 0
+        for g in range(md.num_row_groups):
+            rows = md.row_group(g).num_rows
+            units.append((str(path), g, rows))
+            first_row[(str(path), g)] = start
+            start += rows
     if not units:
         raise ValueError(f"{folder}: dataset {name} has no samples")
-    return _Dataset(name, float(info["config"]["context"]), units)
+    return _Dataset(name, float(info["config"]["context"]), units, first_row=first_row)
+
+
+def read_row_group(path: str, group: int):
+    """One row group of a shard as a pyarrow Table; ImageShardError naming both if it cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).read_row_group(group)
+    except (OSError, ValueError) as exc:
+        raise ImageShardError(f"{path}: row group {group} cannot be read ({exc}); the shard is damaged, run "
+                              "`mpt-data images` again for its dataset") from exc
 
 
 def decode_jpeg(blob: bytes) -> np.ndarray:
-    """JPEG bytes → (H, W, 3) uint8 RGB."""
+    """JPEG bytes → (H, W, 3) uint8 RGB; ImageDecodeError when OpenCV refuses them or the
+    end-of-image marker is missing (a truncated JPEG, which OpenCV would decode with grey rows)."""
     import cv2
 
+    if not blob.endswith(JPEG_EOI):
+        raise ImageDecodeError("JPEG without its end-of-image marker (truncated)")
     img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError("undecodable JPEG in an image shard")
+        raise ImageDecodeError("OpenCV cannot decode the JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -149,7 +204,9 @@ class ImageStream(torch.utils.data.IterableDataset):
         w = np.asarray([e.weight for e in cfg.datasets], np.float64)
         self.weights = w / w.sum()
         self.produced: dict[int, int] = {}  # slot -> samples produced (main-process bookkeeping)
+        self.skipped: dict[int, list[int]] = {}  # slot -> rows skipped per dataset before those samples
         self.vertex_flip: np.ndarray | None = None
+        self._warned: set[tuple[str, int]] = set()  # (file, row) already reported by this process
 
     # -- order -------------------------------------------------------------------------
     def _choices(self, slot: int, block: int) -> np.ndarray:
@@ -183,50 +240,84 @@ class ImageStream(torch.utils.data.IterableDataset):
         workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + wid, self.world_size * workers
 
-    def samples(self, slot: int, slots: int, start: int = 0):
-        """Yield the slot's samples from its ``start``-th on (numpy dicts before tensor conversion)."""
-        import pyarrow.parquet as pq
-
+    def samples(self, slot: int, slots: int, start: int = 0, skipped: list[int] | None = None):
+        """Yield the slot's samples from its ``start``-th on; ``skipped``: the rows per dataset the
+        slot skipped before that sample (from the state; zeros when None). Each sample carries
+        the cumulative ``skipped_rows`` (D,) of its slot."""
+        n_data = len(self.datasets)
+        skipped = [0] * n_data if skipped is None else [int(x) for x in skipped]
+        if len(skipped) != n_data:
+            raise ValueError(f"skipped-row counts for {len(skipped)} datasets, the mixture has {n_data}")
         pos = self._positions(slot, start)
-        cursors: list[tuple[int, int, list[dict]] | None] = [None] * len(self.datasets)  # (t, row, rows)
-        for d in range(len(self.datasets)):
-            cursors[d] = self._seek(d, slot, slots, pos[d])
+        cursors: list[tuple[int, int, list[dict]] | None] = [None] * n_data  # (t, row, rows)
+        for d in range(n_data):
+            cursors[d] = self._seek(d, slot, slots, pos[d] + skipped[d])  # rows read = samples + skips
+        totals = [sum(rows for _, _, rows in ds.units) for ds in self.datasets]
         k = start
         while True:
             d = int(self._choices(slot, k // CHOICE_BLOCK)[k % CHOICE_BLOCK])
-            t, r, rows = cursors[d]
-            if rows is None:
-                rows = self._load_unit(d, slot, slots, t, pq)
-            sample = self._prepare(rows[r], d, np.random.default_rng([self.cfg.seed, slot, k, 0xE3]))
-            r += 1
-            if r == len(rows):
-                t, r, rows = t + 1, 0, None
-            cursors[d] = (t, r, rows)
+            run = 0  # consecutive bad rows of dataset d at this sample
+            while True:
+                t, r, rows = cursors[d]
+                if rows is None:
+                    rows = self._load_unit(d, slot, slots, t)
+                row = rows[r]
+                r += 1
+                if r == len(rows):
+                    t, r, rows = t + 1, 0, None
+                cursors[d] = (t, r, rows)
+                try:
+                    sample = self._prepare(row, d, np.random.default_rng([self.cfg.seed, slot, k, 0xE3]))
+                    break
+                except ImageDecodeError as exc:
+                    skipped[d] += 1
+                    run += 1
+                    self.report_bad_row(row, d, exc, skipped[d])
+                    if run >= totals[d]:
+                        raise ImageShardError(f"dataset {self.datasets[d].name}: none of its {totals[d]} rows has a "
+                                              "decodable image; run `mpt-data images` again for it") from exc
+            sample["skipped_rows"] = torch.tensor(skipped, dtype=torch.int64)
             k += 1
             yield sample
 
-    def _seek(self, d: int, slot: int, slots: int, consumed: int) -> tuple[int, int, list[dict] | None]:
-        """Cursor (row group ordinal, row, loaded rows) after ``consumed`` samples of dataset d."""
-        import pyarrow.parquet as pq
+    def report_bad_row(self, row: dict, d: int, exc: Exception, count: int) -> None:
+        """Warn, once per process and row, that ``row`` of dataset ``d`` is skipped (count: skips so far)."""
+        where = row["_where"]
+        if where in self._warned:
+            return
+        self._warned.add(where)
+        warnings.warn(f"{where[0]}: row {where[1]} (key {row.get('key')}) skipped: {exc}; "
+                      f"dataset {self.datasets[d].name}: {count} bad row(s) skipped so far by this reader",
+                      BadRowWarning, stacklevel=2)
 
+    def _seek(self, d: int, slot: int, slots: int, consumed: int) -> tuple[int, int, list[dict] | None]:
+        """Cursor (row group ordinal, row, loaded rows) after ``consumed`` rows of dataset d."""
         t = 0
         while True:
             rows = self.datasets[d].units[self._unit(d, slot, slots, t)][2]
             if consumed < rows:
-                return (t, 0, None) if consumed == 0 else (t, consumed, self._load_unit(d, slot, slots, t, pq))
+                return (t, 0, None) if consumed == 0 else (t, consumed, self._load_unit(d, slot, slots, t))
             consumed -= rows
             t += 1
 
-    def _load_unit(self, d: int, slot: int, slots: int, t: int, pq) -> list[dict]:
+    def _load_unit(self, d: int, slot: int, slots: int, t: int) -> list[dict]:
         unit = self._unit(d, slot, slots, t)
-        path, group, _ = self.datasets[d].units[unit]
-        table = pq.ParquetFile(path).read_row_group(group)
-        kept = self.datasets[d].kept.get((path, group))
+        rows = self.load_rows(d, unit)
+        order = self._rows(d, unit, slot + t * slots)
+        return [rows[i] for i in order]
+
+    def load_rows(self, d: int, unit: int) -> list[dict]:
+        """The rows of dataset d's read unit, in file order, each with ``_where`` = (file, row in file)."""
+        ds = self.datasets[d]
+        path, group, _ = ds.units[unit]
+        table = read_row_group(path, group)
+        kept = ds.kept.get((path, group))
         if kept is not None:  # only the kept rows become Python objects (a 1 % cut keeps ~1 per group)
             table = table.take(kept)
         rows = table.to_pylist()
-        order = self._rows(d, unit, slot + t * slots)
-        return [rows[i] for i in order]
+        for i, row in enumerate(rows):
+            row["_where"] = (path, ds.file_row(path, group, i))
+        return rows
 
     def _prepare(self, row: dict, d: int, rng: np.random.Generator) -> dict:
         cfg = self.cfg
@@ -260,57 +351,73 @@ class ImageStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         slot, slots = self._slot()
-        return iter(self.samples(slot, slots, self.produced.get(slot, 0)))
+        return iter(self.samples(slot, slots, self.produced.get(slot, 0), self.skipped.get(slot)))
 
     # -- resume ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": LOADER_STATE_VERSION, "seed": self.cfg.seed, "produced": dict(self.produced),
+                "skipped": {k: list(v) for k, v in self.skipped.items()},
                 "datasets": [e.name for e in self.cfg.datasets]}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != LOADER_STATE_VERSION:
+        if state.get("version") not in (1, LOADER_STATE_VERSION):
             raise ValueError(f"image loader state version {state.get('version')} != {LOADER_STATE_VERSION}")
         if state["datasets"] != [e.name for e in self.cfg.datasets] or state["seed"] != self.cfg.seed:
             raise ValueError("image loader state is from another mixture or seed")
         self.produced = {int(k): int(v) for k, v in state["produced"].items()}
+        # version 1 was written by a stream that stopped at a bad row instead of skipping it: no skips
+        self.skipped = {int(k): [int(x) for x in v] for k, v in state.get("skipped", {}).items()}
 
 
 class ImageBatches:
     """Batches of an ImageStream in one process, with exact resume (the trainer's data iterator).
 
     With ``num_workers`` DataLoader workers the batches arrive round-robin from the workers,
-    each worker a slot of its own; the state is the number of batches handed out.
+    each worker a slot of its own; the state is the number of batches handed out and, per slot,
+    the rows skipped so far (taken off each batch's ``skipped_rows``, which is not passed on).
     """
 
     def __init__(self, stream: ImageStream, batch_size: int, num_workers: int = 0, pin_memory: bool = False):
         self.stream, self.batch_size, self.num_workers = stream, batch_size, num_workers
         self.pin_memory = pin_memory
         self.batches = 0
+        self.skipped: dict[int, list[int]] = {}  # slot -> rows skipped per dataset, as of its last batch
 
-    def _set_produced(self) -> None:
+    @property
+    def skipped_rows(self) -> int:
+        """Bad rows skipped so far by this rank (every encounter counts: once per pass over the data)."""
+        return sum(sum(v) for v in self.skipped.values())
+
+    def _sync_stream(self) -> None:
         w = max(self.num_workers, 1)
         produced = {}
         for wid in range(w):
             n_w = self.batches // w + (1 if wid < self.batches % w else 0)
             produced[self.stream.rank * w + wid] = n_w * self.batch_size
         self.stream.produced = produced
+        self.stream.skipped = {k: list(v) for k, v in self.skipped.items()}
 
     def __iter__(self):
-        self._set_produced()
+        self._sync_stream()
+        w = max(self.num_workers, 1)
         loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.num_workers,
                                              pin_memory=self.pin_memory, persistent_workers=False)
         for batch in loader:
+            counts = batch.pop("skipped_rows")
+            self.skipped[self.stream.rank * w + self.batches % w] = counts[-1].tolist()
             self.batches += 1
             yield batch
 
     def state_dict(self) -> dict:
+        self._sync_stream()
         return {"version": LOADER_STATE_VERSION, "batches": self.batches, "batch_size": self.batch_size,
-                "num_workers": self.num_workers, "stream": self.stream.state_dict()}
+                "num_workers": self.num_workers, "skipped_rows": self.skipped_rows, "stream": self.stream.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != LOADER_STATE_VERSION:
+        if state.get("version") not in (1, LOADER_STATE_VERSION):
             raise ValueError(f"image batches state version {state.get('version')} != {LOADER_STATE_VERSION}")
         if (state["batch_size"], state["num_workers"]) != (self.batch_size, self.num_workers):
             raise ValueError("resume needs the same batch size and number of workers")
         self.stream.load_state_dict(state["stream"])
         self.batches = int(state["batches"])
+        self.skipped = {k: list(v) for k, v in self.stream.skipped.items()}

@@ -3,7 +3,9 @@
 Crop rule: with a box (x, y, w, h) in image pixels the crop is the square of side
 1.2·max(w, h) centred on the box (SPIN's margin); without a box it is the square of side
 max(W, H) centred on the image, i.e. the whole image. The crop is resized to 224×224 and fed to
-a fine-tuned model (or a pre-trained transformer behind a given backbone).
+a fine-tuned model (or a pre-trained transformer behind a given backbone) as RGB in [0, 1]; the
+backbone puts it in its family's channel order (``mpt_train.backbones.CHANNEL_ORDER``), so a
+SimpleBaseline backbone sees the crop's BGR channels exactly as OpenCV read them.
 
 The model's weak-perspective camera (s, tx, ty) maps camera-frame metres to normalised crop
 coordinates; for the overlay it is turned into a perspective camera with a long focal length
@@ -13,14 +15,13 @@ lands where the model's 2D re-projection puts it.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mpt_data.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
 BOX_MARGIN = 1.2
@@ -87,13 +88,10 @@ def perspective_from_weak(camera: np.ndarray, box: tuple[float, float, float], s
 
 def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
     """Wavefront OBJ: ``v x y z`` per vertex (metres), ``f a b c`` 1-based per triangle; atomic."""
-    path = Path(path)
     lines = [f"# MPT mesh: {len(vertices)} vertices, {len(faces)} faces, metres, camera frame (x right, y down)"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in np.asarray(faces, np.int64)]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +107,8 @@ def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image_bgr: np.ndarray, bbox=None, device: str | torch.device = "cpu") -> dict:
-    """Run a BackboneMPT-like model on one image; returns numpy arrays and the crop box."""
+    """Run a BackboneMPT-like model on one (H, W, 3) uint8 BGR image (as OpenCV reads it); returns
+    numpy arrays and the crop box. The model gets the crop as RGB in [0, 1] (its backbone reorders)."""
     import cv2
 
     h, w = image_bgr.shape[:2]
@@ -152,11 +151,11 @@ def run(cfg: PredictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_obj(out / "mesh.obj", res["vertices"], res["faces"])
     pic = overlay(image, res)
-    tmp = out / f".overlay.tmp-{os.getpid()}.png"
-    if not cv2.imwrite(str(tmp), np.concatenate([image, pic], axis=1)):
-        raise OSError(f"cannot write {out / 'overlay.png'}")
-    os.replace(tmp, out / "overlay.png")
+    ok, png = cv2.imencode(".png", np.concatenate([image, pic], axis=1))
+    if not ok:
+        raise OSError(f"{out / 'overlay.png'}: PNG encoding failed")
+    atomic_write_bytes(out / "overlay.png", png.tobytes())
     info = {"image": cfg.image, "bbox": cfg.bbox, "crop_box": list(res["box"]), "camera": res["camera"].tolist(),
             "joints3d_coco17": res["joints"].tolist(), "num_vertices": int(len(res["vertices"]))}
-    (out / "prediction.json").write_text(json.dumps(info, indent=2))
+    atomic_write_json(out / "prediction.json", info, indent=2)
     return info

@@ -124,8 +124,9 @@ def test_input_size_resizes_the_crop_before_the_network_and_keeps_the_map_grid()
     image = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         y = maps(image)
-        # the same network on a crop resized by hand (ImageNet-normalised, antialiased bilinear)
-        x = (image - maps.mean) / maps.std
+        # the same network on a crop resized by hand (reversed to BGR, as SimpleBaseline reads;
+        # ImageNet-normalised; antialiased bilinear)
+        x = (image.flip(1) - maps.mean) / maps.std
         x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False, antialias=True)
         ref = F.interpolate(maps.net(x), size=(224, 224), mode="bilinear", align_corners=False)
     assert seen[0] == (128, 128) and y.shape == (1, 17, 224, 224)
