@@ -84,3 +84,62 @@ def test_run_comparison_reads_the_last_validation(tmp_path):
         final_validation(empty)
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         final_validation(tmp_path / "missing")
+
+
+def test_ingest_skips_truncated_non_image_and_outside_paths_with_counted_reasons(tmp_path):
+    """Each bad row is skipped with its own counted reason; every good row (one reached through
+    ``sub/..``, one through a symlink that stays inside) is ingested."""
+    import json
+    import os
+
+    import cv2
+
+    from mpt_data.images import ImagesConfig, ingest, truncation_reason
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    blobs = {}
+    for i in range(9):
+        ok, jpg = cv2.imencode(".jpg", rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+        blobs[i] = jpg.tobytes()
+        (root / f"im{i}.jpg").write_bytes(blobs[i])
+    ok, png = cv2.imencode(".png", rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    (root / "cut.png").write_bytes(png.tobytes()[:-30])  # the IEND chunk and some data lost
+    (root / "im1.jpg").write_bytes(blobs[1][: len(blobs[1]) * 2 // 3])  # truncated JPEG
+    (root / "im2.jpg").write_bytes(b"this is a text file, not an image")
+    (tmp_path / "outside.jpg").write_bytes(blobs[3])  # a valid image, but outside --images
+    os.symlink(tmp_path / "outside.jpg", root / "escape.jpg")  # a link inside that points out
+    os.symlink(root / "im8.jpg", root / "alias.jpg")  # a link that stays inside
+    names = ["im0.jpg", "im1.jpg", "im2.jpg", "../outside.jpg", str(tmp_path / "outside.jpg"), "escape.jpg",
+             "sub/../im6.jpg", "alias.jpg", "cut.png", "im7.jpg"]
+    n = len(names)
+    part = np.concatenate([rng.uniform(8, 40, (n, 24, 2)), np.ones((n, 24, 1))], -1)
+    np.savez(tmp_path / "ds.npz", imgname=np.array(names), center=np.full((n, 2), 24.0), scale=np.full(n, 0.2),
+             part=part)
+    summary = ingest(ImagesConfig(str(tmp_path / "ds.npz"), str(root), str(tmp_path / "out"), dataset="d",
+                                  crop_px=32))
+    assert summary.skipped == {"path outside the image root": 3, "truncated JPEG (no end-of-image marker)": 1,
+                               "corrupt image": 1, "truncated PNG (no IEND chunk)": 1}
+    assert summary.written == 4 and summary.total == 10
+    assert summary.examples["path outside the image root"] == [f"3: ../outside.jpg", f"4: {tmp_path / 'outside.jpg'}",
+                                                               "5: escape.jpg"]
+    saved = json.loads((tmp_path / "out" / "d" / "summary.json").read_text())
+    assert saved["skipped"] == summary.skipped and saved["examples"]["corrupt image"] == ["2: im2.jpg"]
+    assert not (tmp_path / "out" / "d" / ".ingest.lock").exists()  # released
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "d" / "part-00000.parquet")
+    assert table.column("index").to_pylist() == [0, 6, 7, 9]
+    for blob in table.column("jpeg").to_pylist():
+        assert truncation_reason(blob) == "" and cv2.imdecode(np.frombuffer(blob, np.uint8), 1).shape == (32, 32, 3)
+    assert truncation_reason(blobs[0][:-2]) == "truncated JPEG (no end-of-image marker)"
+    assert truncation_reason(b"plain bytes") == ""  # not a JPEG or PNG: left to the decoder
+
+    from mpt_data.fileio import FolderLock, LockError
+
+    with FolderLock(tmp_path / "out" / "d" / ".ingest.lock", "image dataset"):  # another ingest in progress
+        with pytest.raises(LockError, match="in use by pid"):
+            ingest(ImagesConfig(str(tmp_path / "ds.npz"), str(root), str(tmp_path / "out"), dataset="d"))
+    assert (tmp_path / "out" / "d" / "summary.json").exists()  # the refused run touched nothing

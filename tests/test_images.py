@@ -170,3 +170,83 @@ def test_fraction_keeps_that_share_of_rows_not_of_row_groups(two_datasets):
     assert _keys(again, 0, 1, 60) == seen  # seeded: the same subset and order
     with pytest.raises(ValueError, match="fraction"):
         keep_units(ImageStream(cfg), 0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def bad_row_mixture(tmp_path_factory):
+    """One dataset of 10 rows (row groups of 3) where file row 4 holds a truncated JPEG and row 7
+    bytes OpenCV refuses (with a valid end marker): the stream must skip both."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("badrows")
+    npz, img_dir, _ = _spin_dataset(root / "src", n=10, bad=False, seed=5)
+    ingest(ImagesConfig(str(npz), str(img_dir), str(root / "shards"), dataset="b", crop_px=48, rows_per_group=3))
+    shard = root / "shards" / "b" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    jpegs = table.column("jpeg").to_pylist()
+    jpegs[4] = jpegs[4][: len(jpegs[4]) // 2]
+    jpegs[7] = b"\xff\xd8 not image data \xff\xd9"
+    table = table.set_column(table.schema.get_field_index("jpeg"), "jpeg",
+                             pa.array(jpegs, type=table.schema.field("jpeg").type))
+    pq.write_table(table, shard, row_group_size=3)
+    (root / "mix.yaml").write_text("seed: 1\ndatasets:\n  - {name: b, shards: shards/b, weight: 1}\n")
+    bad_x = {float(np.asarray(table.column("joints2d")[i].as_py())[0]) for i in (4, 7)}
+    return root, str(shard), bad_x
+
+
+def test_stream_skips_undecodable_rows_names_and_counts_them_and_resumes_exactly(bad_row_mixture):
+    import warnings
+
+    from mpt_train.finetune import ImageEvalBatches
+    from mpt_train.images import BadRowWarning
+
+    root, shard, bad_x = bad_row_mixture
+    cfg = read_mixture(root / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=5)
+    stream = ImageStream(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        it = stream.samples(0, 1)
+        full = [next(it) for _ in range(20)]  # 2.5 passes over the 8 good rows
+    msgs = [str(w.message) for w in caught if issubclass(w.category, BadRowWarning)]
+    assert sorted(m.split("; ")[0] for m in msgs) == [
+        f"{shard}: row 4 (key b/4) skipped: JPEG without its end-of-image marker (truncated)",
+        f"{shard}: row 7 (key b/7) skipped: OpenCV cannot decode the JPEG"]
+    assert all(m.endswith("bad row(s) skipped so far by this reader") for m in msgs)
+    assert len(msgs) == 2  # once per bad row, not once per pass
+    xs = [float(s["joints2d"][0, 0]) for s in full]
+    assert not bad_x & set(xs) and len(set(xs[:8])) == 8  # each pass: the 8 good rows, never a bad one
+    counts = [int(s["skipped_rows"][0]) for s in full]
+    assert counts == sorted(counts) and counts[7] == 2 and 4 <= counts[-1] <= 6  # every encounter counted
+
+    for start in (3, 9, 14, 17):  # resume after skips: the same samples, the same counts
+        again = ImageStream(cfg).samples(0, 1, start, skipped=full[start - 1]["skipped_rows"].tolist())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadRowWarning)
+            tail = [next(again) for _ in range(20 - start)]
+        assert [float(s["joints2d"][0, 0]) for s in tail] == xs[start:]
+        assert [int(s["skipped_rows"][0]) for s in tail] == counts[start:]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(tail, full[start:]))
+    naive = ImageStream(cfg).samples(0, 1, 9)  # the same resume without the skip counts would shift
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadRowWarning)
+        assert [float(next(naive)["joints2d"][0, 0]) for _ in range(5)] != xs[9:14]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadRowWarning)
+        batches = ImageBatches(ImageStream(cfg), batch_size=3)
+        it = iter(batches)
+        first = [next(it) for _ in range(4)]
+        assert "skipped_rows" not in first[0]  # the count stays in the loader, not in the trainer's batch
+        state = batches.state_dict()
+        nxt = next(it)
+        again = ImageBatches(ImageStream(cfg), batch_size=3)
+        again.load_state_dict(state)
+        assert torch.equal(next(iter(again))["image"], nxt["image"])
+        assert state["skipped_rows"] == counts[11] == 2 and state["stream"]["skipped"] == {0: [2]}
+        old = {**state, "version": 1, "stream": {**state["stream"], "version": 1}}
+        del old["stream"]["skipped"]
+        ImageBatches(ImageStream(cfg), batch_size=3).load_state_dict(old)  # version 1: no skips recorded
+
+        ev = ImageEvalBatches([str(root / "shards" / "b")], 4, 5)
+        assert sum(len(b["image"]) for b in ev) == 8 and ev.skipped_rows == 2
