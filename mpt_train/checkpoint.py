@@ -3,31 +3,52 @@
 Layout of one checkpoint folder:
   state.pt        model (versioned), optimiser, schedule, scaler, counters, resolved config,
                   store fingerprint (rank 0)
-  rank-<r>.pt     that rank's RNG states (python, numpy, torch CPU/CUDA) and loader state
-  COMPLETE        JSON marker written last: step, files, fingerprint
+  rank-<r>.pt     that rank's RNG states (python, numpy, torch CPU/CUDA, the components' own
+                  generators) and loader state
+  COMPLETE        JSON marker written last: step, world size, fingerprint, and the size and
+                  BLAKE2b digest of every file above
 
 A folder without its marker (a run killed mid-write) is never considered: :func:`latest`
 returns the newest complete one, and a crash while writing step N leaves step N-k intact.
-Everything is saved as plain tensors / containers, so loading uses
-``torch.load(weights_only=True)``.
+A folder with its marker whose files were damaged afterwards (truncated, deleted, flipped
+bytes) fails :func:`verify`; loading from a run folder then falls back to the previous
+complete checkpoint with a warning that names the damaged one. Everything is saved as plain
+tensors / containers, so loading uses ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import pickle
 import random
 import re
 import shutil
+import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mpt_data.fileio import atomic_write, atomic_write_json
+
 CHECKPOINT_VERSION = 1
+MARKER_VERSION = 2  # 1: "files" was a list of names; 2: {name: {"size", "blake2b"}}
 MARKER = "COMPLETE"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_TMP_RE = re.compile(r"^\.tmp-step-(\d+)$")
+_HASH_BLOCK = 1 << 22
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (the message names the folder or file and what to do)."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint folder with its COMPLETE marker whose files do not match the marker."""
 
 
 def step_dir(run_dir: Path | str, step: int) -> Path:
@@ -45,6 +66,14 @@ def complete_checkpoints(run_dir: Path | str) -> list[tuple[int, Path]]:
         if m and p.is_dir() and (p / MARKER).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def checkpoint_folders(run_dir: Path | str) -> list[Path]:
+    """Every checkpoint folder of ``run_dir``, complete or not, temporary ones included."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (_STEP_RE.match(p.name) or _TMP_RE.match(p.name)))
 
 
 def latest(run_dir: Path | str) -> Path | None:
@@ -91,13 +120,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"size": bytes, "blake2b": hex digest} of a file (read in 4 MiB blocks)."""
+    h = hashlib.blake2b(digest_size=32)
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+            size += len(block)
+    return {"size": size, "blake2b": h.hexdigest()}
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save(run_dir: Path | str, step: int, state: dict[str, Any], rank_state: dict[str, Any], *,
@@ -106,8 +141,9 @@ def save(run_dir: Path | str, step: int, state: dict[str, Any], rank_state: dict
 
     state: rank-0 content (model, optimiser, ...); rank_state: per-rank content (RNG, loader).
     Ranks write `rank-<r>.pt` into the shared temporary folder; after ``barrier()`` rank 0
-    writes `state.pt`, renames the folder to `step-N` and writes the marker last, then prunes
-    all but the newest ``keep`` (>= 2) complete checkpoints. Returns the folder on rank 0.
+    writes `state.pt`, renames the folder to `step-N` and writes the marker last (with every
+    file's size and digest), then prunes all but the newest ``keep`` (>= 2) complete
+    checkpoints. Returns the folder on rank 0.
     """
     if keep < 2:
         raise ValueError("keep at least 2 checkpoints")
@@ -132,16 +168,19 @@ def save(run_dir: Path | str, step: int, state: dict[str, Any], rank_state: dict
     blob["world_size"] = world_size
     blob["step"] = step
     _atomic_torch_save(blob, tmp / "state.pt")
+    expected = {"state.pt", *(f"rank-{r}.pt" for r in range(world_size))}
+    present = {p.name for p in tmp.iterdir()}
+    if not expected <= present:
+        raise CheckpointError(f"{tmp}: rank files {sorted(expected - present)} were not written; the "
+                              f"checkpoint of step {step} is not complete")
+    # Digests are taken in the temporary folder, before the rename: the marker then describes
+    # exactly the bytes that were written, and a damaged file is detected for certain on load.
+    files = {name: file_digest(tmp / name) for name in sorted(expected)}
     if final.exists():  # a stale incomplete or older copy of this step
         shutil.rmtree(final)
-    os.replace(tmp, final)
-    marker = {"step": step, "world_size": world_size, "store_fingerprint": state.get("store_fingerprint"),
-              "files": sorted(p.name for p in final.iterdir())}
-    with open(final / (MARKER + ".tmp"), "w") as f:
-        json.dump(marker, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(final / (MARKER + ".tmp"), final / MARKER)
+    tmp.rename(final)
+    atomic_write_json(final / MARKER, {"marker_version": MARKER_VERSION, "step": step, "world_size": world_size,
+                                       "store_fingerprint": state.get("store_fingerprint"), "files": files})
     for _, old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
     if barrier:
@@ -149,23 +188,123 @@ def save(run_dir: Path | str, step: int, state: dict[str, Any], rank_state: dict
     return final
 
 
+def read_marker(folder: Path) -> dict[str, Any]:
+    """The COMPLETE marker of a checkpoint folder; DamagedCheckpoint if it is unreadable."""
+    path = Path(folder) / MARKER
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpoint(f"{path}: unreadable marker ({e})") from e
+    if not isinstance(marker, dict) or "files" not in marker:
+        raise DamagedCheckpoint(f"{path}: marker without a file list")
+    return marker
+
+
+def verify(folder: Path | str, *, digests: bool = True) -> dict[str, Any]:
+    """Check a complete checkpoint folder against its marker; returns the marker.
+
+    Raises DamagedCheckpoint naming the first file that is missing, has another size or
+    (``digests``) another BLAKE2b digest than the marker records. Markers written before
+    digests were recorded (a plain list of names) are checked for presence and non-emptiness.
+    """
+    folder = Path(folder)
+    marker = read_marker(folder)
+    files = marker["files"]
+    if isinstance(files, list):
+        files = {name: None for name in files}
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path}: missing (listed in its {MARKER} marker)")
+        size = path.stat().st_size
+        if want is None:
+            if size == 0:
+                raise DamagedCheckpoint(f"{path}: empty")
+            continue
+        if size != want["size"]:
+            raise DamagedCheckpoint(f"{path}: {size} bytes, its {MARKER} marker records {want['size']}")
+        if digests and file_digest(path)["blake2b"] != want["blake2b"]:
+            raise DamagedCheckpoint(f"{path}: content differs from the digest in its {MARKER} marker")
+    return marker
+
+
+def _torch_load(path: Path, map_location) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # A file that passed verify() but does not load (an old marker without digests).
+        raise DamagedCheckpoint(f"{path}: does not load ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded checkpoint: its folder, rank-0 state and this rank's state (None if it has none)."""
+
+    folder: Path
+    state: dict[str, Any]
+    rank_state: dict[str, Any] | None
+
+
+def _load_folder(folder: Path, rank: int, map_location, expected_fingerprint: str | None,
+                 force: bool) -> Loaded:
+    marker = verify(folder)
+    state = _torch_load(folder / "state.pt", map_location)
+    if state.get("checkpoint_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{folder}: checkpoint version {state.get('checkpoint_version')} "
+                              f"!= {CHECKPOINT_VERSION}")
+    saved = state.get("store_fingerprint")
+    if expected_fingerprint is not None and saved != expected_fingerprint and not force:
+        raise CheckpointError(f"{folder}: checkpoint was trained on store fingerprint {saved!r}, this store is "
+                              f"{expected_fingerprint!r}; pass --force to resume anyway")
+    rank_file = folder / f"rank-{rank}.pt"
+    world = int(marker.get("world_size", state.get("world_size", 1)))
+    if rank < world and not rank_file.is_file():
+        raise DamagedCheckpoint(f"{rank_file}: missing (the checkpoint was written by {world} ranks)")
+    rank_state = _torch_load(rank_file, "cpu") if rank_file.is_file() else None
+    return Loaded(folder, state, rank_state)
+
+
+def load_checkpoint(path: Path | str, *, rank: int = 0, map_location: str | torch.device = "cpu",
+                    expected_fingerprint: str | None = None, force: bool = False) -> Loaded:
+    """Load a checkpoint: a step-N folder as given, or the newest usable one of a run folder.
+
+    From a run folder (or `RUN/latest`) a damaged newest checkpoint is skipped with a warning
+    naming it and the one used instead; every rank checks every file, so all ranks take the
+    same decision. Raises FileNotFoundError when the run has no complete checkpoint,
+    CheckpointError when none of them is usable (each one's problem in the message), and
+    CheckpointError for a store fingerprint other than ``expected_fingerprint`` unless ``force``.
+    """
+    p = Path(path)
+    if p.name == "latest":
+        p = p.parent
+    if (p / MARKER).is_file():  # one checkpoint named explicitly: no fallback
+        return _load_folder(p, rank, map_location, expected_fingerprint, force)
+    found = [folder for _, folder in reversed(complete_checkpoints(p))]
+    if not found:
+        raise FileNotFoundError(f"{path}: no complete checkpoint (a step-N folder with a {MARKER} marker)")
+    problems = []
+    for folder in found:
+        try:
+            loaded = _load_folder(folder, rank, map_location, expected_fingerprint, force)
+        except DamagedCheckpoint as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(f"{p}: skipped damaged checkpoint(s) [{'; '.join(problems)}]; using {folder.name}",
+                          stacklevel=2)
+        return loaded
+    raise CheckpointError(f"{p}: no usable checkpoint, every complete one is damaged [{'; '.join(problems)}]; "
+                          f"start afresh with --overwrite")
+
+
 def load(path: Path | str, *, rank: int = 0, map_location: str | torch.device = "cpu",
          expected_fingerprint: str | None = None, force: bool = False) -> tuple[dict, dict | None]:
-    """Load (state, rank_state) from a complete checkpoint (folder, run folder or RUN/latest).
+    """(state, rank_state) of :func:`load_checkpoint` (folder, run folder or RUN/latest).
 
     Refuses a checkpoint written against a different store fingerprint than
     ``expected_fingerprint`` unless ``force``. rank_state is None when the checkpoint has no
     file for ``rank`` (e.g. evaluation with another world size).
     """
-    folder = resolve(path)
-    state = torch.load(folder / "state.pt", map_location=map_location, weights_only=True)
-    if state.get("checkpoint_version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{folder}: checkpoint version {state.get('checkpoint_version')} "
-                         f"!= {CHECKPOINT_VERSION}")
-    saved = state.get("store_fingerprint")
-    if expected_fingerprint is not None and saved != expected_fingerprint and not force:
-        raise ValueError(f"{folder}: checkpoint was trained on store fingerprint {saved!r}, this store is "
-                         f"{expected_fingerprint!r}; pass --force to resume anyway")
-    rank_file = folder / f"rank-{rank}.pt"
-    rank_state = (torch.load(rank_file, map_location="cpu", weights_only=True) if rank_file.is_file() else None)
-    return state, rank_state
+    loaded = load_checkpoint(path, rank=rank, map_location=map_location,
+                             expected_fingerprint=expected_fingerprint, force=force)
+    return loaded.state, loaded.rank_state

@@ -24,6 +24,25 @@ def main() -> None:
     """
 
 
+def _run_training(train, cfg, task, **kw):
+    """`trainer.train`, with the run-folder, lock and checkpoint refusals as one-line CLI errors."""
+    from mpt_data.fileio import LockError
+
+    from .checkpoint import CheckpointError
+    from .trainer import RunFolderError, cleanup_distributed
+
+    try:
+        return train(cfg, task, **kw)
+    except (RunFolderError, LockError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        cleanup_distributed()
+
+
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Delete the checkpoints and metrics of an earlier run in --out first.")
+
+
 # === section: pretrain (pretrain, evaluate, bench) ===
 @main.command()
 @click.option("--shards", required=True, help="Store path or fsspec URL (a frozen MPT store).")
@@ -53,12 +72,13 @@ def main() -> None:
 @click.option("--val-batches", type=int, default=0, show_default=True, help="Val batches (0: the whole split).")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
+@_overwrite_option
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps on GPUs).")
 def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, grad_clip, precision, device, seed,
              workers, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, log_every, checkpoint_every,
-             val_every, val_batches, resume, force, allow_unfrozen, no_progress, compile_):
+             val_every, val_batches, resume, force, overwrite, allow_unfrozen, no_progress, compile_):
     """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
 
     \b
@@ -71,7 +91,7 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
     from .inputs import InputConfig
     from .losses import LossConfig
     from .model import ModelConfig
-    from .trainer import TrainConfig, build_pretrain_task, cleanup_distributed, train
+    from .trainer import TrainConfig, build_pretrain_task, train
 
     if (steps is None) == (epochs is None):
         raise click.UsageError("give exactly one of --steps and --epochs")
@@ -96,10 +116,7 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
         cfg = dataclasses.replace(cfg, steps=max(1, int(round(epochs * per_epoch))))
     click.echo(f"{task.train_batches.reader.describe()}\npre-training {preset}: {cfg.steps} steps of "
                f"{cfg.batch_size} per rank -> {out}", err=True)
-    try:
-        result = train(cfg, task, resume=resume, force=force)
-    finally:
-        cleanup_distributed()
+    result = _run_training(train, cfg, task, resume=resume, force=force, overwrite=overwrite)
     if result:
         click.echo(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
 
@@ -222,13 +239,14 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
 @click.option("--precision", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True)
+@_overwrite_option
 def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
              fraction, no_augment, steps, batch_size, lr, workers, seed, val_every, checkpoint_every, precision,
-             device, resume):
+             device, resume, overwrite):
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
     from .losses import LossConfig
-    from .trainer import TrainConfig, cleanup_distributed, train
+    from .trainer import TrainConfig, train
 
     tc = TrainConfig(out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_every=val_every,
                      checkpoint_every=checkpoint_every, precision=precision, device=device)
@@ -236,10 +254,7 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
                         backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                         freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=workers,
                         augment=not no_augment, fraction=fraction)
-    try:
-        res = train(tc, build_finetune_task(tc, ft, LossConfig()), resume=resume)
-    finally:
-        cleanup_distributed()
+    res = _run_training(train, tc, build_finetune_task(tc, ft, LossConfig()), resume=resume, overwrite=overwrite)
     click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
@@ -260,9 +275,10 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
 @click.option("--precision", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True)
+@_overwrite_option
 @click.option("--no-progress", is_flag=True)
 def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigma, no_augment, steps, batch_size, lr,
-               workers, seed, checkpoint_every, precision, device, resume, no_progress):
+               workers, seed, checkpoint_every, precision, device, resume, overwrite, no_progress):
     """Train a 2D pose backbone on image shards with a heatmap MSE loss (same loop as pretrain).
 
     Writes OUT/pose_network.pth (public key names) for `finetune --backbone-checkpoint`. Use it
@@ -272,17 +288,14 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
 
     from .finetune import ImageEvalBatches
     from .posenet import PoseNetConfig, build_posenet_task, evaluate_pose_network, export_pose_network
-    from .trainer import TrainConfig, cleanup_distributed, train
+    from .trainer import TrainConfig, train
 
     tc = TrainConfig(out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_every=0,
                      checkpoint_every=checkpoint_every, precision=precision, device=device, progress=not no_progress)
     pc = PoseNetConfig(data=data, val=tuple(val), backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                        sigma=sigma, workers=workers, augment=not no_augment)
     task = build_posenet_task(tc, pc)
-    try:
-        train(tc, task, resume=resume)
-    finally:
-        cleanup_distributed()
+    _run_training(train, tc, task, resume=resume, overwrite=overwrite)
     path = export_pose_network(task.model, out)
     click.echo(f"pose network: {path}")
     if val:

@@ -401,6 +401,12 @@ class PairLoader:
             )
         stream = self.dataset.for_epoch(self.epoch, self.batches_done)
         workers = self.config.num_workers
+        # Starting a DataLoader draws its workers' base seed from `generator`, or from the global
+        # torch RNG when none is given: that draw would put the training step's randomness one
+        # draw out of step after a mid-epoch resume. This generator is a pure function of the
+        # position (and the streams read nothing from it: their order comes from the plan).
+        position = [self.config.seed, self.epoch, self.rank, self.batches_done]
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0] >> 1))
         loader = DataLoader(
             stream,
             batch_size=None,
@@ -408,6 +414,7 @@ class PairLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
             persistent_workers=False,
+            generator=gen,
         )
         for batch in loader:
             self.batches_done += 1  # counted before the consumer sees it: a checkpoint taken

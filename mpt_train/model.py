@@ -19,13 +19,17 @@ numbers, a twentieth of the work).
 
 Masked Vertex Modeling: in training, a random fraction of the joint and vertex query
 tokens is replaced by a learned mask token (METRO), so the model learns to infer them from
-the rest of the body.
+the rest of the body. The draws come from a generator the model owns (seeded with
+:meth:`MeshRegressor.seed_rng`, saved with :meth:`MeshRegressor.rng_state_dict`), never from
+the global RNG: anything else that draws from the global RNG (a DataLoader starting, a
+validation pass) cannot shift them, so a resumed run masks what the uninterrupted one did.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +41,7 @@ from torch import nn
 from .inputs import HeatmapWindows, window_linear
 
 MODEL_STATE_VERSION = 1
+MODEL_RNG_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -292,8 +297,51 @@ class MeshRegressor(nn.Module):
         nlev = len(cfg.level_sizes)
         for lvl in range(nlev):
             self.register_buffer(f"level_ids_{lvl}", torch.zeros(cfg.level_sizes[nlev - 1 - lvl], dtype=torch.long))
+        # The MVM generator lives on the device of the queries; it is made there on first use,
+        # from the seed or from a loaded state (see seed_rng / load_rng_state_dict).
+        self._rng_seed = 0
+        self._rng: torch.Generator | None = None
+        self._rng_pending: Mapping[str, Any] | None = None
         if topo is not None:
             self._init_from_topology(topo)
+
+    # -- the model's own randomness (Masked Vertex Modeling) --------------------------------
+    def seed_rng(self, seed: int) -> None:
+        """Restart the MVM draws from ``seed`` (e.g. a hash of the run seed and the rank)."""
+        self._rng_seed, self._rng, self._rng_pending = int(seed), None, None
+
+    def rng_state_dict(self) -> dict[str, Any]:
+        """The MVM generator's position: {"version", "seed", "device" (None before any draw), "state"}."""
+        if self._rng is None:  # no draw since seeding (or loading): the pending state is the position
+            if self._rng_pending is not None:
+                return dict(self._rng_pending)
+            return {"version": MODEL_RNG_STATE_VERSION, "seed": self._rng_seed, "device": None, "state": None}
+        return {"version": MODEL_RNG_STATE_VERSION, "seed": self._rng_seed, "device": self._rng.device.type,
+                "state": self._rng.get_state()}
+
+    def load_rng_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the MVM draws from a saved :meth:`rng_state_dict`."""
+        if state.get("version") != MODEL_RNG_STATE_VERSION:
+            raise ValueError(f"model RNG state version {state.get('version')} != {MODEL_RNG_STATE_VERSION}")
+        self._rng_seed, self._rng, self._rng_pending = int(state["seed"]), None, dict(state)
+
+    @torch.compiler.disable  # a generator argument breaks the graph anyway: keep the break here
+    def _mvm_mask(self, b: int, n: int, device: torch.device) -> torch.Tensor:
+        """(b, n, 1) bool: the queries replaced by the mask token; the camera query (0) never is."""
+        if self._rng is None or self._rng.device.type != device.type:
+            gen = torch.Generator(device=device)
+            pending, self._rng_pending = self._rng_pending, None
+            if pending is not None and pending["state"] is not None and pending["device"] == device.type:
+                gen.set_state(pending["state"])
+            else:
+                if pending is not None and pending["state"] is not None:
+                    warnings.warn(f"MVM generator state saved on {pending['device']}, running on {device.type}: "
+                                  f"its draws restart from seed {self._rng_seed} (not bit-exact)", stacklevel=2)
+                gen.manual_seed(self._rng_seed)
+            self._rng = gen
+        masked = torch.rand(b, n, 1, device=device, generator=self._rng) < self.cfg.mvm_ratio
+        masked[:, 0] = False
+        return masked
 
     def _init_from_topology(self, topo: MeshTopology) -> None:
         cfg = self.cfg
@@ -350,8 +398,7 @@ class MeshRegressor(nn.Module):
         q_pos = torch.cat([q_pos.new_zeros(1, q_pos.shape[1]), q_pos])
         queries = (self.query_embed + q_pos).unsqueeze(0).expand(b, -1, -1)
         if self.training and cfg.mvm_ratio > 0:
-            masked = torch.rand(b, queries.shape[1], 1, device=queries.device) < cfg.mvm_ratio
-            masked[:, 0] = False  # the camera query is never masked
+            masked = self._mvm_mask(b, queries.shape[1], queries.device)
             queries = torch.where(masked, self.mask_token.to(queries.dtype), queries)
         x = torch.cat([queries.to(x_in.dtype), x_in], dim=1)
         for i, block in enumerate(self.blocks):

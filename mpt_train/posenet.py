@@ -114,11 +114,10 @@ def build_posenet_task(train_cfg, pcfg: PoseNetConfig):
 
 def export_pose_network(model: PoseFeatureMaps, run_dir: str | Path) -> Path:
     """Write ``RUN/pose_network.pth``: the bare network's state dict (public key names), atomically."""
-    path = Path(run_dir) / POSE_NETWORK_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in model.net.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    return path
+    from mpt_data.fileio import atomic_write
+
+    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+    return atomic_write(Path(run_dir) / POSE_NETWORK_FILE, lambda f: torch.save(state, f))
 
 
 def argmax_joints(maps: torch.Tensor, crop: int | None = None) -> torch.Tensor:

@@ -9,17 +9,32 @@ on CUDA (fp16 with a gradient scaler for GPUs without bf16, fp32 on CPU), DDP th
 torchrun (NCCL on CUDA, gloo on CPU), gradient clipping, non-finite steps reported and
 skipped on every rank, atomic checkpoints with exact resume, JSON-lines metrics (and
 TensorBoard when installed), a progress bar, and periodic validation in mm.
+
+Randomness and exact resume: nothing a step draws depends on what ran before it in the
+process. Components with their own generators (the model's Masked Vertex Modeling: any
+module with ``seed_rng`` / ``rng_state_dict`` / ``load_rng_state_dict``) are seeded from
+(seed, rank) and their generator states travel in each rank's checkpoint file; the global
+RNGs (python, numpy, torch CPU and CUDA), which dropout and any third-party draw use, are
+re-seeded before every step from (seed, rank, step). A DataLoader starting, a validation
+pass or a resume therefore cannot shift a single draw.
+
+One owner per run folder: rank 0 holds ``RUN/.lock`` (:class:`mpt_data.fileio.FolderLock`)
+for the whole run, and a fresh run refuses a folder that holds another run's checkpoints or
+metrics unless told to continue it (``resume``) or to delete them first (``overwrite``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -29,12 +44,20 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mpt_data.fileio import FolderLock, atomic_write_json, atomic_write_text
+
 from . import checkpoint as ckpt
 from .evaluate import autocast_context, evaluate_model
 from .model import (MeshRegressor, MeshTopology, ModelConfig, config_for_topology, topology_from_store,
                     typical_camera_rotation)
 
 TRAINER_STATE_VERSION = 1
+RUN_LOCK = ".lock"
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder cannot be used as asked (the message names it and the option to give)."""
 
 
 @dataclass(frozen=True)
@@ -153,16 +176,57 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the integers ``parts`` (e.g. seed, rank, step)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+_STEP_STREAM, _COMPONENT_STREAM = 0x57E9, 0xC0DE
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Re-seed the global RNGs (python, numpy, torch CPU and CUDA) for training step ``step``.
+
+    Dropout (inside scaled_dot_product_attention too) takes no generator argument; seeding the
+    global RNGs from the step makes its draws a pure function of (seed, rank, step).
+    """
+    s = derived_seed(seed, rank, step, _STEP_STREAM)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def rng_components(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The sub-modules (by name, "" = the model) that own a generator: seed_rng, rng_state_dict,
+    load_rng_state_dict."""
+    return {name: m for name, m in model.named_modules()
+            if all(callable(getattr(m, a, None)) for a in ("seed_rng", "rng_state_dict", "load_rng_state_dict"))}
+
+
+def _load_source_state(source: "BatchSource", state: dict, force: bool) -> None:
+    """Restore the batch source; ``force`` lets a store loader continue on another store."""
+    if force and "allow_other_store" in inspect.signature(source.load_state_dict).parameters:
+        source.load_state_dict(state, allow_other_store=True)
+    else:
+        source.load_state_dict(state)
+
+
 class MetricsLog:
     """JSON lines in RUN/metrics.jsonl (rank 0), mirrored to TensorBoard when it is installed."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, upto_step: int | None = None):
+        """upto_step: a resumed run first drops the records the interrupted run wrote after its
+        checkpoint (they are written again), so the file reads as one uninterrupted run."""
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
-        self.path = out / "metrics.jsonl"
+        self.path = out / METRICS_FILE
+        if upto_step is not None and self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= upto_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
         except ImportError:
@@ -228,17 +292,83 @@ def _mean_across(values: dict[str, float], ddp: Distributed) -> dict[str, float]
     return {n: float(v) / ddp.world_size for n, v in zip(names, t)}
 
 
-def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
+def _on_main(ddp: Distributed, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0; if it raises, every rank raises (none is left waiting in a collective)."""
+    err: BaseException | None = None
+    if ddp.is_main:
+        try:
+            fn()
+        except Exception as e:  # re-raised below on rank 0, reported to the other ranks first
+            err = e
+    if ddp.world_size > 1:
+        box = [None if err is None else f"{type(err).__name__}: {err}"]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and err is None:
+            raise RunFolderError(f"rank 0 stopped: {box[0]}")
+    if err is not None:
+        raise err
+
+
+def holds_a_run(out: Path) -> list[str]:
+    """Names of what an earlier run left in ``out``: checkpoint folders (complete or not), metrics."""
+    found = [p.name for p in ckpt.checkpoint_folders(out)]
+    if (out / METRICS_FILE).is_file():
+        found.append(METRICS_FILE)
+    return found
+
+
+def claim_run_folder(out: Path, lock: FolderLock, *, resume: bool, overwrite: bool) -> None:
+    """Take ``lock`` for the run, then check or clear ``out`` for a fresh run.
+
+    A fresh run (neither ``resume`` nor ``overwrite``) refuses a folder holding an earlier run:
+    it would prune that run's checkpoints as its own and a later resume would continue the
+    wrong one. ``overwrite`` deletes the checkpoints, metrics and TensorBoard logs first.
+    """
+    lock.acquire()
+    try:
+        old = holds_a_run(out)
+        if overwrite:
+            for p in ckpt.checkpoint_folders(out):
+                shutil.rmtree(p)
+            (out / METRICS_FILE).unlink(missing_ok=True)
+            if (out / "tensorboard").is_dir():
+                shutil.rmtree(out / "tensorboard")
+        elif old and not resume:
+            raise RunFolderError(f"{out}: holds an earlier run ({', '.join(old[:4])}{' ...' if len(old) > 4 else ''}); "
+                                 f"continue it with --resume or delete it with --overwrite")
+    except BaseException:
+        lock.release()
+        raise
+
+
+def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) training to ``cfg.steps``. Returns the final validation metrics (mm).
 
-    Resume: continues from the newest complete checkpoint in ``cfg.out`` with the same
-    model, optimiser, schedule, scaler, counters, RNG and loader position, so the run is the
-    one it would have been uninterrupted (bit-exact on CPU). A checkpoint made against
-    another store fingerprint is refused unless ``force``.
+    Resume: continues from the newest usable checkpoint in ``cfg.out`` (a damaged newest one
+    is skipped with a warning) with the same model, optimiser, schedule, scaler, counters,
+    generator states and loader position, so the run is the one it would have been
+    uninterrupted (bit-exact on CPU); a folder without any checkpoint starts afresh. A
+    checkpoint made against another store fingerprint is refused unless ``force``.
+    Rank 0 holds ``RUN/.lock`` throughout (LockError if another process holds it). A fresh
+    run refuses a folder holding an earlier run unless ``overwrite`` (which deletes it first).
     """
-    # --- devices, processes, seeds
+    if resume and overwrite:
+        raise RunFolderError(f"{cfg.out}: --resume continues the run there and --overwrite deletes it; give one")
     device_kind = resolve_device(cfg)
     ddp = setup_distributed(device_kind)
+    out = Path(cfg.out)
+    lock = FolderLock(out / RUN_LOCK, f"run folder {out}")
+    _on_main(ddp, lambda: claim_run_folder(out, lock, resume=resume, overwrite=overwrite))
+    try:
+        return _train_locked(cfg, task, ddp, device_kind, resume=resume, force=force)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: str, *, resume: bool,
+                  force: bool) -> dict[str, Any]:
+    # --- devices, seeds
     device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
     precision = resolve_precision(cfg, device)
     seed_everything(cfg.seed + ddp.rank)
@@ -255,11 +385,19 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step, samples, skipped = 0, 0, 0
+    components = rng_components(model)
+    for i, name in enumerate(sorted(components)):
+        components[name].seed_rng(derived_seed(cfg.seed, ddp.rank, i, _COMPONENT_STREAM))
 
     # --- resume
-    if resume and ckpt.latest(out) is not None:
-        state, rank_state = ckpt.load(out, rank=ddp.rank, map_location=device,
+    if resume and ckpt.checkpoint_folders(out):
+        if not ckpt.complete_checkpoints(out):
+            names = ", ".join(p.name for p in ckpt.checkpoint_folders(out))
+            raise ckpt.CheckpointError(f"{out}: --resume found no complete checkpoint, only folders whose write "
+                                       f"was interrupted ({names}); start afresh with --overwrite")
+        loaded = ckpt.load_checkpoint(out, rank=ddp.rank, map_location=device,
                                       expected_fingerprint=task.store_fingerprint, force=force)
+        state, rank_state = loaded.state, loaded.rank_state
         if state["world_size"] != ddp.world_size:
             raise ValueError(f"{out}: checkpoint written by {state['world_size']} ranks, resuming with "
                              f"{ddp.world_size}: the data order would change")
@@ -270,15 +408,26 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         step, samples, skipped = (state["trainer"][k] for k in ("step", "samples", "skipped"))
-        task.train_batches.load_state_dict(rank_state["loader"])
+        _load_source_state(task.train_batches, rank_state["loader"], force)
         ckpt.set_rng_state(rank_state["rng"])
+        saved_components = rank_state.get("components")
+        if saved_components is None:
+            warnings.warn(f"{loaded.folder}: no component generator states (an older checkpoint); they restart "
+                          f"from their seeds, so the resumed run is not bit-exact", stacklevel=2)
+        else:
+            if set(saved_components) != set(components):
+                raise ckpt.CheckpointError(f"{loaded.folder}: generator states for {sorted(saved_components)}, this "
+                                           f"model has {sorted(components)}; resume with the same model")
+            for name, module in components.items():
+                module.load_rng_state_dict(saved_components[name])
         if ddp.is_main:
-            print(f"resumed from {ckpt.latest(out)} at step {step}", file=sys.stderr)
+            print(f"resumed from {loaded.folder} at step {step}", file=sys.stderr)
+    elif resume and ddp.is_main:
+        print(f"{out}: no checkpoint yet, starting at step 0", file=sys.stderr)
 
-    log = MetricsLog(out, ddp.is_main)
+    log = MetricsLog(out, ddp.is_main, upto_step=step if resume else None)
     if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(_resolved_config(cfg, task, precision, ddp), indent=2))
+        atomic_write_json(out / "config.json", _resolved_config(cfg, task, precision, ddp), indent=2)
     bar = None
     if cfg.progress and ddp.is_main:
         from tqdm import tqdm
@@ -291,7 +440,8 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
                              "skipped": skipped},
                  "config": json.dumps(_resolved_config(cfg, task, precision, ddp)),
                  "store_fingerprint": task.store_fingerprint}
-        rank_state = {"rng": ckpt.rng_state(), "loader": task.train_batches.state_dict()}
+        rank_state = {"rng": ckpt.rng_state(), "loader": task.train_batches.state_dict(),
+                      "components": {name: m.rng_state_dict() for name, m in components.items()}}
         ckpt.save(out, step, state, rank_state, rank=ddp.rank, world_size=ddp.world_size,
                   barrier=ddp.barrier if ddp.world_size > 1 else None, keep=cfg.keep_checkpoints)
 
@@ -314,6 +464,7 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
         if batch is None:  # end of an epoch: the loader starts the next one
             batches = iter(task.train_batches)
             continue
+        seed_step(cfg.seed, ddp.rank, step)
         inputs, targets = task.prepare(batch, True)
         with autocast_context(device, precision):
             pred = net(inputs)

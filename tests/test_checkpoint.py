@@ -53,7 +53,7 @@ def test_keeps_last_two_and_latest_ignores_incomplete(tmp_path):
 @pytest.mark.parametrize("crash_at", ["rank_file", "state_file", "marker"])
 def test_crash_mid_write_never_replaces_last_good(tmp_path, monkeypatch, crash_at):
     ckpt.save(tmp_path, 1, _state(1), {"rng": 1})
-    real_save, real_dump = ckpt._atomic_torch_save, json.dump
+    real_save = ckpt._atomic_torch_save
 
     def failing_save(obj, path):
         if (crash_at == "rank_file" and path.name.startswith("rank")) or \
@@ -62,14 +62,13 @@ def test_crash_mid_write_never_replaces_last_good(tmp_path, monkeypatch, crash_a
             raise KeyboardInterrupt("killed")
         real_save(obj, path)
 
-    def failing_dump(obj, f, *a, **k):
-        if crash_at == "marker":
-            f.write('{"step": ')
-            raise KeyboardInterrupt("killed")
-        real_dump(obj, f, *a, **k)
+    def failing_marker(path, obj, **kw):  # killed while writing the marker: only its temporary file exists
+        path.with_name(f".{path.name}.tmp").write_text('{"step": ')
+        raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(ckpt, "_atomic_torch_save", failing_save)
-    monkeypatch.setattr(ckpt.json, "dump", failing_dump)
+    if crash_at == "marker":
+        monkeypatch.setattr(ckpt, "atomic_write_json", failing_marker)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save(tmp_path, 2, _state(2), {"rng": 2})
     monkeypatch.undo()
