@@ -32,6 +32,10 @@ CAMERA_T = "cameras/t"  # (C, 3) float32 world -> camera translation, metres
 CAMERA_SIZE = "cameras/image_size"  # (C, 2) int32 width, height
 TOPOLOGY = "topology"  # template (V,3), faces (F,3), level<l>/..., regressors/<set> (J,V)
 SEQUENCES_TABLE = "sequences.parquet"
+# Written by freeze at the group's root: per array its shape, dtype, axis-0 chunk length, attributes and
+# per-chunk checksums, the group attributes that give the data its meaning, and the sequences table's
+# checksum, as canonical JSON; the fingerprint is the SHA-256 of its bytes (see mpt_data.store).
+INTEGRITY_MANIFEST = "integrity.json"
 
 # Group attributes (JSON) the writer sets and the trainer checks.
 ATTR_SCHEMA = "schema"  # int: SCHEMA_VERSION

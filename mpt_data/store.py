@@ -25,6 +25,7 @@ A store is one Zarr v3 group in a local directory (schema 1, paths in `mpt_data.
 | `sequences.parquet` | one row per source file | index, path, subset, subject, gender, fps, frames, sampled, first_mesh, split, size, sha256, status, reason |
 | `_build/partitions/p<i>.json` | JSON | completion record of partition i: range, counts, per-chunk checksums, recipe hash, sources |
 | `_build/static.json` | JSON | checksums of the arrays written by the driver (cameras, topology) and of sequences.parquet |
+| `integrity.json` | canonical JSON | written by freeze: what a reader must see (metadata, attributes, chunk checksums) |
 
 Group attributes: `schema`, `tool_version`, `state` (`building` | `complete` | `frozen`), `recipe` (resolved),
 `recipe_hash`, `counts` (meshes, cameras, views, vertices, faces, sequences, skipped, splits), `joint_sets`
@@ -33,9 +34,17 @@ Group attributes: `schema`, `tool_version`, `state` (`building` | `complete` | `
 Per-mesh arrays are chunked along axis 0 (`chunk_meshes` meshes per chunk, a loader reads whole chunks) and
 sharded (`shard_meshes` per shard file); one build task owns whole shards, so parallel writers never share a
 file. Checksums are BLAKE2b-128 of each chunk's decoded little-endian bytes, so they describe content and not
-the codec; the sequences table is hashed as canonical JSON of its rows, not as Parquet bytes. The fingerprint
-is a SHA-256 over the sorted per-array checksums, the sequences table and the recipe hash (the recipe without
-its paths, plus the hashes of the body-model files), so it does not depend on where the inputs or the store lie. A frozen store has consolidated metadata, read-only files, and refuses writes.
+the codec; the sequences table is hashed as canonical JSON of its rows, not as Parquet bytes.
+
+Freeze re-reads and re-hashes every chunk and refuses to seal a store whose data differs from its completion
+records. It then writes `integrity.json`: the group attributes that give the data its meaning (all but
+state, fingerprint and tool version; the recipe without its local paths and name), every group's attributes,
+each array's shape, dtype, axis-0 chunk length and attributes, every chunk checksum and the sequences table's
+checksum, as canonical JSON. The fingerprint is the SHA-256 of that file, so it covers data and metadata
+(vertex scale, shapes, joint sets, counts, recipe hash) and does not depend on codecs, the number of build
+workers, or where the inputs or the store lie. A frozen store has consolidated metadata, read-only files
+(changed without following links), and refuses writes; `verify` and the trainer's reader check what they read
+against `integrity.json`.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from mpt_data import __version__, schema
+from mpt_data.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 STATE_BUILDING = "building"
 STATE_COMPLETE = "complete"
@@ -176,15 +186,8 @@ def read_table_checksum(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON (indented, sorted keys) atomically: `mpt_data.fileio.atomic_write_json`."""
+    atomic_write_json(path, obj)
 
 
 def open_store(path: str | Path, mode: str = "r"):
@@ -342,31 +345,265 @@ def _mesh_array_paths(group) -> list[str]:
     return names
 
 
-def compute_fingerprint(checksums: dict[str, list[str]], shapes: dict[str, tuple[tuple[int, ...], str]], recipe_hash: str) -> str:
-    """SHA-256 over sorted lines 'path dtype shape array-checksum' and the recipe hash."""
-    h = hashlib.sha256()
-    h.update(f"mpt-store schema {schema.SCHEMA_VERSION}\nrecipe {recipe_hash}\n".encode())
-    for name in sorted(checksums):
-        array_sum = hashlib.sha256("".join(checksums[name]).encode()).hexdigest()
-        shape, dtype = shapes.get(name, ((), "file"))
-        h.update(f"{name} {dtype} {list(shape)} {array_sum}\n".encode())
-    return h.hexdigest()
+# ---------------------------------------------------------------------------------------------------
+# Integrity manifest and fingerprint.
+#
+# `integrity.json` (schema.INTEGRITY_MANIFEST, at the store's root, written by freeze) records what a reader
+# must see: the group attributes that give the data its meaning, every sub-group's attributes, each array's
+# shape, dtype, axis-0 chunk length and attributes, each chunk's BLAKE2b-128 of decoded bytes, and the
+# sequences table's content checksum. It is canonical JSON (sorted keys, no spaces), so the same data and
+# metadata give the same bytes, and the fingerprint is the SHA-256 of those bytes: it covers data and
+# metadata (vertex scale, shapes, joint sets, counts, recipe hash) but not codecs, shard files or paths.
+
+INTEGRITY_FORMAT = 1  # version of the manifest's layout; a reader refuses another
+# Group attributes outside the manifest: the freeze state and the fingerprint (they change when the data does
+# not), and the tool version (the same data written by another release is the same data).
+UNFINGERPRINTED_ATTRS = (schema.ATTR_STATE, schema.ATTR_FINGERPRINT, "tool_version")
+# Recipe fields that say where the inputs lay or what the recipe was called, not what was built (the recipe
+# hash drops the same ones), so two copies of one build fingerprint alike wherever their inputs were.
+_RECIPE_LOCAL_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor", "name")
 
 
-def _array_shapes(group, names) -> dict[str, tuple[tuple[int, ...], str]]:
-    out = {}
-    for name in names:
-        if name == SEQUENCES_KEY:
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of a JSON value: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), so read and recorded values compare equal."""
+    return json.loads(canonical_json(obj))
+
+
+def meaning_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The root group attributes the manifest records: all but `UNFINGERPRINTED_ATTRS`, the recipe without
+    its local paths and name."""
+    out = {k: v for k, v in attrs.items() if k not in UNFINGERPRINTED_ATTRS}
+    if isinstance(out.get("recipe"), dict):
+        out["recipe"] = {k: v for k, v in out["recipe"].items() if k not in _RECIPE_LOCAL_FIELDS}
+    return _plain(out)
+
+
+def store_metadata(group) -> dict[str, Any]:
+    """What a reader of `group` sees besides the chunk bytes, in the manifest's layout:
+
+    {"group": meaning_attrs(root attributes), "groups": {path: attributes},
+     "arrays": {path: {"shape", "dtype", "chunk_rows" (axis-0 chunk length), "attributes"}}}.
+    A group opened with consolidated metadata answers from it, as a reader's does.
+    """
+    import zarr
+
+    groups: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
+    with warnings.catch_warnings():  # sequences.parquet, _build/, integrity.json are ours, not zarr's
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+        members = list(group.members(max_depth=None))
+    for p, node in members:
+        if isinstance(node, zarr.Array):
+            arrays[p] = {"shape": list(node.shape), "dtype": str(node.dtype),
+                         "chunk_rows": int(node.chunks[0]) if node.ndim else 1, "attributes": dict(node.attrs)}
+        else:
+            groups[p] = dict(node.attrs)
+    return _plain({"group": meaning_attrs(dict(group.attrs)), "groups": groups, "arrays": arrays})
+
+
+def integrity_manifest(metadata: dict[str, Any], checksums: dict[str, list[str]]) -> bytes:
+    """Canonical manifest bytes from `store_metadata` and {array: chunk checksums, SEQUENCES_KEY: [table sum]}
+    (a store without a sequences table, e.g. one not made by the builder, omits that key)."""
+    arrays = {k: list(v) for k, v in checksums.items() if k != SEQUENCES_KEY}
+    if sorted(arrays) != sorted(metadata["arrays"]):
+        raise StoreError(f"checksums for arrays {sorted(set(arrays) ^ set(metadata['arrays']))} do not match the "
+                         "arrays in the store's metadata; run `mpt-data verify` on the store")
+    files = {schema.SEQUENCES_TABLE: checksums[SEQUENCES_KEY][0]} if SEQUENCES_KEY in checksums else {}
+    doc = {"format": INTEGRITY_FORMAT, "schema": schema.SCHEMA_VERSION, **metadata, "checksums": arrays, "files": files}
+    return canonical_json(doc)
+
+
+def manifest_fingerprint(blob: bytes) -> str:
+    """The store fingerprint: SHA-256 (hex) of the manifest's canonical bytes."""
+    return hashlib.sha256(blob).hexdigest()
+
+
+def parse_manifest(blob: bytes, where: str) -> dict[str, Any]:
+    """The manifest as a dict; StoreError naming `where` if it is not a manifest this code reads."""
+    try:
+        doc = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{where}/{schema.INTEGRITY_MANIFEST} is not JSON ({err}); the store is damaged: "
+                         "rebuild it or restore it from its published copy") from err
+    if not isinstance(doc, dict) or doc.get("format") != INTEGRITY_FORMAT:
+        raise StoreError(f"{where}/{schema.INTEGRITY_MANIFEST} has format {doc.get('format') if isinstance(doc, dict) else None!r}; "
+                         f"this tool reads format {INTEGRITY_FORMAT}")
+    return doc
+
+
+def read_integrity_manifest(group) -> bytes | None:
+    """The bytes of `integrity.json` beside the group's metadata (any zarr store: path or URL), or None."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buf = sync((group.store_path / schema.INTEGRITY_MANIFEST).get(default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _short(value: Any) -> str:
+    text = "absent" if value is _ABSENT else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_ABSENT = object()
+
+
+def metadata_differences(recorded: dict[str, Any], seen: dict[str, Any], label: str = "") -> list[str]:
+    """One line per difference between the manifest's metadata and `store_metadata` of what is read.
+
+    `label` says which view was read (e.g. "consolidated metadata"); lines name the array, group or attribute.
+    """
+    how = f" ({label})" if label else ""
+    out: list[str] = []
+
+    def attrs_diff(where: str, want: dict, got: dict) -> None:
+        for k in sorted(set(want) | set(got)):
+            w, g = want.get(k, _ABSENT), got.get(k, _ABSENT)
+            if w != g:
+                out.append(f"{where}: attribute {k!r} reads {_short(g)}{how}, "
+                           f"{schema.INTEGRITY_MANIFEST} records {_short(w)}")
+
+    attrs_diff("group", recorded.get("group", {}), seen["group"])
+    want_groups, got_groups = recorded.get("groups", {}), seen["groups"]
+    for p in sorted(set(want_groups) | set(got_groups)):
+        if p not in got_groups:
+            out.append(f"{p}: group missing{how}")
+        elif p not in want_groups:
+            out.append(f"{p}: group not in {schema.INTEGRITY_MANIFEST}{how}")
+        else:
+            attrs_diff(p, want_groups[p], got_groups[p])
+    want_arrays, got_arrays = recorded.get("arrays", {}), seen["arrays"]
+    for p in sorted(set(want_arrays) | set(got_arrays)):
+        if p not in got_arrays:
+            out.append(f"{p}: array missing{how}")
             continue
-        arr = group[name]
-        out[name] = (tuple(arr.shape), str(arr.dtype))
+        if p not in want_arrays:
+            out.append(f"{p}: array not in {schema.INTEGRITY_MANIFEST}{how}")
+            continue
+        w, g = want_arrays[p], got_arrays[p]
+        for key in ("shape", "dtype", "chunk_rows"):
+            if w.get(key) != g.get(key):
+                out.append(f"{p}: {key} reads {_short(g.get(key))}{how}, {schema.INTEGRITY_MANIFEST} records {_short(w.get(key))}")
+        attrs_diff(p, w.get("attributes", {}), g.get("attributes", {}))
     return out
 
 
-def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str | None = None) -> str:
-    """Check every completion record, write the fingerprint, consolidate metadata, make files read-only.
+def chunk_digest(data: np.ndarray) -> bytes:
+    """BLAKE2b-128 digest (16 bytes) of one chunk's little-endian C-order bytes: `chunk_checksums`' unit."""
+    a = np.ascontiguousarray(data)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return hashlib.blake2b(a.data if a.size else b"", digest_size=16).digest()
 
-    Returns the fingerprint. A store already frozen is left as it is (its fingerprint is returned).
+
+def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
+    """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab."""
+    n = arr.shape[0]
+    sums, spans = [], []
+    for s in range(0, max(n, 1), max(rows, 1)):
+        stop = min(s + rows, n)
+        try:
+            got = chunk_digest(np.asarray(arr[s:stop])).hex()
+            err = None
+        except Exception as exc:  # a corrupt shard fails to decode: reported as this chunk's fault by the caller
+            got, err = f"unreadable ({type(exc).__name__}: {exc})", f"{type(exc).__name__}: {exc}"
+        sums.append(got)
+        spans.append((s, stop, err))
+    return sums, spans
+
+
+def _chunk_where(name: str, ci: int, start: int, stop: int, mesh_array: bool) -> str:
+    return f"{name}: chunk {ci} ({f'meshes {start}..{stop - 1}' if mesh_array else 'whole array'})"
+
+
+def symlink_problems(path: str | Path) -> list[str]:
+    """One line per symbolic link anywhere under the store folder (links are listed, never followed)."""
+    root = Path(path)
+    out = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for entry in sorted(dirs + files):
+            p = Path(folder) / entry
+            if p.is_symlink():
+                out.append(f"{p.relative_to(root)}: a symbolic link (to {os.readlink(p)}) inside the store; a store "
+                           "must hold its own files: replace the link by the file it names, or remove it")
+    return out
+
+
+def _set_files_writable(path: Path, writable: bool) -> None:
+    """Add or remove write permission on every regular file under `path`, never through a link.
+
+    Links are skipped, and each file is opened with O_NOFOLLOW and changed with fchmod, so a link swapped in
+    between the listing and the change still cannot make this touch a file outside the store."""
+    bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    for folder, _, files in os.walk(path, followlinks=False):
+        for name in files:
+            p = os.path.join(folder, name)
+            if not stat.S_ISREG(os.lstat(p).st_mode):
+                continue
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                mode = os.fstat(fd).st_mode
+                os.fchmod(fd, (mode | stat.S_IWUSR) if writable else (mode & ~bits))
+            finally:
+                os.close(fd)
+
+
+def _writer_metadata_problems(group) -> list[str]:
+    """Metadata the builder always writes, checked before freeze records it (a record holds checksums only):
+    the vertex scale, and each per-mesh array's length, chunking and per-mesh shape against the counts."""
+    attrs = group.attrs
+    counts = attrs.get("counts", {})
+    out = []
+    try:
+        vertices = group[schema.VERTICES]
+    except KeyError:
+        return [f"{schema.VERTICES}: array missing"]
+    scale = vertices.attrs.get(schema.ATTR_SCALE_M)
+    if scale != schema.VERTEX_SCALE_M:
+        out.append(f"{schema.VERTICES}: attribute {schema.ATTR_SCALE_M!r} is {scale!r}, the builder writes {schema.VERTEX_SCALE_M}")
+    if attrs.get("vertex_scale_m", schema.VERTEX_SCALE_M) != schema.VERTEX_SCALE_M:
+        out.append(f"group: attribute 'vertex_scale_m' is {attrs.get('vertex_scale_m')!r}, the builder writes {schema.VERTEX_SCALE_M}")
+    per_mesh = {schema.VERTICES: (counts.get("vertices"), 3), schema.JOINTS2D: (counts.get("cameras"),),
+                schema.VISIBLE: (counts.get("cameras"),), schema.CROP: (counts.get("cameras"),)}
+    for s, j in (attrs.get("joint_sets") or {}).items():
+        per_mesh[f"{schema.JOINTS_GROUP}/{s}"] = (j, 3)
+    for name in _mesh_array_paths(group):
+        try:
+            arr = group[name]
+        except KeyError:
+            out.append(f"{name}: array missing")
+            continue
+        if arr.shape[0] != counts.get("meshes") or arr.chunks[0] != attrs.get("chunk_meshes"):
+            out.append(f"{name}: {arr.shape[0]} meshes in chunks of {arr.chunks[0]}, the counts say "
+                       f"{counts.get('meshes')} in chunks of {attrs.get('chunk_meshes')}")
+        lead = per_mesh.get(name)
+        if lead and tuple(arr.shape[1 : 1 + len(lead)]) != lead:
+            out.append(f"{name}: per-mesh shape {list(arr.shape[1:])} does not start with {list(lead)} from the counts")
+    return out
+
+
+def _open_plain(path: Path):
+    """The store's root group read from each array's own zarr.json, ignoring consolidated metadata."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+        return zarr.open_group(str(path), mode="r", use_consolidated=False)
+
+
+def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str | None = None) -> str:
+    """Re-hash every chunk, check it against the completion records, write `integrity.json` and the
+    fingerprint (its SHA-256), consolidate metadata, make the store's files read-only.
+
+    Returns the fingerprint. Refuses (StoreError naming the array and chunk, or the link) when any chunk differs
+    from its record, the builder's metadata was changed, or the store holds a symbolic link. A store already
+    frozen with a manifest is left as it is (its fingerprint is returned); one frozen by an older mpt-data
+    (no manifest) is re-checked the same way and re-frozen, which gives it a new fingerprint.
     With `manifest`, adds or replaces this store's entry in the manifest's `stores:` list.
     """
     import zarr
@@ -374,24 +611,33 @@ def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str
     path = Path(path)
     group = open_store(path)
     state = group.attrs.get("state")
-    if state == STATE_FROZEN:
+    if state == STATE_FROZEN and read_integrity_manifest(group) is not None:
         fp = group.attrs["fingerprint"]
     else:
-        if state != STATE_COMPLETE:
+        if state not in (STATE_COMPLETE, STATE_FROZEN):
             raise StoreError(f"{path} is in state {state!r}, not 'complete': finish it with `mpt-data build ... --resume`")
-        sums = collect_checksums(path)
-        fp = compute_fingerprint(sums, _array_shapes(group, sums), group.attrs["recipe_hash"])
+        links = symlink_problems(path)
+        if links:
+            raise StoreError(f"{path}: refusing to freeze: {links[0]}" + (f" (and {len(links) - 1} more links)" if len(links) > 1 else ""))
+        plain = _open_plain(path)  # what consolidation will copy, not an earlier freeze's consolidated copy
+        problems = _writer_metadata_problems(plain)
+        if problems:
+            raise StoreError(f"{path}: refusing to freeze: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                             + "; rebuild the store")
+        blob = _checked_manifest(path, plain)
         for stale in path.rglob("*.partial"):  # leftovers of writers killed mid-write
             stale.unlink()
-        group = open_store(path, "r+")
-        group.attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
+        if state == STATE_FROZEN:  # re-freezing a store frozen before manifests: its files are read-only
+            _set_files_writable(path, True)
+        atomic_write_bytes(path / schema.INTEGRITY_MANIFEST, blob)
+        fp = manifest_fingerprint(blob)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
             warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+            root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+            root.attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
             zarr.consolidate_metadata(str(path))
-        for p in path.rglob("*"):
-            if p.is_file():
-                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        _set_files_writable(path, False)
     if manifest is not None:
         group = open_store(path)
         entry = {
@@ -402,6 +648,71 @@ def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str
             "recipe": group.attrs["recipe"].get("name"),
         }
         update_manifest(Path(manifest), entry)
+    return fp
+
+
+def _checked_manifest(path: Path, group) -> bytes:
+    """Re-read and re-hash every chunk and the sequences table; raise StoreError naming the first chunks that
+    differ from the completion records (and how to redo them); return the manifest bytes of what was read."""
+    expected = collect_checksums(path)
+    metadata = store_metadata(group)
+    extra = sorted(set(metadata["arrays"]) - set(expected))
+    if extra:
+        raise StoreError(f"{path}: refusing to freeze: arrays {extra} were not written by the build (no completion "
+                         "record); remove them or rebuild the store")
+    mesh_arrays = set(_mesh_array_paths(group))
+    shard = group.attrs["shard_meshes"]
+    actual: dict[str, list[str]] = {}
+    bad: list[str] = []
+    redo: set[int] = set()
+    for name in sorted(expected):
+        if name == SEQUENCES_KEY:
+            got = [read_table_checksum(path / schema.SEQUENCES_TABLE)]
+            if got != expected[name]:
+                bad.append(f"{schema.SEQUENCES_TABLE}: content differs from the build record")
+            actual[name] = got
+            continue
+        if name not in metadata["arrays"]:
+            bad.append(f"{name}: array missing")
+            continue
+        arr = group[name]
+        sums, spans = _array_chunk_sums(arr, name, metadata["arrays"][name]["chunk_rows"])
+        for ci, (got, (s, stop, _)) in enumerate(zip(sums, spans)):
+            want = expected[name][ci] if ci < len(expected[name]) else None
+            if got != want:
+                bad.append(_chunk_where(name, ci, s, stop, name in mesh_arrays) + " differs from its completion record")
+                if name in mesh_arrays:
+                    redo.add(s // shard)
+        if len(sums) != len(expected[name]):
+            bad.append(f"{name}: {len(sums)} chunks on disk, {len(expected[name])} recorded")
+        actual[name] = sums
+    if bad:
+        fix = (f"delete {', '.join(str(partition_record_path(path, i).relative_to(path)) for i in sorted(redo)[:5])} "
+               "and run `mpt-data build ... --resume` to rewrite those partitions" if redo and all(": chunk " in b for b in bad)
+               else "rebuild the store with `mpt-data build ... --overwrite`")
+        raise StoreError(f"{path}: refusing to freeze: {'; '.join(bad[:5])}" + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+                         + f"; {fix}")
+    return integrity_manifest(metadata, actual)
+
+
+def seal_store_as_read(path: str | Path) -> str:
+    """Write `integrity.json` for a store exactly as it reads now and mark it frozen; returns the fingerprint.
+
+    For stores written without the builder (test fixtures, imports): there are no completion records to check
+    the data against, so this trusts what it reads. Builder stores go through `freeze_store`, which checks.
+    """
+    import zarr
+
+    path = Path(path)
+    plain = _open_plain(path)
+    metadata = store_metadata(plain)
+    sums = {name: _array_chunk_sums(plain[name], name, spec["chunk_rows"])[0] for name, spec in metadata["arrays"].items()}
+    if (path / schema.SEQUENCES_TABLE).exists():
+        sums[SEQUENCES_KEY] = [read_table_checksum(path / schema.SEQUENCES_TABLE)]
+    blob = integrity_manifest(metadata, sums)
+    atomic_write_bytes(path / schema.INTEGRITY_MANIFEST, blob)
+    fp = manifest_fingerprint(blob)
+    zarr.open_group(str(path), mode="r+", use_consolidated=False).attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
     return fp
 
 
@@ -421,78 +732,123 @@ def update_manifest(manifest: Path, entry: dict) -> None:
     if head and not head.endswith("\n"):
         head += "\n"
     body = yaml.safe_dump({"stores": stores}, sort_keys=False, default_flow_style=False)
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text(head + body)
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, head + body)
 
 
 @dataclass
 class VerifyReport:
-    """Result of `verify_store`: every differing array chunk, and the fingerprints compared."""
+    """Result of `verify_store`: every difference found, the fingerprints compared, and what was checked."""
 
     path: str
     stored_fingerprint: str | None
     computed_fingerprint: str | None
     mismatches: list[str] = field(default_factory=list)
     chunks_checked: int = 0
+    checked: list[str] = field(default_factory=list)  # one line per kind of check made
 
     @property
     def ok(self) -> bool:
-        """Every chunk matches its build-time checksum, and a frozen store's fingerprint is reproduced."""
+        """Nothing differs, and a frozen store's fingerprint is reproduced from what was read."""
         fp_ok = self.stored_fingerprint is None or self.stored_fingerprint == self.computed_fingerprint
         return not self.mismatches and fp_ok
 
 
 def verify_store(path: str | Path) -> VerifyReport:
-    """Re-read every chunk, compare with the checksums recorded at build time, and recompute the fingerprint.
+    """Re-read every chunk and all metadata through zarr and name each difference.
 
-    Works on a complete store before freezing too (then there is no stored fingerprint to compare)."""
+    A frozen store is checked against its `integrity.json`: every chunk's checksum, every array's shape,
+    dtype, chunking and attributes and every group's attributes, as read through the consolidated metadata
+    (what a reader sees) and through each array's own zarr.json; the manifest must hash to the stored
+    fingerprint, and the fingerprint is recomputed from what was read. A complete store not yet frozen is
+    checked against its completion records (chunks) and the builder's metadata rules; its computed
+    fingerprint is the one freeze would write. Symbolic links inside the store are reported either way.
+    """
     path = Path(path)
     group = open_store(path)
-    expected = collect_checksums(path)
-    chunk = group.attrs["chunk_meshes"]
-    report = VerifyReport(str(path), group.attrs.get("fingerprint"), None)
+    stored = group.attrs.get("fingerprint")
+    report = VerifyReport(str(path), stored, None)
+    report.mismatches += symlink_problems(path)
+    report.checked.append("no symbolic links inside the store folder")
+    blob = read_integrity_manifest(group)
+    frozen = group.attrs.get("state") == STATE_FROZEN
+    recorded = None
+    if frozen and blob is not None:
+        recorded = parse_manifest(blob, str(path))
+        expected = dict(recorded.get("checksums", {}))
+        if schema.SEQUENCES_TABLE in recorded.get("files", {}) or (path / schema.SEQUENCES_TABLE).exists():
+            expected[SEQUENCES_KEY] = [recorded.get("files", {}).get(schema.SEQUENCES_TABLE)]
+        if manifest_fingerprint(blob) != stored:
+            report.mismatches.append(f"{schema.INTEGRITY_MANIFEST}: its SHA-256 {manifest_fingerprint(blob)} is not the "
+                                     f"stored fingerprint: the manifest changed after freezing")
+        against = schema.INTEGRITY_MANIFEST
+    else:
+        if frozen:
+            report.mismatches.append(f"no {schema.INTEGRITY_MANIFEST}: frozen by an older mpt-data, whose fingerprint did "
+                                     f"not cover metadata; re-freeze it with `mpt-data freeze {path}`")
+        expected = collect_checksums(path)
+        against = "the completion records"
+    metadata = store_metadata(group)
+    mesh_arrays = set(_mesh_array_paths(group))
     actual: dict[str, list[str]] = {}
-    for name in sorted(expected):
+    for name in sorted(set(expected) | set(metadata["arrays"])):
         if name == SEQUENCES_KEY:
             try:
                 got = [read_table_checksum(path / schema.SEQUENCES_TABLE)]
-            except Exception as err:  # missing or unreadable: report, keep checking the arrays
+            except Exception as err:  # missing or unreadable: reported, and the arrays are still checked
                 got = [f"unreadable ({type(err).__name__})"]
             if got != expected[name]:
-                report.mismatches.append(f"{schema.SEQUENCES_TABLE}: content differs from the build record")
+                report.mismatches.append(f"{schema.SEQUENCES_TABLE}: content differs from {against}")
             actual[name] = got
             continue
-        try:
-            arr = group[name]
-        except KeyError:
+        if name not in metadata["arrays"]:
             report.mismatches.append(f"{name}: array missing")
-            actual[name] = []
             continue
-        step = chunk if name in _mesh_array_paths(group) else max(arr.shape[0], 1)
-        sums = []
-        for ci, s in enumerate(range(0, max(arr.shape[0], 1), step)):
-            try:
-                got = chunk_checksums(np.asarray(arr[s : s + step]), step)[0]
-            except Exception as err:  # a corrupt shard fails to decode: report it as this chunk's fault
-                got = f"unreadable ({type(err).__name__}: {err})"
-            sums.append(got)
-            report.chunks_checked += 1
-            want = expected[name][ci] if ci < len(expected[name]) else None
-            if got != want:
-                what = f"meshes {s}..{min(s + step, arr.shape[0]) - 1}" if step == chunk else "whole array"
-                report.mismatches.append(f"{name}: chunk {ci} ({what}) differs" + (f": {got}" if got.startswith("unreadable") else ""))
-        if len(expected[name]) != len(sums):
-            report.mismatches.append(f"{name}: {len(sums)} chunks on disk, {len(expected[name])} recorded")
+        want_sums = expected.get(name)
+        if want_sums is None:
+            report.mismatches.append(f"{name}: array not in {against}")
+            want_sums = []
+        sums, spans = _array_chunk_sums(group[name], name, metadata["arrays"][name]["chunk_rows"])
+        report.chunks_checked += len(sums)
+        for ci, (got, (s, stop, err)) in enumerate(zip(sums, spans)):
+            if ci < len(want_sums) and got != want_sums[ci]:
+                report.mismatches.append(_chunk_where(name, ci, s, stop, name in mesh_arrays) + " differs"
+                                         + (f": unreadable ({err})" if err else ""))
+        if want_sums and len(want_sums) != len(sums):
+            report.mismatches.append(f"{name}: {len(sums)} chunks on disk, {len(want_sums)} recorded")
         actual[name] = sums
-    report.computed_fingerprint = compute_fingerprint(actual, _array_shapes(group, actual), group.attrs["recipe_hash"])
+    report.checked.append(f"{report.chunks_checked} chunks of {len(metadata['arrays'])} arrays re-read and re-hashed "
+                          f"against {against}, and {schema.SEQUENCES_TABLE}'s rows")
+    if recorded is not None:
+        consolidated = group.metadata.consolidated_metadata is not None
+        report.mismatches += metadata_differences(recorded, metadata, "consolidated metadata" if consolidated else "")
+        if consolidated:
+            report.mismatches += metadata_differences(recorded, store_metadata(_open_plain(path)), "per-array zarr.json")
+        report.checked.append(f"shape, dtype, chunking and attributes of {len(metadata['arrays'])} arrays and "
+                              f"attributes of the root and {len(metadata['groups'])} groups against {schema.INTEGRITY_MANIFEST}"
+                              + (", read through the consolidated metadata and each array's zarr.json" if consolidated else ""))
+    else:
+        report.mismatches += _writer_metadata_problems(group)
+        report.checked.append("vertex scale and per-mesh array shapes and chunking against the counts")
+    try:
+        report.computed_fingerprint = manifest_fingerprint(integrity_manifest(metadata, actual))
+    except StoreError as err:  # arrays missing: no fingerprint can be computed, the mismatches already say why
+        report.mismatches.append(str(err))
+    report.checked.append("fingerprint recomputed from the data and metadata read")
     return report
 
 
 def _dir_size(p: Path) -> int:
+    """Bytes of the regular files under `p` (links are not followed: a store's size is its own files')."""
+    if p.is_symlink():
+        return 0
     if p.is_file():
         return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    total = 0
+    for folder, _, files in os.walk(p, followlinks=False):
+        for name in files:
+            st_ = os.lstat(os.path.join(folder, name))
+            total += st_.st_size if stat.S_ISREG(st_.st_mode) else 0
+    return total
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -524,6 +880,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "recipe": attrs.get("recipe"),
         "chunk_meshes": attrs.get("chunk_meshes"),
         "shard_meshes": attrs.get("shard_meshes"),
+        "integrity_manifest": (path / schema.INTEGRITY_MANIFEST).is_file(),
     }
 
 
@@ -533,7 +890,9 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"store        {info['path']}",
         f"state        {info['state']}   schema {info['schema']}   tool {info['tool_version']}",
-        f"fingerprint  {info['fingerprint'] or '(not frozen)'}",
+        f"fingerprint  {info['fingerprint'] or '(not frozen)'}"
+        + ("" if not info["fingerprint"] else f"   (SHA-256 of {schema.INTEGRITY_MANIFEST})" if info.get("integrity_manifest")
+           else f"   (no {schema.INTEGRITY_MANIFEST}: frozen by an older mpt-data; re-freeze it)"),
         f"meshes       {c.get('meshes')}   cameras {c.get('cameras')}   views {c.get('views')}   "
         f"vertices {c.get('vertices')}   faces {c.get('faces')}",
         f"sequences    {c.get('sequences')} used, {c.get('skipped')} skipped",

@@ -3,6 +3,15 @@
 The trainer opens a store through `open_store` and reads whole mesh chunks with
 `StoreReader.read_chunk`; the model takes its mesh topology and joint regressors from
 `StoreReader.topology()`. Paths and attribute names come from `mpt_data.schema`.
+
+Integrity: a frozen store carries `integrity.json` (written by `mpt-data freeze`), whose SHA-256 is the
+store's fingerprint. At open the reader checks that the manifest hashes to the fingerprint and that the
+metadata it reads (every array's shape, dtype, chunking and attributes, e.g. the vertices' scale_m, and the
+group attributes) is what the manifest records. Every chunk it then returns is hashed (BLAKE2b-128 of the
+decoded bytes) and compared with the manifest, so a flipped byte or a missing shard file (which zarr would
+read as zeros) stops training with a StoreError naming the URL, array and chunk. A frozen store without a
+manifest (frozen by an older mpt-data) is refused with a message to re-freeze it. A store opened with
+allow_unfrozen has no manifest yet and is read unchecked (`verified` is False).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import numpy as np
 import zarr
 
 from mpt_data import schema
+from mpt_data import store as data_store
 
 
 class StoreError(ValueError):
@@ -79,6 +89,11 @@ class StoreReader:
             raise StoreError(f"{self.url}: store is frozen but has no {schema.ATTR_FINGERPRINT!r} attribute")
         self.attrs: dict[str, Any] = attrs
         self._group: zarr.Group | None = group
+        # Per array, the concatenated 16-byte chunk digests from integrity.json (compact, cheap to pickle).
+        self._digests: dict[str, bytes] = {}
+        self.verified = state == schema.STATE_FROZEN
+        if self.verified:
+            self._load_manifest(group)
 
         vertices = self._array(schema.VERTICES)
         if vertices.ndim != 3 or vertices.shape[2] != 3:
@@ -105,15 +120,77 @@ class StoreReader:
         if tuple(visible.shape) != tuple(joints2d.shape[:3]):
             raise StoreError(f"{self.url}: {schema.VISIBLE} has shape {visible.shape}, expected {joints2d.shape[:3]}")
 
-        self.split = np.asarray(self._array(schema.SPLIT)[:], dtype=np.int8)
-        if self.split.shape != (self.num_meshes,):
-            raise StoreError(f"{self.url}: {schema.SPLIT} has shape {self.split.shape}, expected ({self.num_meshes},)")
+        split = self._array(schema.SPLIT)[:]
+        if split.shape != (self.num_meshes,):
+            raise StoreError(f"{self.url}: {schema.SPLIT} has shape {split.shape}, expected ({self.num_meshes},)")
+        for i in range(self.num_chunks):
+            start, stop = self.chunk_range(i)
+            self._check(schema.SPLIT, split[start:stop], i, f"meshes {start}..{stop - 1}")
+        self.split = np.asarray(split, dtype=np.int8)
         joints_group = self.group[schema.JOINTS_GROUP]
         self.joint_sets: tuple[str, ...] = tuple(sorted(joints_group.array_keys()))
         for name in self.joint_sets:
             shape = joints_group[name].shape
             if len(shape) != 3 or shape[0] != self.num_meshes or shape[2] != 3:
                 raise StoreError(f"{self.url}: {schema.JOINTS_GROUP}/{name} has shape {shape}, expected (N, J, 3)")
+
+    def _load_manifest(self, group: zarr.Group) -> None:
+        """Check integrity.json against the fingerprint and the metadata as read; keep its chunk digests."""
+        name = schema.INTEGRITY_MANIFEST
+        try:
+            blob = data_store.read_integrity_manifest(group)
+        except Exception as exc:
+            raise StoreError(f"{self.url}: cannot read {name}: {type(exc).__name__}: {exc}") from exc
+        if blob is None:
+            raise StoreError(
+                f"{self.url}: frozen store without {name}: it was frozen by an older mpt-data, whose fingerprint "
+                f"covered neither the metadata nor the data as read. Re-freeze it with `mpt-data freeze {self.url}` "
+                "(re-hashes every chunk against the build records and writes the manifest; the fingerprint "
+                "changes) or rebuild it"
+            )
+        if data_store.manifest_fingerprint(blob) != self.fingerprint:
+            raise StoreError(
+                f"{self.url}: {name} does not hash to the store's fingerprint {self.fingerprint}: the store changed "
+                f"after it was frozen; run `mpt-data verify {self.url}` and rebuild or restore it"
+            )
+        try:
+            manifest = data_store.parse_manifest(blob, self.url)
+        except data_store.StoreError as exc:
+            raise StoreError(str(exc)) from exc
+        problems = data_store.metadata_differences(manifest, data_store.store_metadata(group))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"{self.url}: metadata differs from {name}, which the fingerprint covers: {problems[0]}{more}; "
+                f"run `mpt-data verify {self.url}` and rebuild or restore the store"
+            )
+        self._digests = {a: bytes.fromhex("".join(sums)) for a, sums in manifest["checksums"].items()}
+
+    def _check(self, path: str, values: np.ndarray, chunk: int, what: str) -> None:
+        """Raise StoreError unless `values` (decoded, as stored) hash to the manifest's digest of the chunk."""
+        if not self.verified:
+            return
+        want = self._digests.get(path)
+        if want is None:
+            raise StoreError(f"{self.url}: {path} has no checksums in {schema.INTEGRITY_MANIFEST}")
+        if data_store.chunk_digest(values) != want[16 * chunk : 16 * chunk + 16]:
+            raise StoreError(
+                f"{self.url}: {path} chunk {chunk} ({what}) does not match its checksum in "
+                f"{schema.INTEGRITY_MANIFEST}: the store is corrupted or a shard file is missing; run "
+                f"`mpt-data verify {self.url}` and rebuild or restore the store"
+            )
+
+    def _read(self, path: str, region: slice, chunk: int, what: str) -> np.ndarray:
+        """`path`[region] as stored, checked against chunk `chunk`'s digest; read errors name the chunk too."""
+        try:
+            values = np.asarray(self._array(path)[region])
+        except StoreError:
+            raise
+        except Exception as exc:  # a damaged shard can fail to decode: name where, keep the cause
+            raise StoreError(f"{self.url}: {path} chunk {chunk} ({what}) cannot be read: "
+                             f"{type(exc).__name__}: {exc}; run `mpt-data verify {self.url}`") from exc
+        self._check(path, values, chunk, what)
+        return values
 
     # -- pickling: zarr handles (and fsspec sessions) are re-opened in each worker process.
     def __getstate__(self) -> dict[str, Any]:
@@ -167,11 +244,12 @@ class StoreReader:
     @cached_property
     def cameras(self) -> Cameras:
         """The camera rig (small; read once)."""
+        whole = slice(None)
         return Cameras(
-            K=np.asarray(self._array(schema.CAMERA_K)[:], dtype=np.float32),
-            R=np.asarray(self._array(schema.CAMERA_R)[:], dtype=np.float32),
-            t=np.asarray(self._array(schema.CAMERA_T)[:], dtype=np.float32),
-            size=np.asarray(self._array(schema.CAMERA_SIZE)[:], dtype=np.int32),
+            K=np.asarray(self._read(schema.CAMERA_K, whole, 0, "whole array"), dtype=np.float32),
+            R=np.asarray(self._read(schema.CAMERA_R, whole, 0, "whole array"), dtype=np.float32),
+            t=np.asarray(self._read(schema.CAMERA_T, whole, 0, "whole array"), dtype=np.float32),
+            size=np.asarray(self._read(schema.CAMERA_SIZE, whole, 0, "whole array"), dtype=np.int32),
         )
 
     def topology(self) -> dict[str, np.ndarray]:
@@ -188,7 +266,7 @@ class StoreReader:
         out: dict[str, np.ndarray] = {}
         for path, node in root.members(max_depth=None):
             if isinstance(node, zarr.Array):
-                out[path] = np.asarray(node[:])
+                out[path] = self._read(f"{schema.TOPOLOGY}/{path}", slice(None), 0, "whole array")
         for key in ("template", "faces"):
             if key not in out:
                 raise StoreError(f"{self.url}: missing array {schema.TOPOLOGY}/{key}")
@@ -207,7 +285,7 @@ class StoreReader:
         joint_sets: tuple[str, ...] | None = None,
         vertices: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Read mesh chunk i (n <= chunk_size meshes) as numpy arrays.
+        """Read mesh chunk i (n <= chunk_size meshes) as numpy arrays, each checked against its checksum.
 
         Returns "mesh" (n,) int64 mesh indices; "vertices" (n, V, 3) float32 metres,
         root-centred body frame (dequantised with the array's scale_m; omitted when
@@ -221,16 +299,17 @@ class StoreReader:
         for name in sets:
             if name not in self.joint_sets:
                 raise StoreError(f"{self.url}: no joint set {name!r}; the store has {list(self.joint_sets)}")
+        what = f"meshes {start}..{stop - 1}"
         out: dict[str, np.ndarray] = {"mesh": np.arange(start, stop, dtype=np.int64)}
         if vertices:
-            raw = self._array(schema.VERTICES)[region]
+            raw = self._read(schema.VERTICES, region, i, what)
             out["vertices"] = np.multiply(raw, np.float32(self.vertex_scale_m), dtype=np.float32)
         for name in sets:
             out[f"joints/{name}"] = np.asarray(
-                self._array(f"{schema.JOINTS_GROUP}/{name}")[region], dtype=np.float32
+                self._read(f"{schema.JOINTS_GROUP}/{name}", region, i, what), dtype=np.float32
             )
-        out["joints2d"] = np.asarray(self._array(schema.JOINTS2D)[region], dtype=np.float32)
-        out["visible"] = np.asarray(self._array(schema.VISIBLE)[region], dtype=bool)
+        out["joints2d"] = np.asarray(self._read(schema.JOINTS2D, region, i, what), dtype=np.float32)
+        out["visible"] = np.asarray(self._read(schema.VISIBLE, region, i, what), dtype=bool)
         out["split"] = self.split[region].copy()
         return out
 
@@ -239,7 +318,8 @@ class StoreReader:
         return (
             f"{self.url}: {self.num_meshes} meshes x {self.num_cameras} cameras, V={self.num_vertices}, "
             f"K={self.num_heatmap_joints}, chunk={self.chunk_size}, sets={list(self.joint_sets)}, "
-            f"state={self.state}, fingerprint={self.fingerprint}"
+            f"state={self.state}, fingerprint={self.fingerprint}, "
+            f"{'reads checked against ' + schema.INTEGRITY_MANIFEST if self.verified else 'reads unchecked'}"
         )
 
 

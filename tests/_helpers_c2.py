@@ -125,7 +125,7 @@ def synthetic_prepare(tokens: int = 8, token_dim: int = 16):
 
 
 def write_test_store(path, num_meshes: int = 96, cameras: int = 2, num_vertices: int = 64, chunk: int = 16,
-                     seed: int = 0, fingerprint: str = "test-fingerprint") -> str:
+                     seed: int = 0) -> str:
     """A small frozen store in the schema-1 layout, written with plain zarr (test fixture only).
 
     Meshes: template + random mix of 6 smooth deformations; joints from the topology's
@@ -172,6 +172,8 @@ def write_test_store(path, num_meshes: int = 96, cameras: int = 2, num_vertices:
         g.create_array(name, shape=arr.shape, dtype=arr.dtype)[:] = arr
     for k, arr in topo.items():
         g.create_array(f"{schema.TOPOLOGY}/{k}", shape=arr.shape, dtype=arr.dtype)[:] = arr
-    g.attrs.update({schema.ATTR_SCHEMA: schema.SCHEMA_VERSION, schema.ATTR_STATE: schema.STATE_FROZEN,
-                    schema.ATTR_FINGERPRINT: fingerprint})
+    g.attrs.update({schema.ATTR_SCHEMA: schema.SCHEMA_VERSION})
+    from mpt_data.store import seal_store_as_read
+
+    seal_store_as_read(path)  # frozen, with the integrity manifest the reader checks
     return str(path)

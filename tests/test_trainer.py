@@ -94,6 +94,7 @@ def test_pretrain_and_evaluate_commands_on_a_store(tmp_path):
 
     from _helpers_c2 import write_test_store
     from mpt_train.cli import main
+    from mpt_train.store import open_store
 
     store = write_test_store(tmp_path / "store")
     run = tmp_path / "run"
@@ -103,7 +104,7 @@ def test_pretrain_and_evaluate_commands_on_a_store(tmp_path):
     assert res.exit_code == 0, res.output
     assert ckpt.latest(run).name == "step-00000006" and "pa_mpjpe=" in res.output
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"]["num_input_tokens"] == 64 and cfg["store_fingerprint"] == "test-fingerprint"
+    assert cfg["model"]["num_input_tokens"] == 64 and cfg["store_fingerprint"] == open_store(store).fingerprint
     res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "latest"), "--shards", store,
                                     "--json", str(tmp_path / "e.json"), "--device", "cpu",
                                     "--picture", str(tmp_path / "cmp.png")])
