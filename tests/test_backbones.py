@@ -135,3 +135,52 @@ def test_input_size_resizes_the_crop_before_the_network_and_keeps_the_map_grid()
     full.net.load_state_dict(maps.net.state_dict())
     with torch.no_grad():
         assert not torch.allclose(full(image), y, atol=1e-3)  # in_size 0: the crop goes in as given
+
+
+class _Captured(Exception):
+    """Raised by a hook to stop a forward once the network's input has been seen."""
+
+
+def network_input(maps: PoseFeatureMaps, run) -> torch.Tensor:
+    """The tensor ``maps.net`` receives during ``run()``, mapped back through the ImageNet
+    normalisation to [0, 1] pixel values in the order the network reads them."""
+    seen = []
+
+    def grab(module, args):
+        seen.append(args[0].detach().clone())
+        raise _Captured
+
+    handle = maps.net.conv1.register_forward_pre_hook(grab)
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return seen[0] * maps.std + maps.mean
+
+
+def test_channel_order_is_a_property_of_the_checkpoint_family():
+    from mpt_train.backbones import CHANNEL_ORDER, channel_order
+
+    assert CHANNEL_ORDER == {"pose_resnet": "BGR", "pose_hrnet": "RGB", "pose_higher_hrnet": "RGB"}
+    assert channel_order(simple_baseline(50).kind) == "BGR" and channel_order(hrnet(48, higher=True).kind) == "RGB"
+    with pytest.raises(ValueError, match="unknown backbone kind 'vit'"):
+        channel_order("vit")
+    image = torch.zeros(1, 3, 32, 32)
+    image[:, 0] = 0.9  # a red picture
+    image[:, 2] = 0.1
+    import dataclasses
+
+    sb = PoseFeatureMaps(dataclasses.replace(TINY_BACKBONE, in_size=0)).eval()  # no resize: pixel for pixel
+    hr = PoseFeatureMaps(hrnet(8)).eval()
+    x_sb, x_hr = network_input(sb, lambda: sb(image)), network_input(hr, lambda: hr(image))
+    assert torch.allclose(x_hr, image, atol=1e-6)  # HRNet reads R, G, B
+    assert torch.allclose(x_sb, image.flip(1), atol=1e-6)  # SimpleBaseline reads B, G, R ...
+    # ... normalised with the listed ImageNet statistics as they are: channel 0 (blue) with 0.485 / 0.229
+    raw = []
+    sb.net.conv1.register_forward_pre_hook(lambda m, a: raw.append(a[0]))
+    with torch.no_grad():
+        sb(image)
+    assert abs(float(raw[0][0, 0, 0, 0]) - (0.1 - 0.485) / 0.229) < 1e-5

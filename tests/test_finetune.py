@@ -178,3 +178,76 @@ def test_overlay_camera_puts_points_where_the_weak_perspective_crop_projection_d
     p = (pts + t) @ K.T
     uv = p[:, :2] / p[:, 2:]
     assert np.abs(uv - image_px).max() < 1e-6  # pixels; 0.4 px off everywhere with the pixel centre dropped
+
+
+# ------------------------------------------------------------------------------------------
+# Channel order: every image path into a backbone, per checkpoint family
+
+
+def test_simplebaseline_reads_bgr_and_hrnet_rgb_on_every_image_path(tmp_path):
+    """A blue-dominated picture goes through the real paths (training stream + prepare, evaluation
+    batches, predict) into BackboneMPT; the pose network's first layer sees its channels B, G, R
+    for a SimpleBaseline family backbone and R, G, B for an HRNet one."""
+    from test_backbones import network_input
+
+    from mpt_train.backbones import hrnet
+    from mpt_train.finetune import ImageEvalBatches, image_prepare
+    from mpt_train.images import ImageBatches, ImageStream, read_mixture
+    from mpt_train.augment import AugmentConfig
+    from mpt_train.predict import predict
+
+    bgr = np.array([200, 90, 20])  # OpenCV order: strong blue, little red
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    n = 4
+    for i in range(n):
+        pic = np.clip(bgr + rng.integers(-8, 9, (64, 64, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), pic)
+    part = np.concatenate([rng.uniform(10, 54, (n, 24, 2)), np.ones((n, 24, 1))], -1)
+    np.savez(tmp_path / "c.npz", imgname=np.array([f"{i}.png" for i in range(n)]), center=np.full((n, 2), 32.0),
+             scale=np.full(n, 0.25), part=part)
+    ingest(ImagesConfig(str(tmp_path / "c.npz"), str(tmp_path / "img"), str(tmp_path / "shards"), context=1.0,
+                        crop_px=64, rows_per_group=2))  # context 1: the crop is all picture, no black border
+    (tmp_path / "mix.yaml").write_text("datasets:\n  - {name: c, shards: shards/c, weight: 1}\n")
+    mix = read_mixture(tmp_path / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=V)
+    prepare = image_prepare(torch.device("cpu"))
+    train_images, _ = prepare(next(iter(ImageBatches(ImageStream(mix), batch_size=2))))
+    eval_images, _ = prepare(next(iter(ImageEvalBatches([str(tmp_path / "shards" / "c")], 2, V))))
+    photo = np.clip(bgr + rng.integers(-8, 9, (72, 72, 3)), 0, 255).astype(np.uint8)  # square: no border
+
+    seen = {}
+    for cfg in (TINY_BACKBONE, hrnet(8)):
+        model = BackboneMPT(PoseFeatureMaps(cfg), _regressor()).eval()
+        with torch.no_grad():
+            seen[cfg.kind] = [network_input(model.backbone, lambda: model(train_images)),
+                              network_input(model.backbone, lambda: model(eval_images)),
+                              network_input(model.backbone, lambda: predict(model, photo))]
+    for sb, hr in zip(seen["pose_resnet"], seen["pose_hrnet"]):
+        sb_means = sb.mean(dim=(0, 2, 3)) * 255
+        hr_means = hr.mean(dim=(0, 2, 3)) * 255
+        assert torch.allclose(sb_means, torch.tensor(bgr, dtype=torch.float32), atol=6)  # B, G, R
+        assert torch.allclose(hr_means, torch.tensor(bgr[::-1].copy(), dtype=torch.float32), atol=6)  # R, G, B
+    # HRNet reads the image at its size, pixel for pixel: exactly the stream's RGB crop
+    assert torch.allclose(seen["pose_hrnet"][0], train_images, atol=1e-5)
+
+
+def test_a_checkpoint_fine_tuned_with_another_channel_order_is_refused(tmp_path):
+    import pytest
+
+    from mpt_train.backbones import hrnet
+    from mpt_train.finetune import ChannelOrderMismatch
+
+    for cfg, refused in ((TINY_BACKBONE, True), (hrnet(8), False)):
+        model = BackboneMPT(PoseFeatureMaps(cfg), _regressor())
+        blob = model.state_dict_versioned()
+        assert blob["channel_order"] == ("BGR" if refused else "RGB")
+        del blob["channel_order"]
+        blob["version"] = 1  # written before the order was per family: every backbone was fed RGB
+        run_dir = tmp_path / cfg.kind
+        ckpt.save(run_dir, 1, {"model": blob, "store_fingerprint": None}, {"rng": {}})
+        if refused:
+            with pytest.raises(ChannelOrderMismatch, match=f"{run_dir}: fine-tuned with RGB input to its pose_resnet "
+                                                           "backbone, but pose_resnet reads BGR"):
+                load_checkpoint_model(run_dir)
+        else:
+            assert isinstance(load_checkpoint_model(run_dir), BackboneMPT)
