@@ -107,7 +107,11 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
               help="Manifest whose `stores:` list records the frozen store ('' to skip).")
 @click.option("--name", help="Name of the store in the manifest.  [default: the folder name]")
 def freeze(store, manifest, name):
-    """Seal a complete store: fingerprint, consolidated metadata, read-only files, manifest entry."""
+    """Seal a complete store: re-hash every chunk against its build record, write integrity.json and the
+    fingerprint (its SHA-256), consolidate metadata, make its files read-only, add a manifest entry.
+
+    Refuses a store whose data differs from its records or that holds symbolic links. A store frozen by an
+    older mpt-data (no integrity.json) is re-checked and re-frozen (its fingerprint changes)."""
     from pathlib import Path
 
     from mpt_data.store import freeze_store
@@ -125,7 +129,8 @@ def freeze(store, manifest, name):
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 def verify(store):
-    """Re-read every chunk and compare with the build-time checksums; name anything that differs."""
+    """Re-read every chunk and all metadata; name anything that differs from integrity.json (frozen) or the
+    build records (complete), and any symbolic link inside the store."""
     from mpt_data.store import verify_store
 
     try:
@@ -134,8 +139,9 @@ def verify(store):
         raise click.ClickException(str(err)) from err
     for line in report.mismatches:
         click.echo(f"MISMATCH {line}")
-    click.echo(f"checked {report.chunks_checked} chunks; fingerprint stored {report.stored_fingerprint} "
-               f"computed {report.computed_fingerprint}")
+    for line in report.checked:
+        click.echo(f"checked  {line}")
+    click.echo(f"fingerprint stored {report.stored_fingerprint} computed {report.computed_fingerprint}")
     if not report.ok:
         raise click.ClickException(f"{store} does not verify ({len(report.mismatches)} difference(s))")
     click.echo("OK" if report.stored_fingerprint else f"OK (not frozen yet: mpt-data freeze {store})")
