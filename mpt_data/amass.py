@@ -21,13 +21,17 @@ pickled Python objects is refused rather than executed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
 import os
+import stat
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,6 +41,16 @@ GENDERS: tuple[str, ...] = ("male", "female", "neutral")
 SMPLH_SUFFIX = "_poses.npz"
 SMPLX_SUFFIX = "_stageii.npz"
 FPS_KEYS: tuple[str, ...] = ("mocap_framerate", "mocap_frame_rate")
+
+# Plausibility limits. A file outside them is skipped with its reason, so one file can neither exhaust a
+# worker's memory nor abort the write phase (e.g. a vertex beyond the int16 store range).
+MAX_FIELD_BYTES = 512 * 2**20  # poses/trans, as declared in the .npy header: ~430k frames of float64 poses
+MAX_SMALL_FIELD_BYTES = 64 * 2**10  # betas, gender, frame rate, surface_model_type
+MAX_ROTATION_RAD = 8 * math.pi  # per joint rotation vector; fits stay within a turn or two
+MAX_ABS_TRANS_M = 1000.0  # capture volumes are tens of metres
+MAX_ABS_BETA = 10.0  # shape coefficients are in standard deviations of the body-shape space
+MAX_BETAS = 1000
+FPS_RANGE: tuple[float, float] = (1.0, 2000.0)  # AMASS captures run at 60-250 fps
 
 
 class MotionError(ValueError):
@@ -87,7 +101,9 @@ def find_motion_files(root: str | Path) -> list[Path]:
     Symlinked folders and files are followed (AMASS subsets are often linked in from where they
     were unpacked), each real folder once, so a link cycle ends. Paths keep the names under
     ``root`` (the link's name, not its target's). Hidden files and folders (names starting with
-    ".") are ignored. Raises ``FileNotFoundError`` if ``root`` is not a directory.
+    ".") are ignored. Entries that are not regular files but carry a motion-file name (folders,
+    dangling or looping links, FIFOs) are included, for `read_motion` to reject with a reason.
+    Raises ``FileNotFoundError`` if ``root`` is not a directory.
     """
     root = Path(root)
     if not root.is_dir():
@@ -101,9 +117,11 @@ def find_motion_files(root: str | Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
+        # Every entry with a motion-file name is returned, files or not (a folder, a dangling or looping
+        # link, a FIFO): `read_motion` gives each its reason, so none vanishes from the table unexplained.
+        for name in list(files) + dirs:
             p = Path(folder) / name
-            if not name.startswith(".") and is_motion_file(p) and p.is_file():
+            if not name.startswith(".") and is_motion_file(p):
                 found.append(p)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -119,7 +137,7 @@ def subset_and_subject(rel_path: str) -> tuple[str, str]:
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while True:
             block = f.read(chunk_bytes)
             if not block:
@@ -145,10 +163,11 @@ def _decode_text(value: np.ndarray, key: str) -> str:
 
 
 def _numeric(data: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """A numeric field as float64 (wide enough that a finite source value stays finite), no NaN or inf."""
     arr = data[key]
     if arr.dtype.kind not in "fiu":
         raise MotionError(f"{key} has non-numeric dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float64, copy=False)
     if np.isnan(arr).any():
         raise MotionError(f"NaN in {key}")
     if not np.isfinite(arr).all():
@@ -156,38 +175,126 @@ def _numeric(data: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     return arr
 
 
+def _size_text(nbytes: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} B"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for binary reading; MotionError naming what it is otherwise.
+
+    Opened non-blocking and checked on the open descriptor: opening a FIFO for reading would wait for
+    a writer forever, and a check before the open could be raced. O_NONBLOCK changes nothing for
+    reads of a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise MotionError(f"dangling symbolic link (to {os.readlink(path)}, which does not exist)") from None
+        raise MotionError("unreadable file: no such file (gone since the folder was listed)") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MotionError("symbolic link loop (the link resolves back to itself)") from None
+        raise MotionError(f"unreadable file: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise MotionError(f"not a regular file ({kind})")
+    return os.fdopen(fd, "rb")
+
+
 _NEEDED_KEYS = ("poses", "trans", "betas", "gender", "surface_model_type") + FPS_KEYS
+_FIELD_BUDGET = {"poses": MAX_FIELD_BYTES, "trans": MAX_FIELD_BYTES}
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def _read_member(zf: zipfile.ZipFile, member: str, key: str) -> np.ndarray:
+    """One .npy member, its declared size checked against the key's budget before any data is read.
+
+    The zip stream decompresses as it is read and exactly the declared bytes are read, so neither a
+    header declaring a huge shape nor a small deflate bomb can make this allocate more than the budget.
+    """
+    budget = _FIELD_BUDGET.get(key, MAX_SMALL_FIELD_BYTES)
+    with zf.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise MotionError(f"key {key!r} has unsupported .npy format version {version}")
+        except ValueError as e:
+            raise MotionError(f"key {key!r} is not a valid .npy array ({e})") from e
+        if dtype.hasobject:
+            raise MotionError(f"key {key!r} holds pickled objects")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > budget:
+            raise MotionError(f"{key} declares shape {tuple(shape)} of {dtype} = {_size_text(nbytes)}, over the "
+                              f"{_size_text(budget)} limit per field (a damaged header or a decompression bomb)")
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise MotionError(f"truncated or corrupt zip: key {key!r} ends after {len(data)} of {nbytes} bytes")
+        f.read(1)  # reach the member's end, where zipfile checks its CRC
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
 
 
 def _load_fields(path: Path) -> dict[str, np.ndarray]:
     """The keys read_motion uses (others, e.g. marker tables, are never touched), as
     arrays; MotionError for anything unreadable."""
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise MotionError("not a zip/npz file (pickled data)") from e
-        raise MotionError(f"unreadable npz: {e}") from e
-    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise MotionError(f"truncated or corrupt zip: {e}") from e
-    except OSError as e:
-        raise MotionError(f"unreadable file: {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise MotionError("not a zip/npz file (a single .npy array)")
-    with npz:
-        out = {}
-        for key in _NEEDED_KEYS:
-            if key not in npz.files:
-                continue
-            try:
-                out[key] = npz[key]
-            except ValueError as e:
-                if "pickle" in str(e).lower():
-                    raise MotionError(f"key {key!r} holds pickled objects") from e
-                raise MotionError(f"key {key!r} unreadable: {e}") from e
-            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
-                raise MotionError(f"truncated or corrupt zip: {e}") from e
-        return out
+    with open_regular(path) as f:
+        magic = f.read(6)
+        f.seek(0)
+        if not magic:
+            raise MotionError("empty file (0 bytes)")
+        if magic.startswith(b"\x93NUMPY"):
+            raise MotionError("not a zip/npz file (a single .npy array)")
+        if not magic.startswith(b"PK"):
+            kind = "pickled Python data" if magic[:1] == b"\x80" else "a text or other file"
+            raise MotionError(f"not a zip archive ({kind}, not an npz)")
+        try:
+            with zipfile.ZipFile(f) as zf:
+                names = set(zf.namelist())
+                out = {}
+                for key in _NEEDED_KEYS:
+                    member = f"{key}.npy" if f"{key}.npy" in names else key if key in names else None
+                    if member is not None:
+                        out[key] = _read_member(zf, member, key)
+                return out
+        except _ZIP_ERRORS as e:
+            raise MotionError(f"truncated or corrupt zip: {e}") from e
+        except (NotImplementedError, RuntimeError) as e:  # compression method unknown to zipfile, encryption
+            raise MotionError(f"unsupported zip member: {e}") from e
+        except OSError as e:
+            raise MotionError(f"unreadable file: {e.strerror or e}") from e
+
+
+def _check_fps(fps: float, what: str) -> float:
+    if not np.isfinite(fps):
+        raise MotionError(f"{what} is not finite ({fps})")
+    if fps == 0:
+        raise MotionError(f"{what} missing or zero (the file says 0)")
+    if fps < 0:
+        raise MotionError(f"{what} is negative ({fps:g} fps)")
+    lo, hi = FPS_RANGE
+    if not lo <= fps <= hi:
+        raise MotionError(f"{what} is {fps:g} fps, outside the plausible {lo:g}..{hi:g}")
+    return fps
+
+
+def _worst(values: np.ndarray) -> tuple[float, tuple[int, ...]]:
+    """(largest value, its index) of a non-empty array."""
+    at = np.unravel_index(int(np.argmax(values)), values.shape)
+    return float(values[at]), tuple(int(i) for i in at)
 
 
 def read_motion(
@@ -202,10 +309,13 @@ def read_motion(
     (some subsets carry wrong rates in their files); with an override the file's rate key
     may be absent.
 
-    Checks: a readable zip/npz; keys ``poses``, ``trans``, ``betas``, ``gender`` and a
-    frame-rate key present; poses (T, 156) or (T, 165) consistent with
-    ``surface_model_type`` when given; trans (T, 3); betas (B,) or (1, B) with B >= 1;
-    T > 0; no NaN or inf; gender one of male/female/neutral; frame rate finite and > 0.
+    Checks: a regular file (not a folder, FIFO, dangling or looping link) that is a readable
+    zip/npz; every field's declared size within its budget before it is read
+    (``MAX_FIELD_BYTES``); keys ``poses``, ``trans``, ``betas``, ``gender`` and a frame-rate key
+    present; poses (T, 156) or (T, 165) consistent with ``surface_model_type`` when given;
+    trans (T, 3); betas (B,) or (1, B) with 1 <= B <= ``MAX_BETAS``; T > 0; no NaN or inf;
+    rotation vectors up to ``MAX_ROTATION_RAD``, translations up to ``MAX_ABS_TRANS_M``, betas
+    up to ``MAX_ABS_BETA``; gender one of male/female/neutral; frame rate in ``FPS_RANGE``.
     Raises ``MotionError`` with a short reason on the first failure.
     """
     path = Path(path)
@@ -237,35 +347,42 @@ def read_motion(
     num_frames = poses.shape[0]
     if num_frames == 0:
         raise MotionError("zero frames")
+    angle, (frame, joint) = _worst(np.linalg.norm(poses.reshape(num_frames, -1, 3), axis=2))
+    if angle > MAX_ROTATION_RAD:
+        raise MotionError(f"poses hold a {angle:.3g} rad rotation (frame {frame}, joint {joint}), beyond the "
+                          f"{MAX_ROTATION_RAD:.3g} rad of a plausible axis-angle pose")
 
     trans = _numeric(data, "trans")
     if trans.shape != (num_frames, 3):
         raise MotionError(f"trans has shape {trans.shape}, expected ({num_frames}, 3)")
+    far, (frame, _) = _worst(np.abs(trans))
+    if far > MAX_ABS_TRANS_M:
+        raise MotionError(f"trans reaches {far:.3g} m (frame {frame}), beyond ±{MAX_ABS_TRANS_M:g} m")
 
     betas = _numeric(data, "betas")
     if betas.ndim == 2 and betas.shape[0] == 1:
         betas = betas[0]
-    if betas.ndim != 1 or betas.shape[0] < 1:
-        raise MotionError(f"betas has shape {data['betas'].shape}, expected (B,)")
+    if betas.ndim != 1 or not 1 <= betas.shape[0] <= MAX_BETAS:
+        raise MotionError(f"betas has shape {data['betas'].shape}, expected (B,) with 1 <= B <= {MAX_BETAS}")
+    big, (k,) = _worst(np.abs(betas))
+    if big > MAX_ABS_BETA:
+        raise MotionError(f"betas[{k}] is {betas[k]:.3g}, beyond ±{MAX_ABS_BETA:g} (shape coefficients are in "
+                          f"standard deviations)")
 
     gender = _decode_text(data["gender"], "gender")
     if gender not in GENDERS:
         raise MotionError(f"unknown gender {gender!r}")
 
     if fps_overrides is not None and subset in fps_overrides:
-        fps = float(fps_overrides[subset])
-        if not (np.isfinite(fps) and fps > 0):
-            raise MotionError(f"fps override for {subset!r} is {fps}")
+        fps = _check_fps(float(fps_overrides[subset]), f"fps override for {subset!r}")
     else:
         key = next((k for k in FPS_KEYS if k in data), None)
         if key is None:
-            raise MotionError("mocap_framerate missing or zero")
+            raise MotionError("mocap_framerate missing (no mocap_framerate or mocap_frame_rate key)")
         fps_arr = data[key]
         if fps_arr.dtype.kind not in "fiu" or fps_arr.size != 1:
             raise MotionError(f"{key} is not a number")
-        fps = float(fps_arr.reshape(()))
-        if not np.isfinite(fps) or fps <= 0:
-            raise MotionError("mocap_framerate missing or zero")
+        fps = _check_fps(float(fps_arr.reshape(())), key)
 
     if layout == "smplx":
         poses = poses[:, list(cv.SMPLX_TO_SMPLH_POSE_COLUMNS)]

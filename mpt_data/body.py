@@ -59,6 +59,7 @@ from mpt_data import conventions as cv
 GENDERS: tuple[str, ...] = ("male", "female", "neutral")
 MODEL_TYPES: tuple[str, ...] = ("smplh", "smpl")
 REQUIRED_KEYS: tuple[str, ...] = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs")
+FORWARD_BLOCK = 16  # samples per body-model product: every matmul runs at one shape (see forward_torch)
 
 
 class ModelFileError(ValueError):
@@ -509,9 +510,15 @@ class BodyModel:
         raise ValueError(f"poses have {poses.shape[1]} values; this model takes {3 * self.num_joints}")
 
     def forward_torch(self, poses, betas) -> dict[str, Any]:
-        """``forward`` on and into torch tensors on the model's device (no copies to numpy)."""
+        """``forward`` on and into torch tensors on the model's device (no copies to numpy).
+
+        Runs in blocks of exactly ``FORWARD_BLOCK`` samples, the last one padded with zeros: BLAS
+        picks its kernel and its split across threads by the matrix shape (on MKL, 1-3 rows, or 5-11
+        rows with two threads, round differently from larger batches), so a batch-sized matmul
+        would make a mesh's last bits depend on which other meshes share its batch. With every
+        product at one fixed shape, each sample's result depends on its own inputs only.
+        """
         import torch
-        from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
         poses = torch.as_tensor(poses, dtype=torch.float32, device=self.device)
         betas = torch.as_tensor(betas, dtype=torch.float32, device=self.device)
@@ -524,6 +531,20 @@ class BodyModel:
         else:
             betas = torch.cat([betas, betas.new_zeros((b, nb - betas.shape[1]))], dim=1)
         pose = self._pose_matrix(poses)
+        pad = -b % FORWARD_BLOCK
+        if pad:
+            pose = torch.cat([pose, pose.new_zeros((pad, pose.shape[1]))])
+            betas = torch.cat([betas, betas.new_zeros((pad, nb))])
+        blocks = [self._forward_block(pose[i: i + FORWARD_BLOCK], betas[i: i + FORWARD_BLOCK])
+                  for i in range(0, b + pad, FORWARD_BLOCK)]
+        return {k: torch.cat([blk[k] for blk in blocks])[:b] for k in blocks[0]}
+
+    def _forward_block(self, pose, betas) -> dict[str, Any]:
+        """The forward of one block: pose (FORWARD_BLOCK, 3 * num_joints), betas (FORWARD_BLOCK, num_betas)."""
+        import torch
+        from smplx.lbs import batch_rigid_transform, batch_rodrigues
+
+        b = pose.shape[0]
         nj, nv = self.num_joints, self.num_vertices
 
         v_shaped = (self._v_template.reshape(1, -1) + betas @ self._shapedirs).reshape(b, nv, 3)

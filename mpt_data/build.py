@@ -33,11 +33,12 @@ import numpy as np
 
 from mpt_data import __version__, conventions, schema
 from mpt_data import store as st
+from mpt_data.fileio import FolderLock, LockError, atomic_write_bytes
 from mpt_data.plan import Partition, plan_build, scan_file, sequences_table_bytes, table_rows
 from mpt_data.recipe import BuildConfig, RecipeError, load_recipe, manifest_splits, recipe_hash
 
 # Stable entry points (tests and the trainer's fixtures call `build_store(load_recipe(None, ...))`).
-__all__ = ["BuildConfig", "BuildResult", "RecipeError", "build_store", "load_recipe", "manifest_splits", "run_build",
+__all__ = ["BuildConfig", "BuildResult", "LockError", "RecipeError", "build_store", "build_lock", "load_recipe", "manifest_splits", "run_build",
            "run_partition", "scan_file"]
 
 
@@ -79,7 +80,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
 
     Idempotent: a re-run (after a worker died) writes the same bytes and the same record.
     """
-    from mpt_data.amass import read_motion
+    from mpt_data.amass import MotionError, read_motion
 
     if ctx.torch_threads:
         import torch
@@ -95,7 +96,10 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         size = os.stat(seg.path).st_size
         if size != seg.size:
             raise st.StoreError(f"{seg.path} changed size since the plan ({seg.size} -> {size} bytes); restart the build")
-        motion = read_motion(seg.path, ctx.amass_root, overrides)
+        try:
+            motion = read_motion(seg.path, ctx.amass_root, overrides)
+        except MotionError as err:  # it passed the plan, so it changed since
+            raise st.StoreError(f"{seg.path} no longer reads as it did in the plan ({err}); restart the build") from err
         frames = np.asarray(seg.frames, dtype=np.int64)
         lo = seg.mesh_start - part.start
         model = _body_model(ctx, seg.gender)
@@ -105,7 +109,13 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             sl = slice(lo + b, lo + b + fr.shape[0])
             poses = motion.poses[fr]
             verts, joints = _forward(model, poses, betas)
-            arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
+            try:
+                arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
+            except st.StoreError as err:
+                # The plan's plausibility limits should keep such a file out; if one still gets here, the
+                # error must name it, so it can be excluded.
+                raise st.StoreError(f"{seg.path}, frames {int(fr[0])}..{int(fr[-1])}: {err}; exclude this file "
+                                    f"(move it out of the AMASS root or --exclude its subset) and rebuild") from err
             for name, j in joints.items():
                 arrays[f"{schema.JOINTS_GROUP}/{name}"][sl] = j
             j2d, vis, crop = _project_views(rig, joints[conventions.HEATMAP_JOINT_SET], verts)
@@ -213,14 +223,32 @@ def build_store(config: BuildConfig) -> Path:
 
     Stable entry point for tests and fixtures: `build_store(load_recipe(None, amass_root=..., body_model_dir=...,
     target_fps=..., out=..., workers=0))` builds a small store in this process.
-    Raises RecipeError for a bad recipe or missing body-model file, FrozenStoreError on a frozen store.
+    Raises RecipeError for a bad recipe or missing body-model file, FrozenStoreError on a frozen store,
+    LockError while another build writes the same store.
     """
     return run_build(config).path
 
 
+def build_lock(out: str | Path) -> FolderLock:
+    """The exclusive lock of a build into `out`: the file `.<name>.lock` beside the store, not inside it,
+    so `--overwrite`'s removal of the store cannot delete another build's lock."""
+    out = Path(os.path.abspath(out))
+    return FolderLock(out.parent / f".{out.name}.lock", f"store {out}")
+
+
 def run_build(config: BuildConfig) -> BuildResult:
-    """`build_store` with a report of what was done (used by tests and the benchmark)."""
+    """`build_store` with a report of what was done (used by tests and the benchmark).
+
+    The whole build (checks of an existing store, `--overwrite`'s removal, plan, write) holds
+    `build_lock(config.out)`: a second build into the same store is refused with a LockError naming
+    the holder, and a lock left by a dead process on this host is taken over.
+    """
     config.validate()
+    with build_lock(config.out):
+        return _run_build_locked(config)
+
+
+def _run_build_locked(config: BuildConfig) -> BuildResult:
     out = Path(config.out)
     static_arrays, static_attrs, model_info = _static_content(config)
     rhash = recipe_hash(config, model_info["files"])
@@ -320,9 +348,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     group = st.open_store(out, "r+")
     for name, extra in static_attrs.items():  # group attributes, e.g. the camera names
         group[name].attrs.update(extra)
-    tmp = out / f".{schema.SEQUENCES_TABLE}.tmp"
-    tmp.write_bytes(table)
-    os.replace(tmp, out / schema.SEQUENCES_TABLE)
+    atomic_write_bytes(out / schema.SEQUENCES_TABLE, table)
     sums[st.SEQUENCES_KEY] = [st.table_checksum(table_rows(table))]
     st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 

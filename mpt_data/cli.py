@@ -35,10 +35,11 @@ def main() -> None:
 def synth(out, seed, vertices, sequences, seconds, no_picture):
     """Synthetic inputs in the real formats: OUT/body_models (SMPL, SMPL+H, AMASS model.npz,
     vertex_ids.json), OUT/amass (AMASS-format motions) and OUT/body.png."""
+    from mpt_data.synth_body import MIN_VERTICES
     from mpt_data.synth_picture import SynthConfig, write_synthetic_inputs
 
-    if vertices < 500 or sequences < 1 or seconds <= 0:
-        raise click.BadParameter("need --vertices >= 500, --sequences >= 1 and --seconds > 0")
+    if vertices < MIN_VERTICES or sequences < 1 or seconds <= 0:
+        raise click.BadParameter(f"need --vertices >= {MIN_VERTICES}, --sequences >= 1 and --seconds > 0")
     written = write_synthetic_inputs(SynthConfig(out=out, seed=seed, num_vertices=vertices,
                                                  num_sequences=sequences, seconds=seconds, picture=not no_picture))
     for name, path in written.items():
@@ -85,7 +86,7 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
       mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
       mpt-data build --recipe pipelines/amass-mpt.yaml --amass-root /data/amass --body-models /data/smplh
     """
-    from mpt_data.build import build_store, load_recipe
+    from mpt_data.build import LockError, build_store, load_recipe
 
     try:
         cfg = load_recipe(
@@ -96,7 +97,7 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
         if cfg.out == "store" and options.get("out") is None and recipe is None:
             click.echo("writing to ./store (use --out to choose)", err=True)
         path = build_store(cfg)
-    except _store_errors() as err:
+    except (*_store_errors(), LockError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"store ready: {path}  (next: mpt-data freeze {path})")
 

@@ -43,7 +43,11 @@ class Partition:
 
 
 def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str, Any]:
-    """Read and validate one motion file fully; return its sequences-table row (status 'ok' or 'skipped')."""
+    """Read and validate one motion file fully; return its sequences-table row (status 'ok' or 'skipped').
+
+    Any entry with a motion-file name gets a row: a folder, FIFO, dangling or looping link, an unreadable,
+    corrupt or implausible file (see `amass.read_motion`) is 'skipped' with its reason, never an exception.
+    """
     from mpt_data.amass import MotionError, file_sha256, read_motion, subset_and_subject
 
     p = Path(path)
@@ -52,8 +56,9 @@ def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str
     row: dict[str, Any] = {"path": rel, "subset": subset, "subject": subject, "gender": "", "fps": 0.0,
                            "frames": 0, "size": 0, "sha256": "", "status": "skipped", "reason": ""}
     try:
-        row["size"] = p.stat().st_size
+        # Read first: it names what a non-regular entry is (a stat would just fail on a dangling link).
         motion = read_motion(p, root, fps_overrides)
+        row["size"] = p.stat().st_size
         row["sha256"] = file_sha256(p)
     except MotionError as err:
         row["reason"] = str(err)

@@ -49,13 +49,23 @@ N_SMPLH = len(cv.SMPLH_JOINTS)  # 52
 _J = {name: i for i, name in enumerate(cv.SMPLH_JOINTS)}
 
 
+# Fewest vertices that still enclose every finger joint (to 5 mm): at 1,300 and fewer the decimated
+# fingers are too thin for their joints (see synth_rig.solve_regressor). The tests' bodies have 1,500.
+MIN_VERTICES = 1500
+
+
 @dataclass(frozen=True)
 class BodyConfig:
-    """What `build_body` makes: the seed perturbs proportions; ``num_vertices`` is exact."""
+    """What `build_body` makes: the seed perturbs proportions; ``num_vertices`` is exact (>= MIN_VERTICES)."""
 
     seed: int = 0
     num_vertices: int = 6890
     grid_step_m: float = 0.0  # marching grid cell away from the hands (hands: x0.28); 0: by size
+
+    def __post_init__(self) -> None:
+        if self.num_vertices < MIN_VERTICES:
+            raise ValueError(f"a synthetic body needs at least {MIN_VERTICES} vertices (got {self.num_vertices}): "
+                             f"coarser meshes cannot enclose the finger joints")
 
     def step(self) -> float:
         """The grid step in metres: finer for meshes of SMPL's size, coarser for small ones."""

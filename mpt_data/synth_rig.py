@@ -17,6 +17,7 @@ for _j, _p in enumerate(cv.SMPLH_PARENTS):
     if _p >= 0:
         _CHILDREN[_p].append(_j)
 _FINGER_PARTS = frozenset(range(22, N_SMPLH))
+MAX_JOINT_SHIFT_M = 0.005  # farthest a coarse mesh may move a rest joint onto its surface (metres)
 
 
 def skinning_weights(verts: np.ndarray, prims: tuple[ss.Primitive, ...], max_influences: int = 4) -> np.ndarray:
@@ -68,7 +69,7 @@ def _nnls(A: np.ndarray, b: np.ndarray, iters: int = 200) -> np.ndarray:
 def solve_regressor(verts: np.ndarray, weights: np.ndarray, joints: np.ndarray) -> np.ndarray:
     """(J,V) joint regressor with non-negative rows summing to 1 and ``R @ verts == joints``
     (to 1e-9 m; on meshes too coarse to enclose a finger joint, the nearest point they can
-    reach, under 5 mm away): each row spreads over the vertices around its joint on its own and
+    reach, under ``MAX_JOINT_SHIFT_M`` away): each row spreads over the vertices around its joint on its own and
     neighbouring parts, half Gaussian by distance and half the non-negative solution that
     makes the weighted mean exactly the joint."""
     J = len(joints)
@@ -102,8 +103,11 @@ def solve_regressor(verts: np.ndarray, weights: np.ndarray, joints: np.ndarray) 
             break
         else:
             # A very coarse mesh can leave a thin finger's joint just outside its surface:
-            # take the nearest reachable point (the rest joint moves by under 5 mm).
-            if np.abs(w @ pv - joints[j]).max() > 5e-3:
-                raise RuntimeError(f"joint {cv.SMPLH_JOINTS[j]} lies outside the surface around it")
+            # take the nearest reachable point (the rest joint moves by under 5 mm). Below
+            # `synth_body.MIN_VERTICES` the fingers are too coarse for that (at 1,300 vertices a
+            # finger joint is 7 mm out, at 500 15-28 mm), hence that minimum.
+            miss = float(np.abs(w @ pv - joints[j]).max())
+            if miss > MAX_JOINT_SHIFT_M:
+                raise RuntimeError(f"joint {cv.SMPLH_JOINTS[j]} lies {miss * 1000:.1f} mm outside the surface around it")
             R[j, sel] = w / w.sum()
     return R

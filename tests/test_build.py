@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -330,3 +331,86 @@ def test_plan_tiles_every_shard_with_sequence_segments():
             at += len(seg.frames)
         assert at == p.stop
     assert [r["first_mesh"] for r in table if r["status"] == "skipped"] == [-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes independent of other files; one build per store at a time
+
+
+def test_a_sequences_bytes_do_not_change_when_an_unrelated_file_is_added(reference, inputs, tmp_path):
+    """The same motion files plus one more that sorts first (31 meshes): every partition boundary moves, so
+    each sequence is cut into other segments and batches (one of a single mesh), yet its bytes stay."""
+    from _helpers_b2 import Inputs, write_motion_files
+
+    ref_path, _ = reference
+    root = tmp_path / "amass"
+    write_motion_files(root, GOOD)  # the same seeds, so the same files as the reference's
+    write_motion_files(root / "ACCAD", [("x", "", "extra", 93, 60.0, "male")])  # ACCAD/x/extra_poses.npz
+    out = tmp_path / "store"
+    bd.build_store(small_config(Inputs(root, inputs.body_dir), out))
+    a, b = (zarr.open_group(str(p), mode="r") for p in (ref_path, out))
+    rows_a, rows_b = ({r["path"]: r for r in pq.read_table(p / schema.SEQUENCES_TABLE).to_pylist()}
+                      for p in (ref_path, out))
+    assert rows_b["ACCAD/x/extra_poses.npz"]["sampled"] == 31
+    names = [schema.VERTICES, schema.JOINTS2D, schema.VISIBLE, schema.CROP] + \
+        [f"{schema.JOINTS_GROUP}/{j}" for j in a.attrs["joint_sets"]]
+    for path, ra in rows_a.items():
+        if ra["status"] != "ok":
+            continue
+        rb = rows_b[path]
+        assert rb["sampled"] == ra["sampled"] and rb["first_mesh"] == ra["first_mesh"] + 31
+        for name in names:
+            va = np.asarray(a[name][ra["first_mesh"]: ra["first_mesh"] + ra["sampled"]])
+            vb = np.asarray(b[name][rb["first_mesh"]: rb["first_mesh"] + rb["sampled"]])
+            assert va.tobytes() == vb.tobytes(), (path, name)
+
+
+def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inputs, tmp_path, monkeypatch):
+    """While one build writes (here: between its plan and its partitions), another build into the same
+    --out, even with --overwrite, and the CLI are refused with one line naming the holder; the first
+    build's store is untouched and ends complete and verified."""
+    from click.testing import CliRunner
+
+    from mpt_data.cli import main
+
+    out = tmp_path / "store"
+    config = small_config(inputs, out, subsets_include=("HumanEva",))
+    lock_file = tmp_path / ".store.lock"
+    real = bd._run_partitions
+    seen = []
+
+    def second_build_meanwhile(client, ctx, todo, progress):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+        with pytest.raises(bd.LockError, match=r"store .*store is in use by pid \d+"):
+            bd.build_store(small_config(inputs, out, subsets_include=("HumanEva",), overwrite=True))
+        r = CliRunner().invoke(main, ["build", "--amass-root", str(inputs.amass_root), "--body-models",
+                                      str(inputs.body_dir), "--target-fps", "5", "--workers", "0", "--overwrite",
+                                      "--out", str(out), "--no-progress"])
+        assert r.exit_code == 1 and "in use by pid" in r.output and r.output.count("\n") == 1, r.output
+        assert (out / "zarr.json").exists(), "the refused build deleted nothing"
+        seen.append(True)
+        return real(client, ctx, todo, progress)
+
+    monkeypatch.setattr(bd, "_run_partitions", second_build_meanwhile)
+    bd.build_store(config)
+    assert seen and not lock_file.exists(), "the lock is released at the end"
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == st.STATE_COMPLETE
+    st.freeze_store(out)
+    assert st.verify_store(out).ok
+
+
+def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "store"
+    lock = bd.build_lock(out)
+    lock.lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0.0,
+                                          "command": "mpt-data build (killed)"}))
+    with pytest.warns(UserWarning, match=f"stale lock .* pid {dead.pid}"):
+        bd.build_store(small_config(inputs, out, subsets_include=("HumanEva",)))
+    assert lock.lock_file == tmp_path / ".store.lock" and not lock.lock_file.exists()
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == st.STATE_COMPLETE

@@ -147,3 +147,19 @@ def test_same_seed_same_bytes(models, tmp_path):
     for p in sorted(models.rglob("*")):
         if p.is_file():
             assert (tmp_path / p.relative_to(models)).read_bytes() == p.read_bytes(), p
+
+
+def test_the_smallest_accepted_size_builds_and_smaller_is_refused(models):
+    """`mpt-data synth --vertices` accepts MIN_VERTICES (the size every test above builds) and refuses one
+    fewer with the reason, instead of failing deep in the regressor solve (500 used to be accepted)."""
+    from click.testing import CliRunner
+
+    from mpt_data.cli import main
+
+    assert N == sb.MIN_VERTICES
+    d = pickle.loads((models / "smplh" / "SMPLH_NEUTRAL.pkl").read_bytes())
+    assert d["v_template"].shape == (sb.MIN_VERTICES, 3)
+    res = CliRunner().invoke(main, ["synth", "--out", "unused", "--vertices", str(sb.MIN_VERTICES - 1)])
+    assert res.exit_code == 2 and f"need --vertices >= {sb.MIN_VERTICES}" in res.output
+    with pytest.raises(ValueError, match=f"at least {sb.MIN_VERTICES} vertices"):
+        sb.BodyConfig(num_vertices=500)
