@@ -207,6 +207,9 @@ class ImageStream(torch.utils.data.IterableDataset):
         self.skipped: dict[int, list[int]] = {}  # slot -> rows skipped per dataset before those samples
         self.vertex_flip: np.ndarray | None = None
         self._warned: set[tuple[str, int]] = set()  # (file, row) already reported by this process
+        # DataLoader worker i serves slot (i + slot_offset) % workers: a loader restarted after b batches
+        # hands out its first batch from worker 0, which must then be the slot whose turn is next
+        self.slot_offset = 0
 
     # -- order -------------------------------------------------------------------------
     def _choices(self, slot: int, block: int) -> np.ndarray:
@@ -238,6 +241,7 @@ class ImageStream(torch.utils.data.IterableDataset):
     def _slot(self) -> tuple[int, int]:
         info = torch.utils.data.get_worker_info()
         workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        wid = (wid + self.slot_offset) % workers
         return self.rank * workers + wid, self.world_size * workers
 
     def samples(self, slot: int, slots: int, start: int = 0, skipped: list[int] | None = None):
@@ -396,6 +400,7 @@ class ImageBatches:
             produced[self.stream.rank * w + wid] = n_w * self.batch_size
         self.stream.produced = produced
         self.stream.skipped = {k: list(v) for k, v in self.skipped.items()}
+        self.stream.slot_offset = self.batches % w
 
     def __iter__(self):
         self._sync_stream()

@@ -250,3 +250,27 @@ def test_stream_skips_undecodable_rows_names_and_counts_them_and_resumes_exactly
 
         ev = ImageEvalBatches([str(root / "shards" / "b")], 4, 5)
         assert sum(len(b["image"]) for b in ev) == 8 and ev.skipped_rows == 2
+
+
+def test_two_worker_batches_resume_exactly_after_an_odd_number_of_batches_with_bad_rows(bad_row_mixture):
+    """Workers take turns; a loader resumed after 3 batches must start with the second worker's slot
+    (and its skip count), not the first's."""
+    import warnings
+
+    root, _, _ = bad_row_mixture
+    cfg = read_mixture(root / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = ImageBatches(ImageStream(cfg), batch_size=3, num_workers=2)
+        it = iter(batches)
+        for _ in range(3):
+            next(it)
+        state = batches.state_dict()
+        expected = [next(it) for _ in range(3)]
+        again = ImageBatches(ImageStream(cfg), batch_size=3, num_workers=2)
+        again.load_state_dict(state)
+        got = [b for _, b in zip(range(3), again)]
+    assert state["stream"]["produced"] == {0: 6, 1: 3} and sum(state["stream"]["skipped"][0]) >= 1
+    for g, e in zip(got, expected):
+        assert torch.equal(g["image"], e["image"]) and torch.equal(g["joints2d"], e["joints2d"])
+    assert again.skipped == batches.skipped
