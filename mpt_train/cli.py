@@ -138,8 +138,6 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
 def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_baseline, device, json_out,
              picture, allow_unfrozen, force):
     """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
-    import json
-
     from .evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
@@ -150,8 +148,9 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
     for row, r in res.items():
         click.echo(f"{row:16s}" + "".join(f"{r.get(n, float('nan')):18.1f}" for n in names))
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        from mpt_data.fileio import atomic_write_json
+
+        atomic_write_json(json_out, res, indent=2)
 
 
 @main.command()
@@ -284,8 +283,6 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
     Writes OUT/pose_network.pth (public key names) for `finetune --backbone-checkpoint`. Use it
     where no public COCO checkpoint fits, e.g. the CPU demo's `--backbone tiny`.
     """
-    import json
-
     from .finetune import ImageEvalBatches
     from .posenet import PoseNetConfig, build_posenet_task, evaluate_pose_network, export_pose_network
     from .trainer import TrainConfig, train
@@ -301,8 +298,9 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
     if val:
         dev = next(task.model.parameters()).device
         res = evaluate_pose_network(task.model, ImageEvalBatches(list(val), batch_size, 0), dev)
-        with open(f"{out}/pose_eval.json", "w") as f:
-            json.dump(res, f, indent=2)
+        from mpt_data.fileio import atomic_write_json
+
+        atomic_write_json(f"{out}/pose_eval.json", res, indent=2)
         click.echo("val 2D: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
 
 
@@ -311,8 +309,9 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown table; FILE.json beside it.")
 def compare_runs_cmd(runs, out):
     """Tabulate the final validation metrics (mm) of training runs given as NAME=RUN_DIR."""
-    import json
     from pathlib import Path
+
+    from mpt_data.fileio import atomic_write_json, atomic_write_text
 
     from .finetune import compare_runs
 
@@ -323,8 +322,8 @@ def compare_runs_cmd(runs, out):
             raise click.BadParameter(f"{item!r}: expected NAME=RUN_DIR")
         named[name] = path
     res, table = compare_runs(named)
-    Path(out).write_text(table)
-    Path(out).with_suffix(".json").write_text(json.dumps(res, indent=2))
+    atomic_write_text(out, table)
+    atomic_write_json(Path(out).with_suffix(".json"), res, indent=2)
     click.echo(table)
 
 

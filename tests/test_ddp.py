@@ -72,3 +72,7 @@ def test_two_process_gloo_keeps_replicas_identical(tmp_path):
     assert len(bad) == 1 and bad[0]["step"] == 2 and bad[0]["ranks"] == [1] and len(bad[0]["keys"][0]) == 4
     step_dir = tmp_path / "step-00000005"
     assert (step_dir / "rank-0.pt").is_file() and (step_dir / "rank-1.pt").is_file()
+    # each rank saves its own MVM generator, seeded apart (the masks differ per rank)
+    gens = [torch.load(step_dir / f"rank-{r}.pt", weights_only=True)["components"][""] for r in (0, 1)]
+    assert gens[0]["seed"] != gens[1]["seed"] and not torch.equal(gens[0]["state"], gens[1]["state"])
+    assert not (tmp_path / ".lock").exists()  # rank 0's run-folder lock is released at the end
