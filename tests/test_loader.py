@@ -168,6 +168,17 @@ def test_resume_mid_epoch_gives_the_same_next_batches(store):
         _same(got + rest, ref)
 
 
+def test_loader_leaves_the_global_rng_alone(store):
+    """Starting and running an epoch (workers too) draws nothing from the global torch RNG, so a
+    resumed process, which starts a loader where the uninterrupted one did not, stays in step."""
+    for workers in (0, 2):
+        loader = PairLoader(_cfg(store, num_workers=workers))
+        torch.manual_seed(5)
+        before = torch.get_rng_state()
+        assert len(list(loader)) == loader.num_batches(0) > 0
+        assert torch.equal(torch.get_rng_state(), before), workers
+
+
 def test_resume_refuses_other_layout_or_store(stores, store):
     state = PairLoader(_cfg(store, batch_size=16)).state_dict()
     with pytest.raises(ValueError, match="batch_size=16 vs 8"):
@@ -175,6 +186,8 @@ def test_resume_refuses_other_layout_or_store(stores, store):
     other = PairLoader(_cfg(str(stores.unfrozen), batch_size=16, allow_unfrozen=True))
     with pytest.raises(ValueError, match="fingerprint"):
         other.load_state_dict(state)
+    other.load_state_dict(state, allow_other_store=True)  # --force
+    assert (other.epoch, other.batches_done) == (state["epoch"], state["batches_done"])
     with pytest.raises(ValueError, match="version"):
         PairLoader(_cfg(store)).load_state_dict({**state, "version": 0})
 
