@@ -13,6 +13,9 @@ The build has three phases:
    re-run after a worker died writes the same bytes; `--resume` skips partitions whose record is valid.
 3. **Finish**: state `complete`, then a summary of skipped files. `mpt-data freeze` seals the store.
 
+All three phases, and `--overwrite`'s removal of an old store, hold one exclusive lock per store (`build_lock`:
+`.<name>.lock` beside it), so two builds can never interleave partitions of different recipes in one store.
+
 The build has no randomness: sampling is strided and the camera rig is fixed, so the same inputs and recipe
 give the same store, byte for byte in its arrays, with any number of workers.
 Relative data paths in a recipe (amass_root, body_model.dir, h36m_regressor) resolve against the current
