@@ -3,6 +3,7 @@
 `bench_inputs`: on-device input synthesis (heatmap render + MHM + noise + jitter + patches +
 camera-frame rotation) in samples/s and achieved GB/s of heatmap output written.
 `bench_loader`: the streaming loader's samples/s, total and per worker, from a store.
+`bench_chunk_checks`: the cost of checking every chunk read against the store's integrity manifest.
 The `mpt-train bench` command adds the model step and prints all of them.
 """
 
@@ -123,8 +124,38 @@ def bench_loader(
     }
 
 
+def bench_chunk_checks(shards: str, rounds: int = 3, allow_unfrozen: bool = False) -> dict[str, Any]:
+    """`StoreReader.read_chunk` over every chunk of a store, with and without the per-chunk checksum checks.
+
+    The same reader reads each chunk checked (as training does) and then unchecked (the checks switched off
+    on this reader only, for the comparison), alternating, `rounds` passes; the best pass of each is kept.
+    Returns meshes_per_s for both and check_share = the fraction of a checked read spent on the checks.
+    """
+    from mpt_train.store import open_store
+
+    reader = open_store(shards, allow_unfrozen=allow_unfrozen)
+    checked = reader.verified
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(rounds):
+        for verify in (True, False):
+            reader.verified = checked and verify
+            t0 = time.perf_counter()
+            for i in range(reader.num_chunks):
+                reader.read_chunk(i)
+            best[verify] = min(best[verify], time.perf_counter() - t0)
+    reader.verified = checked
+    n = reader.num_meshes
+    return {"what": "chunk checks", "store": reader.describe(), "chunks": reader.num_chunks,
+            "checked_meshes_per_s": n / best[True], "unchecked_meshes_per_s": n / best[False],
+            "check_share": 1.0 - best[False] / best[True]}
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One printable line per benchmark result."""
+    if result["what"] == "chunk checks":
+        return (f"read_chunk over {result['chunks']} chunks: {result['checked_meshes_per_s']:,.0f} meshes/s checked "
+                f"against integrity.json, {result['unchecked_meshes_per_s']:,.0f} unchecked; the checks are "
+                f"{100 * result['check_share']:.1f} % of a checked read")
     if result["what"] == "loader":
         return (f"loader: {result['samples_per_s']:,.0f} samples/s with {result['num_workers']} worker(s) = "
                 f"{result['samples_per_s_per_worker']:,.0f} per worker (batch {result['batch_size']}, "

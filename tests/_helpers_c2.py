@@ -125,12 +125,14 @@ def synthetic_prepare(tokens: int = 8, token_dim: int = 16):
 
 
 def write_test_store(path, num_meshes: int = 96, cameras: int = 2, num_vertices: int = 64, chunk: int = 16,
-                     seed: int = 0) -> str:
+                     seed: int = 0, fingerprint: str | None = None) -> str:
     """A small frozen store in the schema-1 layout, written with plain zarr (test fixture only).
 
     Meshes: template + random mix of 6 smooth deformations; joints from the topology's
     regressors; cameras rotated about the vertical axis, perspective projection into a 224 crop.
-    Split: the last chunk is val.
+    Split: the last chunk is val. The store is sealed as `mpt-data freeze` would (integrity manifest,
+    fingerprint = its SHA-256); a `fingerprint` label is stored as a group attribute, so the same data
+    with another label has another fingerprint.
     """
     import zarr
 
@@ -172,7 +174,7 @@ def write_test_store(path, num_meshes: int = 96, cameras: int = 2, num_vertices:
         g.create_array(name, shape=arr.shape, dtype=arr.dtype)[:] = arr
     for k, arr in topo.items():
         g.create_array(f"{schema.TOPOLOGY}/{k}", shape=arr.shape, dtype=arr.dtype)[:] = arr
-    g.attrs.update({schema.ATTR_SCHEMA: schema.SCHEMA_VERSION})
+    g.attrs.update({schema.ATTR_SCHEMA: schema.SCHEMA_VERSION, **({"label": fingerprint} if fingerprint else {})})
     from mpt_data.store import seal_store_as_read
 
     seal_store_as_read(path)  # frozen, with the integrity manifest the reader checks
