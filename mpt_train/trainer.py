@@ -390,11 +390,17 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
         components[name].seed_rng(derived_seed(cfg.seed, ddp.rank, i, _COMPONENT_STREAM))
 
     # --- resume
-    if resume and ckpt.checkpoint_folders(out):
-        if not ckpt.complete_checkpoints(out):
+    if resume and ckpt.checkpoint_folders(out) and not ckpt.complete_checkpoints(out):
+        # Killed while writing its first checkpoint: the uninterrupted run is the one from step 0.
+        if ddp.is_main:
             names = ", ".join(p.name for p in ckpt.checkpoint_folders(out))
-            raise ckpt.CheckpointError(f"{out}: --resume found no complete checkpoint, only folders whose write "
-                                       f"was interrupted ({names}); start afresh with --overwrite")
+            print(f"{out}: no complete checkpoint, only folders whose write was interrupted ({names}); "
+                  "starting at step 0", file=sys.stderr)
+            for p in ckpt.checkpoint_folders(out):
+                shutil.rmtree(p)
+        if ddp.world_size > 1:
+            ddp.barrier()
+    if resume and ckpt.complete_checkpoints(out):
         loaded = ckpt.load_checkpoint(out, rank=ddp.rank, map_location=device,
                                       expected_fingerprint=task.store_fingerprint, force=force)
         state, rank_state = loaded.state, loaded.rank_state

@@ -180,11 +180,18 @@ def test_resume_without_a_usable_checkpoint_says_so(reference, crashed, tmp_path
         train(*build(store, run), resume=True)
     with pytest.raises(ckpt.CheckpointError, match="step-00000006"):  # named explicitly: no fallback
         ckpt.load(ckpt.step_dir(run, 6))
-    # only folders whose write was interrupted (no marker)
+
+
+def test_resume_after_a_kill_during_the_first_checkpoint_write_starts_at_step_0(reference, crashed, tmp_path):
+    """Only folders whose write was interrupted (no marker): the uninterrupted run is the one from step 0."""
+    store, full, state = reference
+    run = tmp_path / "run"
+    shutil.copytree(crashed, run)
     for folder in ckpt.checkpoint_folders(run):
         (folder / ckpt.MARKER).unlink()
-    with pytest.raises(ckpt.CheckpointError, match=r"no complete checkpoint.*step-00000006.*--overwrite"):
-        train(*build(store, run), resume=True)
+    cfg, task = build(store, run)
+    train(cfg, task, resume=True)
+    assert_same_run(run, full, task.model, state)
 
 
 def test_forced_resume_on_another_store(reference, crashed, tmp_path):
