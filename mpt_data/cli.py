@@ -115,7 +115,7 @@ def freeze(store, manifest, name):
     older mpt-data (no integrity.json) is re-checked and re-frozen (its fingerprint changes)."""
     from pathlib import Path
 
-    from mpt_data.store import freeze_store
+    from mpt_data.freeze import freeze_store
 
     if manifest and not Path(manifest).is_file():
         click.echo(f"no manifest at {manifest}: the store is not recorded in one (use --manifest PATH)", err=True)
@@ -132,7 +132,7 @@ def freeze(store, manifest, name):
 def verify(store):
     """Re-read every chunk and all metadata; name anything that differs from integrity.json (frozen) or the
     build records (complete), and any symbolic link inside the store."""
-    from mpt_data.store import verify_store
+    from mpt_data.freeze import verify_store
 
     try:
         report = verify_store(store)

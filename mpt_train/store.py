@@ -24,11 +24,9 @@ import numpy as np
 import zarr
 
 from mpt_data import schema
-from mpt_data import store as data_store
+from mpt_data import integrity
+from mpt_data.integrity import StoreError
 
-
-class StoreError(ValueError):
-    """A store that cannot be used: wrong schema, not frozen, missing or inconsistent arrays."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class StoreReader:
         """Check integrity.json against the fingerprint and the metadata as read; keep its chunk digests."""
         name = schema.INTEGRITY_MANIFEST
         try:
-            blob = data_store.read_integrity_manifest(group)
+            blob = integrity.read_integrity_manifest(group)
         except Exception as exc:
             raise StoreError(f"{self.url}: cannot read {name}: {type(exc).__name__}: {exc}") from exc
         if blob is None:
@@ -148,16 +146,13 @@ class StoreReader:
                 "(re-hashes every chunk against the build records and writes the manifest; the fingerprint "
                 "changes) or rebuild it"
             )
-        if data_store.manifest_fingerprint(blob) != self.fingerprint:
+        if integrity.manifest_fingerprint(blob) != self.fingerprint:
             raise StoreError(
                 f"{self.url}: {name} does not hash to the store's fingerprint {self.fingerprint}: the store changed "
                 f"after it was frozen; run `mpt-data verify {self.url}` and rebuild or restore it"
             )
-        try:
-            manifest = data_store.parse_manifest(blob, self.url)
-        except data_store.StoreError as exc:
-            raise StoreError(str(exc)) from exc
-        problems = data_store.metadata_differences(manifest, data_store.store_metadata(group))
+        manifest = integrity.parse_manifest(blob, self.url)
+        problems = integrity.metadata_differences(manifest, integrity.store_metadata(group))
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise StoreError(
@@ -173,7 +168,7 @@ class StoreReader:
         want = self._digests.get(path)
         if want is None:
             raise StoreError(f"{self.url}: {path} has no checksums in {schema.INTEGRITY_MANIFEST}")
-        if data_store.chunk_digest(values) != want[16 * chunk : 16 * chunk + 16]:
+        if integrity.chunk_digest(values) != want[16 * chunk : 16 * chunk + 16]:
             raise StoreError(
                 f"{self.url}: {path} chunk {chunk} ({what}) does not match its checksum in "
                 f"{schema.INTEGRITY_MANIFEST}: the store is corrupted or a shard file is missing; run "

@@ -168,7 +168,7 @@ def small_config(inputs: Inputs, out: Path, **overrides):
 def shared_frozen_store(tmp_path_factory) -> tuple[Path, str]:
     """A frozen in-process build of `small_config`, made once per session: (path, fingerprint)."""
     from mpt_data.build import build_store
-    from mpt_data.store import freeze_store
+    from mpt_data.freeze import freeze_store
 
     inputs = shared_inputs(tmp_path_factory)
     out = tmp_path_factory.getbasetemp() / "b2_ref_store"

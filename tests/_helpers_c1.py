@@ -35,7 +35,7 @@ class TestStores:
 def build_test_stores(root: Path) -> TestStores:
     from _helpers_b2 import write_motion_files
     from mpt_data.build import build_store, load_recipe
-    from mpt_data.store import freeze_store
+    from mpt_data.freeze import freeze_store
     from _synth_cache import write_body_models
 
     body = root / "body_models"

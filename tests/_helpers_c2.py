@@ -175,7 +175,7 @@ def write_test_store(path, num_meshes: int = 96, cameras: int = 2, num_vertices:
     for k, arr in topo.items():
         g.create_array(f"{schema.TOPOLOGY}/{k}", shape=arr.shape, dtype=arr.dtype)[:] = arr
     g.attrs.update({schema.ATTR_SCHEMA: schema.SCHEMA_VERSION, **({"label": fingerprint} if fingerprint else {})})
-    from mpt_data.store import seal_store_as_read
+    from mpt_data.freeze import seal_store_as_read
 
     seal_store_as_read(path)  # frozen, with the integrity manifest the reader checks
     return str(path)

@@ -15,6 +15,7 @@ import zarr
 from _helpers_b2 import BAD_REASONS, GOOD, REPO, kill_once_plugin, shared_frozen_store, shared_inputs, small_config
 from mpt_data import build as bd
 from mpt_data import schema
+from mpt_data import freeze as fz
 from mpt_data import store as st
 
 
@@ -38,7 +39,7 @@ def cluster():
 
 
 def _freeze_copy_fingerprint(path: Path) -> str:
-    return st.freeze_store(path)
+    return fz.freeze_store(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_killed_worker_still_ends_in_the_same_fingerprint(reference, inputs, clu
         finally:
             client.unregister_worker_plugin("mpt-kill-once")
     assert marker.exists(), "the plugin never killed a worker"
-    assert st.freeze_store(tmp_path / "store") == ref_fp
+    assert fz.freeze_store(tmp_path / "store") == ref_fp
 
 
 def test_interrupted_build_resumes_only_missing_partitions(reference, inputs, tmp_path, monkeypatch):
@@ -198,14 +199,14 @@ def test_interrupted_build_resumes_only_missing_partitions(reference, inputs, tm
     monkeypatch.setattr(bd, "run_partition", real)
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "building"
     with pytest.raises(st.StoreError, match="state 'building'"):
-        st.freeze_store(out)
+        fz.freeze_store(out)
     with pytest.raises(st.StoreError, match="--resume"):
         bd.build_store(small_config(inputs, out))
     done = {i: st.partition_record_path(out, i).stat().st_mtime_ns for i in calls}
     result = bd.run_build(small_config(inputs, out, resume=True))
     assert set(result.written) == set(range(result.partitions)) - set(calls)
     assert {i: st.partition_record_path(out, i).stat().st_mtime_ns for i in calls} == done
-    assert st.freeze_store(out) == ref_fp
+    assert fz.freeze_store(out) == ref_fp
 
 
 def test_resume_refuses_a_changed_recipe(inputs, tmp_path, monkeypatch):
@@ -395,8 +396,8 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
     bd.build_store(config)
     assert seen and not lock_file.exists(), "the lock is released at the end"
     assert zarr.open_group(str(out), mode="r").attrs["state"] == st.STATE_COMPLETE
-    st.freeze_store(out)
-    assert st.verify_store(out).ok
+    fz.freeze_store(out)
+    assert fz.verify_store(out).ok
 
 
 def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):

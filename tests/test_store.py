@@ -12,6 +12,7 @@ import zarr
 
 from _helpers_b2 import shared_frozen_store
 from mpt_data import schema
+from mpt_data import freeze as fz
 from mpt_data import store as st
 
 
@@ -61,7 +62,7 @@ def _shard_chunk_range(shard_file, chunk_in_shard, chunks_per_shard):
 
 def test_verify_passes_then_names_a_corrupted_chunk(reference, tmp_path):
     ref, fp = reference
-    report = st.verify_store(ref)
+    report = fz.verify_store(ref)
     assert report.ok and report.computed_fingerprint == fp and report.chunks_checked > 20
     store = _writable_copy(ref, tmp_path / "copy")
     group = zarr.open_group(str(store), mode="r")
@@ -73,7 +74,7 @@ def test_verify_passes_then_names_a_corrupted_chunk(reference, tmp_path):
     for i in range(offset + nbytes // 2, offset + nbytes // 2 + 16):
         blob[i] ^= 0xFF
     shard_file.write_bytes(bytes(blob))
-    report = st.verify_store(store)
+    report = fz.verify_store(store)
     assert not report.ok
     bad = per_shard * 1 + 2
     assert any(m.startswith(f"{schema.VERTICES}: chunk {bad} (meshes {bad * chunk}..") for m in report.mismatches), report.mismatches
@@ -89,20 +90,20 @@ def test_verify_names_a_changed_sequences_table_and_camera_array(reference, tmp_
     t = arr[:]
     t[0, 0] += 0.001
     arr[:] = t
-    report = st.verify_store(store)
+    report = fz.verify_store(store)
     assert any(m.startswith(schema.SEQUENCES_TABLE) for m in report.mismatches)
     assert any(m.startswith(f"{schema.CAMERA_T}: chunk 0 (whole array)") for m in report.mismatches)
 
 
 def test_freeze_needs_every_record_and_is_idempotent(reference, tmp_path):
     ref, fp = reference
-    assert st.freeze_store(ref) == fp  # already frozen: unchanged
+    assert fz.freeze_store(ref) == fp  # already frozen: unchanged
     store = _writable_copy(ref, tmp_path / "copy")
     g = zarr.open_group(str(store), mode="r+")
     g.attrs.update({"state": st.STATE_COMPLETE, "fingerprint": None})
     st.partition_record_path(store, 1).unlink()
     with pytest.raises(st.StoreError, match=r"partitions \[1\].*--resume"):
-        st.freeze_store(store)
+        fz.freeze_store(store)
 
 
 def test_info_reports_counts_sizes_and_compression(reference):
@@ -121,9 +122,9 @@ def test_manifest_update_keeps_the_head_and_replaces_same_name(tmp_path):
 
     m = tmp_path / "m.yaml"
     m.write_text("# comment kept\nsources:\n  amass: {root_hint: x}\nstores: []\n")
-    st.update_manifest(m, {"name": "a", "path": "/s/a", "fingerprint": "1", "counts": {"meshes": 3}})
-    st.update_manifest(m, {"name": "b", "path": "/s/b", "fingerprint": "2", "counts": {"meshes": 4}})
-    st.update_manifest(m, {"name": "a", "path": "/s/a", "fingerprint": "3", "counts": {"meshes": 5}})
+    fz.update_manifest(m, {"name": "a", "path": "/s/a", "fingerprint": "1", "counts": {"meshes": 3}})
+    fz.update_manifest(m, {"name": "b", "path": "/s/b", "fingerprint": "2", "counts": {"meshes": 4}})
+    fz.update_manifest(m, {"name": "a", "path": "/s/a", "fingerprint": "3", "counts": {"meshes": 5}})
     text = m.read_text()
     assert text.startswith("# comment kept\nsources:\n  amass: {root_hint: x}\n")
     doc = yaml.safe_load(text)

@@ -19,6 +19,8 @@ import zarr
 
 from _helpers_b2 import shared_frozen_store
 from mpt_data import schema
+from mpt_data import freeze as fz
+from mpt_data import integrity
 from mpt_data import store as st
 from mpt_train.data import LoaderConfig, PairLoader
 from mpt_train.store import StoreError as ReaderError
@@ -59,9 +61,9 @@ def _unfreeze(store) -> None:
 def test_fingerprint_is_the_sha256_of_the_manifest_which_records_metadata_and_chunks(reference):
     ref, fp = reference
     blob = (ref / schema.INTEGRITY_MANIFEST).read_bytes()
-    assert st.manifest_fingerprint(blob) == fp
+    assert integrity.manifest_fingerprint(blob) == fp
     doc = json.loads(blob)
-    assert st.canonical_json(doc) == blob, "the manifest is stored in its canonical form"
+    assert integrity.canonical_json(doc) == blob, "the manifest is stored in its canonical form"
     n = doc["group"]["counts"]["meshes"]
     vertices = doc["arrays"][schema.VERTICES]
     assert vertices["attributes"] == {"scale_m": schema.VERTEX_SCALE_M} and vertices["dtype"] == "int16"
@@ -77,16 +79,16 @@ def test_freeze_rehashes_and_refuses_a_flipped_byte_naming_array_chunk_and_parti
     ref, fp = reference
     store = _writable_copy(ref, tmp_path / "copy")
     _unfreeze(store)
-    assert st.freeze_store(store) == fp  # the clean data re-freezes to the same fingerprint
+    assert fz.freeze_store(store) == fp  # the clean data re-freezes to the same fingerprint
     store = _writable_copy(ref, tmp_path / "bad")
     _unfreeze(store)
     _flip_chunk_bytes(store, schema.VERTICES, BAD_CHUNK)
     with pytest.raises(st.StoreError, match=rf"{schema.VERTICES}: chunk {BAD_CHUNK} \(meshes 48..55\) differs "
                                             r"from its completion record.*p000001\.json.*--resume"):
-        st.freeze_store(store)
+        fz.freeze_store(store)
     assert zarr.open_group(str(store), mode="r").attrs["state"] == st.STATE_COMPLETE
     assert not (store / schema.INTEGRITY_MANIFEST).exists()
-    report = st.verify_store(store)  # before freezing: against the completion records
+    report = fz.verify_store(store)  # before freezing: against the completion records
     assert [m for m in report.mismatches if m.startswith(schema.VERTICES)] == [
         f"{schema.VERTICES}: chunk {BAD_CHUNK} (meshes 48..55) differs"]
 
@@ -101,7 +103,7 @@ def test_reader_and_loader_stop_at_a_flipped_byte_naming_array_and_chunk(referen
     assert clean["joints2d"].shape[0] == CHUNK
     with pytest.raises(ReaderError, match=rf"{store}: {schema.JOINTS2D} chunk {BAD_CHUNK} \(meshes 48..55\)"):
         reader.read_chunk(BAD_CHUNK)
-    report = st.verify_store(store)
+    report = fz.verify_store(store)
     assert not report.ok and any(m.startswith(f"{schema.JOINTS2D}: chunk {BAD_CHUNK} (meshes 48..55) differs")
                                  for m in report.mismatches), report.mismatches
     store2 = _writable_copy(ref, tmp_path / "copy2")
@@ -124,7 +126,7 @@ def test_a_deleted_shard_file_is_an_error_not_zero_meshes(reference, tmp_path):
     with pytest.raises(ReaderError, match=rf"{schema.VERTICES} chunk 4 \(meshes 32..39\)"):
         reader.read_chunk(4)
     assert reader.read_chunk(4, vertices=False)["joints2d"].shape[0] == CHUNK  # other arrays are whole
-    report = st.verify_store(store)
+    report = fz.verify_store(store)
     assert [m for m in report.mismatches if m.startswith(schema.VERTICES)] == [
         f"{schema.VERTICES}: chunk {c} (meshes {c * CHUNK}..{c * CHUNK + CHUNK - 1}) differs" for c in range(4, 8)]
 
@@ -137,7 +139,7 @@ def test_changed_scale_in_the_consolidated_metadata_fails_verify_and_the_reader(
     root["consolidated_metadata"]["metadata"][schema.VERTICES]["attributes"]["scale_m"] = 9e-4
     root_json.write_text(json.dumps(root))
     assert zarr.open_group(str(store), mode="r")[schema.VERTICES].attrs["scale_m"] == 9e-4  # what a reader sees
-    report = st.verify_store(store)
+    report = fz.verify_store(store)
     assert not report.ok and report.computed_fingerprint != fp
     assert report.mismatches == [f"{schema.VERTICES}: attribute 'scale_m' reads 0.0009 (consolidated metadata), "
                                  f"{schema.INTEGRITY_MANIFEST} records 0.0001"]
@@ -150,7 +152,7 @@ def test_changed_scale_in_the_consolidated_metadata_fails_verify_and_the_reader(
     meta = json.loads(array_json.read_text())
     meta["attributes"]["scale_m"] = 9e-4
     array_json.write_text(json.dumps(meta))
-    assert st.verify_store(store2).mismatches == [
+    assert fz.verify_store(store2).mismatches == [
         f"{schema.VERTICES}: attribute 'scale_m' reads 0.0009 (per-array zarr.json), "
         f"{schema.INTEGRITY_MANIFEST} records 0.0001"]
 
@@ -160,10 +162,10 @@ def test_a_changed_manifest_no_longer_matches_the_fingerprint(reference, tmp_pat
     store = _writable_copy(ref, tmp_path / "copy")
     doc = json.loads((store / schema.INTEGRITY_MANIFEST).read_bytes())
     doc["arrays"][schema.VERTICES]["attributes"]["scale_m"] = 9e-4
-    (store / schema.INTEGRITY_MANIFEST).write_bytes(st.canonical_json(doc))
+    (store / schema.INTEGRITY_MANIFEST).write_bytes(integrity.canonical_json(doc))
     with pytest.raises(ReaderError, match="does not hash to the store's fingerprint"):
         open_store(str(store))
-    assert any(m.startswith(f"{schema.INTEGRITY_MANIFEST}: its SHA-256") for m in st.verify_store(store).mismatches)
+    assert any(m.startswith(f"{schema.INTEGRITY_MANIFEST}: its SHA-256") for m in fz.verify_store(store).mismatches)
 
 
 def test_freeze_never_follows_a_symlink_and_verify_reports_it(reference, tmp_path):
@@ -178,13 +180,13 @@ def test_freeze_never_follows_a_symlink_and_verify_reports_it(reference, tmp_pat
     _unfreeze(store)
     (store / "meshes" / "notes.txt").symlink_to(outside)
     with pytest.raises(st.StoreError, match=r"refusing to freeze: meshes/notes\.txt: a symbolic link"):
-        st.freeze_store(store)
-    report = st.verify_store(store)
+        fz.freeze_store(store)
+    report = fz.verify_store(store)
     assert report.mismatches == [f"meshes/notes.txt: a symbolic link (to {outside}) inside the store; a store must "
                                  "hold its own files: replace the link by the file it names, or remove it"]
     # The pass that makes files read-only skips links to files and folders alike.
     (store / "topology" / "linked_dir").symlink_to(outside_dir, target_is_directory=True)
-    st._set_files_writable(store, False)
+    fz._set_files_writable(store, False)
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644
     assert (outside_dir / "f").stat().st_mode & stat.S_IWUSR
     assert not (store / schema.SEQUENCES_TABLE).stat().st_mode & 0o222
@@ -198,9 +200,9 @@ def test_a_store_frozen_before_manifests_is_refused_by_the_reader_and_refrozen(r
     os.remove(store / schema.INTEGRITY_MANIFEST)
     with pytest.raises(ReaderError, match=r"without integrity\.json.*Re-freeze it with `mpt-data freeze"):
         open_store(str(store))
-    assert not st.verify_store(store).ok
-    assert st.freeze_store(store) == fp
-    assert open_store(str(store)).fingerprint == fp and st.verify_store(store).ok
+    assert not fz.verify_store(store).ok
+    assert fz.freeze_store(store) == fp
+    assert open_store(str(store)).fingerprint == fp and fz.verify_store(store).ok
     assert not (store / schema.INTEGRITY_MANIFEST).stat().st_mode & 0o222
 
 
