@@ -173,6 +173,7 @@ def bench(shards, batch_size, steps, device, compile_):
     click.echo(b.format_result(render))
     if shards:
         click.echo(b.format_result(b.bench_loader(shards, num_workers=1)))
+        click.echo(b.format_result(b.bench_chunk_checks(shards)))
     click.echo(f"paper step on {step['device']} {step['dtype']}: {step['samples_per_s']:,.1f} samples/s, "
                f"{step['ms_per_step']:.1f} ms per step of {step['batch_size']}, "
                f"{step['gflop_per_sample']:.0f} GFLOP per sample, {step['tflop_per_s']:.2f} TFLOP/s achieved "
