@@ -405,8 +405,12 @@ class ImageBatches:
     def __iter__(self):
         self._sync_stream()
         w = max(self.num_workers, 1)
+        # Its own generator, a pure function of the position: starting a DataLoader otherwise draws its
+        # workers' base seed from the global torch RNG (the stream itself reads nothing from it).
+        position = [self.stream.cfg.seed, self.stream.rank, self.batches]
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0] >> 1))
         loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                                             pin_memory=self.pin_memory, persistent_workers=False)
+                                             pin_memory=self.pin_memory, persistent_workers=False, generator=gen)
         for batch in loader:
             counts = batch.pop("skipped_rows")
             self.skipped[self.stream.rank * w + self.batches % w] = counts[-1].tolist()

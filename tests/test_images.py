@@ -150,6 +150,20 @@ def test_stream_resume_continues_exactly_and_labels_masks(two_datasets):
     assert first[0]["joints2d"].shape == (4, 17, 2)
 
 
+def test_image_batches_leave_the_global_rng_alone(two_datasets):
+    """Starting the image loader (workers too) draws nothing from the global torch RNG, so a resumed
+    fine-tuning process, which starts a loader where the uninterrupted one did not, stays in step."""
+    cfg = read_mixture(two_datasets / "mix.yaml", num_vertices=5)
+    for workers in (0, 2):
+        batches = ImageBatches(ImageStream(cfg), batch_size=4, num_workers=workers)
+        torch.manual_seed(5)
+        before = torch.get_rng_state()
+        it = iter(batches)
+        assert next(it)["image"].shape[0] == 4
+        del it
+        assert torch.equal(torch.get_rng_state(), before), workers
+
+
 def test_fraction_keeps_that_share_of_rows_not_of_row_groups(two_datasets):
     from mpt_train.finetune import keep_units
 
