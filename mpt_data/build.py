@@ -13,8 +13,8 @@ The build has three phases:
    re-run after a worker died writes the same bytes; `--resume` skips partitions whose record is valid.
 3. **Finish**: state `complete`, then a summary of skipped files. `mpt-data freeze` seals the store.
 
-All three phases, and `--overwrite`'s removal of an old store, hold one exclusive lock per store (`build_lock`:
-`.<name>.lock` beside it), so two builds can never interleave partitions of different recipes in one store.
+All three phases, and `--overwrite`'s removal of an old store, hold one exclusive lock per store (`store.store_lock`:
+`.<name>.lock` beside it; `freeze` takes it too), so two builds can never interleave partitions of different recipes in one store.
 
 The build has no randomness: sampling is strided and the camera rig is fixed, so the same inputs and recipe
 give the same store, byte for byte in its arrays, with any number of workers.
@@ -36,12 +36,12 @@ import numpy as np
 
 from mpt_data import __version__, conventions, schema
 from mpt_data import store as st
-from mpt_data.fileio import FolderLock, LockError, atomic_write_bytes
+from mpt_data.fileio import LockError, atomic_write_bytes
 from mpt_data.plan import Partition, plan_build, scan_file, sequences_table_bytes, table_rows
 from mpt_data.recipe import BuildConfig, RecipeError, load_recipe, manifest_splits, recipe_hash
 
 # Stable entry points (tests and the trainer's fixtures call `build_store(load_recipe(None, ...))`).
-__all__ = ["BuildConfig", "BuildResult", "LockError", "RecipeError", "build_store", "build_lock", "load_recipe", "manifest_splits", "run_build",
+__all__ = ["BuildConfig", "BuildResult", "LockError", "RecipeError", "build_store", "load_recipe", "manifest_splits", "run_build",
            "run_partition", "scan_file"]
 
 
@@ -232,22 +232,15 @@ def build_store(config: BuildConfig) -> Path:
     return run_build(config).path
 
 
-def build_lock(out: str | Path) -> FolderLock:
-    """The exclusive lock of a build into `out`: the file `.<name>.lock` beside the store, not inside it,
-    so `--overwrite`'s removal of the store cannot delete another build's lock."""
-    out = Path(os.path.abspath(out))
-    return FolderLock(out.parent / f".{out.name}.lock", f"store {out}")
-
-
 def run_build(config: BuildConfig) -> BuildResult:
     """`build_store` with a report of what was done (used by tests and the benchmark).
 
     The whole build (checks of an existing store, `--overwrite`'s removal, plan, write) holds
-    `build_lock(config.out)`: a second build into the same store is refused with a LockError naming
+    `st.store_lock(config.out)`: a second build into the same store is refused with a LockError naming
     the holder, and a lock left by a dead process on this host is taken over.
     """
     config.validate()
-    with build_lock(config.out):
+    with st.store_lock(config.out):
         return _run_build_locked(config)
 
 

@@ -50,9 +50,10 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
 def _store_errors():
     """Turn the data side's expected errors into clean CLI messages (exit status 1)."""
     from mpt_data.build import RecipeError
+    from mpt_data.fileio import LockError
     from mpt_data.store import StoreError
 
-    return (RecipeError, StoreError, FileNotFoundError)
+    return (RecipeError, StoreError, LockError, FileNotFoundError)
 
 
 @main.command()
@@ -86,7 +87,7 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
       mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
       mpt-data build --recipe pipelines/amass-mpt.yaml --amass-root /data/amass --body-models /data/smplh
     """
-    from mpt_data.build import LockError, build_store, load_recipe
+    from mpt_data.build import build_store, load_recipe
 
     try:
         cfg = load_recipe(
@@ -97,7 +98,7 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
         if cfg.out == "store" and options.get("out") is None and recipe is None:
             click.echo("writing to ./store (use --out to choose)", err=True)
         path = build_store(cfg)
-    except (*_store_errors(), LockError) as err:
+    except _store_errors() as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"store ready: {path}  (next: mpt-data freeze {path})")
 

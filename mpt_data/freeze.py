@@ -21,7 +21,7 @@ from mpt_data.fileio import atomic_write_bytes, atomic_write_text
 from mpt_data.integrity import (SEQUENCES_KEY, StoreError, chunk_digest, integrity_manifest, manifest_fingerprint,
                                 metadata_differences, parse_manifest, read_integrity_manifest, store_metadata)
 from mpt_data.store import (STATE_COMPLETE, STATE_FROZEN, _mesh_array_paths, collect_checksums, open_store,
-                            partition_record_path, read_table_checksum)
+                            partition_record_path, read_table_checksum, store_lock)
 
 def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
     """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab."""
@@ -128,9 +128,15 @@ def freeze_store(path: str | Path, manifest: str | Path | None = None, name: str
     (no manifest) is re-checked the same way and re-frozen, which gives it a new fingerprint.
     With `manifest`, adds or replaces this store's entry in the manifest's `stores:` list.
     """
+    path = Path(path)
+    open_store(path)  # a clear error for a path that is no store, before any lock file is made beside it
+    with store_lock(path):  # no build may write while the data is hashed and sealed
+        return _freeze_locked(path, manifest, name)
+
+
+def _freeze_locked(path: Path, manifest: str | Path | None, name: str | None) -> str:
     import zarr
 
-    path = Path(path)
     group = open_store(path)
     state = group.attrs.get("state")
     if state == STATE_FROZEN and read_integrity_manifest(group) is not None:

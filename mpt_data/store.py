@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from mpt_data import __version__, schema
-from mpt_data.fileio import atomic_write_json
+from mpt_data.fileio import FolderLock, atomic_write_json
 from mpt_data.integrity import SEQUENCES_KEY, StoreError, chunk_digest  # noqa: F401  (SEQUENCES_KEY: re-used by callers)
 
 STATE_BUILDING = "building"
@@ -174,6 +174,13 @@ def read_table_checksum(path: Path) -> str:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON (indented, sorted keys) atomically: `mpt_data.fileio.atomic_write_json`."""
     atomic_write_json(path, obj)
+
+
+def store_lock(path: str | Path) -> FolderLock:
+    """The exclusive lock of a store's writers (build, freeze): the file `.<name>.lock` beside the store, not
+    inside it, so `build --overwrite`'s removal of the store cannot delete another writer's lock."""
+    path = Path(os.path.abspath(path))
+    return FolderLock(path.parent / f".{path.name}.lock", f"store {path}")
 
 
 def open_store(path: str | Path, mode: str = "r"):

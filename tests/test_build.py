@@ -389,6 +389,8 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
                                       "--out", str(out), "--no-progress"])
         assert r.exit_code == 1 and "in use by pid" in r.output and r.output.count("\n") == 1, r.output
         assert (out / "zarr.json").exists(), "the refused build deleted nothing"
+        with pytest.raises(bd.LockError, match="in use by pid"):  # freeze waits for no writer: it is refused
+            fz.freeze_store(out)
         seen.append(True)
         return real(client, ctx, todo, progress)
 
@@ -408,7 +410,7 @@ def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "store"
-    lock = bd.build_lock(out)
+    lock = st.store_lock(out)
     lock.lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0.0,
                                           "command": "mpt-data build (killed)"}))
     with pytest.warns(UserWarning, match=f"stale lock .* pid {dead.pid}"):
