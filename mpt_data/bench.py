@@ -91,8 +91,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict[str
 
     from mpt_data.build import load_recipe, manifest_splits, run_build
     from mpt_data.store import store_info
-    from mpt_data.synth_body import write_body_models
-    from mpt_data.synth_motion import write_motions
+    from mpt_data.synth.body import write_body_models
+    from mpt_data.synth.motion import write_motions
 
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="mpt-bench-"))
     figures: dict[str, float] = {}

@@ -37,6 +37,7 @@ import numpy as np
 from mpt_data import __version__, conventions, schema
 from mpt_data import store as st
 from mpt_data.fileio import LockError, atomic_write_bytes
+from mpt_data.integrity import SEQUENCES_KEY
 from mpt_data.plan import Partition, plan_build, scan_file, sequences_table_bytes, table_rows
 from mpt_data.recipe import BuildConfig, RecipeError, load_recipe, manifest_splits, recipe_hash
 
@@ -252,10 +253,10 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
     fresh = True
     if (out / "zarr.json").exists():
         group = st.open_store(out)  # raises for foreign schema
-        if group.attrs.get("state") == st.STATE_FROZEN:
+        if group.attrs.get(schema.ATTR_STATE) == schema.STATE_FROZEN:
             raise st.FrozenStoreError(f"{out} is frozen and refuses writes; choose another --out")
         if config.resume and (out / st.STATIC_RECORD).exists():
-            if group.attrs.get("recipe_hash") != rhash:
+            if group.attrs.get(schema.ATTR_RECIPE_HASH) != rhash:
                 raise RecipeError(f"{out} was built with another recipe or body model; resume needs the same recipe (or use --overwrite)")
             fresh = False
         elif config.resume or config.overwrite:
@@ -293,7 +294,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             _create(out, config, rhash, layout, rows, table, static_arrays, static_attrs, model_info)
         else:
             static = json.loads((out / st.STATIC_RECORD).read_text())
-            if static["checksums"].get(st.SEQUENCES_KEY) != [table_sum] or st.open_store(out).attrs["counts"]["meshes"] != n:
+            if static["checksums"].get(SEQUENCES_KEY) != [table_sum] or st.open_store(out).attrs[schema.ATTR_COUNTS]["meshes"] != n:
                 raise st.StoreError(f"the motion files under {config.amass_root} changed since {out} was started; rebuild with --overwrite")
         ctx = TaskContext(
             out=str(out), amass_root=config.amass_root, fps_overrides=config.fps_overrides,
@@ -309,7 +310,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             _log(f"resume: {len(parts) - len(todo)} of {len(parts)} partitions already complete")
         t_plan = time.perf_counter() - t0
         _run_partitions(client, ctx, todo, config.progress)
-        st.open_store(out, "r+").attrs["state"] = st.STATE_COMPLETE
+        st.open_store(out, "r+").attrs[schema.ATTR_STATE] = schema.STATE_COMPLETE
         t_write = time.perf_counter() - t0 - t_plan
     finally:
         if client is not None:
@@ -329,15 +330,15 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     ok = sum(r["status"] == "ok" for r in rows)
     counts = {
         "meshes": layout.num_meshes, "cameras": cfg.cameras, "views": layout.num_meshes * cfg.cameras,
-        "vertices": layout.num_vertices, "faces": int(static_arrays["topology/faces"].shape[0]),
+        "vertices": layout.num_vertices, "faces": int(static_arrays[schema.TOPOLOGY_FACES].shape[0]),
         "sequences": ok, "skipped": len(rows) - ok, "splits": split_counts,
     }
     recipe = cfg.recipe()
     recipe["sample_fps"] = rows[0]["sample_fps"] if rows else None
     attrs = {
-        "recipe": recipe, "recipe_hash": rhash, "counts": counts,
-        "heatmap_joint_set": conventions.HEATMAP_JOINT_SET, "body_model": model_info["describe"],
-        "vertex_scale_m": schema.VERTEX_SCALE_M, "crop_size": schema.CROP_SIZE,
+        schema.ATTR_RECIPE: recipe, schema.ATTR_RECIPE_HASH: rhash, schema.ATTR_COUNTS: counts,
+        schema.ATTR_HEATMAP_JOINT_SET: conventions.HEATMAP_JOINT_SET, schema.ATTR_BODY_MODEL: model_info["describe"],
+        schema.ATTR_VERTEX_SCALE_M: schema.VERTEX_SCALE_M, schema.ATTR_CROP_SIZE: schema.CROP_SIZE,
     }
     st.create_store(out, layout, attrs)
     sums = st.write_static_arrays(out, static_arrays)
@@ -345,7 +346,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     for name, extra in static_attrs.items():  # group attributes, e.g. the camera names
         group[name].attrs.update(extra)
     atomic_write_bytes(out / schema.SEQUENCES_TABLE, table)
-    sums[st.SEQUENCES_KEY] = [st.table_checksum(table_rows(table))]
+    sums[SEQUENCES_KEY] = [st.table_checksum(table_rows(table))]
     st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 
 
@@ -441,11 +442,11 @@ def _static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, 
 
     arrays: dict[str, np.ndarray] = {}
     attrs: dict[str, dict] = {}
-    arrays["topology/template"] = model.template().astype(np.float32)
-    arrays["topology/faces"] = model.faces.astype(np.int32)
+    arrays[schema.TOPOLOGY_TEMPLATE] = model.template().astype(np.float32)
+    arrays[schema.TOPOLOGY_FACES] = model.faces.astype(np.int32)
     for name, reg in model.joint_regressors().items():
-        arrays[f"topology/regressors/{name}"] = reg.astype(np.float32)
-    arrays.update(_topology_arrays(arrays["topology/template"], arrays["topology/faces"]))
+        arrays[f"{schema.TOPOLOGY_REGRESSORS}/{name}"] = reg.astype(np.float32)
+    arrays.update(_topology_arrays(arrays[schema.TOPOLOGY_TEMPLATE], arrays[schema.TOPOLOGY_FACES]))
     cam_arrays, cam_attrs = _camera_arrays(cfg.cameras)
     arrays.update(cam_arrays)
     attrs.update(cam_attrs)
@@ -481,8 +482,8 @@ def _camera_arrays(n: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     stacked = stack_cameras(camera_rig(n))
     arrays = {schema.CAMERA_K: stacked["K"], schema.CAMERA_R: stacked["R"], schema.CAMERA_T: stacked["t"],
               schema.CAMERA_SIZE: stacked["image_size"]}
-    group_attrs = {"cameras": {"names": [str(x) for x in stacked["name"]],
-                               "subject_position": [float(x) for x in SUBJECT_POSITION]}}
+    group_attrs = {schema.CAMERAS: {schema.ATTR_CAMERA_NAMES: [str(x) for x in stacked["name"]],
+                                    schema.ATTR_SUBJECT_POSITION: [float(x) for x in SUBJECT_POSITION]}}
     return arrays, group_attrs
 
 
@@ -493,8 +494,8 @@ def _topology_arrays(template: np.ndarray, faces: np.ndarray) -> dict[str, np.nd
     out = {}
     for level, lv in enumerate(coarse_hierarchy(template, faces), start=1):
         prefix = schema.TOPOLOGY_LEVEL.format(level=level)
-        out[f"{prefix}/vertex_ids"] = np.asarray(lv.vertex_ids, np.int32)
-        out[f"{prefix}/faces"] = np.asarray(lv.faces, np.int32)
-        out[f"{prefix}/up_index"] = np.asarray(lv.up_index, np.int32)
-        out[f"{prefix}/up_weight"] = np.asarray(lv.up_weight, np.float32)
+        out[f"{prefix}/{schema.LEVEL_VERTEX_IDS}"] = np.asarray(lv.vertex_ids, np.int32)
+        out[f"{prefix}/{schema.LEVEL_FACES}"] = np.asarray(lv.faces, np.int32)
+        out[f"{prefix}/{schema.LEVEL_UP_INDEX}"] = np.asarray(lv.up_index, np.int32)
+        out[f"{prefix}/{schema.LEVEL_UP_WEIGHT}"] = np.asarray(lv.up_weight, np.float32)
     return out

@@ -35,8 +35,8 @@ def main() -> None:
 def synth(out, seed, vertices, sequences, seconds, no_picture):
     """Synthetic inputs in the real formats: OUT/body_models (SMPL, SMPL+H, AMASS model.npz,
     vertex_ids.json), OUT/amass (AMASS-format motions) and OUT/body.png."""
-    from mpt_data.synth_body import MIN_VERTICES
-    from mpt_data.synth_picture import SynthConfig, write_synthetic_inputs
+    from mpt_data.synth.body import MIN_VERTICES
+    from mpt_data.synth.picture import SynthConfig, write_synthetic_inputs
 
     if vertices < MIN_VERTICES or sequences < 1 or seconds <= 0:
         raise click.BadParameter(f"need --vertices >= {MIN_VERTICES}, --sequences >= 1 and --seconds > 0")
@@ -244,7 +244,7 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
     Writes OUT/images/{train,val}/*.jpg, OUT/DATASET_{train,val}.npz, OUT/mixture.yaml; then
       mpt-data images --annotations OUT/synth_train.npz --images OUT --out OUT/shards
     """
-    from .synth_images import SynthImagesConfig, SynthImagesError, write_synth_images
+    from .synth.images import SynthImagesConfig, SynthImagesError, write_synth_images
 
     try:
         cfg = SynthImagesConfig(amass_root, body_models, out, train=train, val=val, image_size=image_size, seed=seed,

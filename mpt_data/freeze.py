@@ -20,8 +20,7 @@ from mpt_data import schema
 from mpt_data.fileio import atomic_write_bytes, atomic_write_text
 from mpt_data.integrity import (SEQUENCES_KEY, StoreError, chunk_digest, integrity_manifest, manifest_fingerprint,
                                 metadata_differences, parse_manifest, read_integrity_manifest, store_metadata)
-from mpt_data.store import (STATE_COMPLETE, STATE_FROZEN, _mesh_array_paths, collect_checksums, open_store,
-                            partition_record_path, read_table_checksum, store_lock)
+from mpt_data.store import (_mesh_array_paths, collect_checksums, open_store, partition_record_path, read_table_checksum, store_lock)
 
 def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
     """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab."""
@@ -79,7 +78,7 @@ def _writer_metadata_problems(group) -> list[str]:
     """Metadata the builder always writes, checked before freeze records it (a record holds checksums only):
     the vertex scale, and each per-mesh array's length, chunking and per-mesh shape against the counts."""
     attrs = group.attrs
-    counts = attrs.get("counts", {})
+    counts = attrs.get(schema.ATTR_COUNTS, {})
     out = []
     try:
         vertices = group[schema.VERTICES]
@@ -88,11 +87,11 @@ def _writer_metadata_problems(group) -> list[str]:
     scale = vertices.attrs.get(schema.ATTR_SCALE_M)
     if scale != schema.VERTEX_SCALE_M:
         out.append(f"{schema.VERTICES}: attribute {schema.ATTR_SCALE_M!r} is {scale!r}, the builder writes {schema.VERTEX_SCALE_M}")
-    if attrs.get("vertex_scale_m", schema.VERTEX_SCALE_M) != schema.VERTEX_SCALE_M:
-        out.append(f"group: attribute 'vertex_scale_m' is {attrs.get('vertex_scale_m')!r}, the builder writes {schema.VERTEX_SCALE_M}")
+    if attrs.get(schema.ATTR_VERTEX_SCALE_M, schema.VERTEX_SCALE_M) != schema.VERTEX_SCALE_M:
+        out.append(f"group: attribute {schema.ATTR_VERTEX_SCALE_M!r} is {attrs.get(schema.ATTR_VERTEX_SCALE_M)!r}, the builder writes {schema.VERTEX_SCALE_M}")
     per_mesh = {schema.VERTICES: (counts.get("vertices"), 3), schema.JOINTS2D: (counts.get("cameras"),),
                 schema.VISIBLE: (counts.get("cameras"),), schema.CROP: (counts.get("cameras"),)}
-    for s, j in (attrs.get("joint_sets") or {}).items():
+    for s, j in (attrs.get(schema.ATTR_JOINT_SETS) or {}).items():
         per_mesh[f"{schema.JOINTS_GROUP}/{s}"] = (j, 3)
     for name in _mesh_array_paths(group):
         try:
@@ -100,9 +99,9 @@ def _writer_metadata_problems(group) -> list[str]:
         except KeyError:
             out.append(f"{name}: array missing")
             continue
-        if arr.shape[0] != counts.get("meshes") or arr.chunks[0] != attrs.get("chunk_meshes"):
+        if arr.shape[0] != counts.get("meshes") or arr.chunks[0] != attrs.get(schema.ATTR_CHUNK_MESHES):
             out.append(f"{name}: {arr.shape[0]} meshes in chunks of {arr.chunks[0]}, the counts say "
-                       f"{counts.get('meshes')} in chunks of {attrs.get('chunk_meshes')}")
+                       f"{counts.get('meshes')} in chunks of {attrs.get(schema.ATTR_CHUNK_MESHES)}")
         lead = per_mesh.get(name)
         if lead and tuple(arr.shape[1 : 1 + len(lead)]) != lead:
             out.append(f"{name}: per-mesh shape {list(arr.shape[1:])} does not start with {list(lead)} from the counts")
@@ -138,12 +137,12 @@ def _freeze_locked(path: Path, manifest: str | Path | None, name: str | None) ->
     import zarr
 
     group = open_store(path)
-    state = group.attrs.get("state")
-    if state == STATE_FROZEN and read_integrity_manifest(group) is not None:
-        fp = group.attrs["fingerprint"]
+    state = group.attrs.get(schema.ATTR_STATE)
+    if state == schema.STATE_FROZEN and read_integrity_manifest(group) is not None:
+        fp = group.attrs[schema.ATTR_FINGERPRINT]
     else:
-        if state not in (STATE_COMPLETE, STATE_FROZEN):
-            raise StoreError(f"{path} is in state {state!r}, not 'complete': finish it with `mpt-data build ... --resume`")
+        if state not in (schema.STATE_COMPLETE, schema.STATE_FROZEN):
+            raise StoreError(f"{path} is in state {state!r}, not {schema.STATE_COMPLETE!r}: finish it with `mpt-data build ... --resume`")
         links = symlink_problems(path)
         if links:
             raise StoreError(f"{path}: refusing to freeze: {links[0]}" + (f" (and {len(links) - 1} more links)" if len(links) > 1 else ""))
@@ -155,7 +154,7 @@ def _freeze_locked(path: Path, manifest: str | Path | None, name: str | None) ->
         blob = _checked_manifest(path, plain)
         for stale in path.rglob("*.partial"):  # leftovers of writers killed mid-write
             stale.unlink()
-        if state == STATE_FROZEN:  # re-freezing a store frozen before manifests: its files are read-only
+        if state == schema.STATE_FROZEN:  # re-freezing a store frozen before manifests: its files are read-only
             _set_files_writable(path, True)
         atomic_write_bytes(path / schema.INTEGRITY_MANIFEST, blob)
         fp = manifest_fingerprint(blob)
@@ -163,7 +162,7 @@ def _freeze_locked(path: Path, manifest: str | Path | None, name: str | None) ->
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
             warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
             root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-            root.attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
+            root.attrs.update({schema.ATTR_FINGERPRINT: fp, schema.ATTR_STATE: schema.STATE_FROZEN})
             zarr.consolidate_metadata(str(path))
         _set_files_writable(path, False)
     if manifest is not None:
@@ -172,8 +171,8 @@ def _freeze_locked(path: Path, manifest: str | Path | None, name: str | None) ->
             "name": name or path.name,
             "path": str(path),
             "fingerprint": fp,
-            "counts": {k: v for k, v in group.attrs["counts"].items()},
-            "recipe": group.attrs["recipe"].get("name"),
+            "counts": {k: v for k, v in group.attrs[schema.ATTR_COUNTS].items()},
+            "recipe": group.attrs[schema.ATTR_RECIPE].get("name"),
         }
         update_manifest(Path(manifest), entry)
     return fp
@@ -189,7 +188,7 @@ def _checked_manifest(path: Path, group) -> bytes:
         raise StoreError(f"{path}: refusing to freeze: arrays {extra} were not written by the build (no completion "
                          "record); remove them or rebuild the store")
     mesh_arrays = set(_mesh_array_paths(group))
-    shard = group.attrs["shard_meshes"]
+    shard = group.attrs[schema.ATTR_SHARD_MESHES]
     actual: dict[str, list[str]] = {}
     bad: list[str] = []
     redo: set[int] = set()
@@ -240,7 +239,7 @@ def seal_store_as_read(path: str | Path) -> str:
     blob = integrity_manifest(metadata, sums)
     atomic_write_bytes(path / schema.INTEGRITY_MANIFEST, blob)
     fp = manifest_fingerprint(blob)
-    zarr.open_group(str(path), mode="r+", use_consolidated=False).attrs.update({"fingerprint": fp, "state": STATE_FROZEN})
+    zarr.open_group(str(path), mode="r+", use_consolidated=False).attrs.update({schema.ATTR_FINGERPRINT: fp, schema.ATTR_STATE: schema.STATE_FROZEN})
     return fp
 
 
@@ -293,12 +292,12 @@ def verify_store(path: str | Path) -> VerifyReport:
     """
     path = Path(path)
     group = open_store(path)
-    stored = group.attrs.get("fingerprint")
+    stored = group.attrs.get(schema.ATTR_FINGERPRINT)
     report = VerifyReport(str(path), stored, None)
     report.mismatches += symlink_problems(path)
     report.checked.append("no symbolic links inside the store folder")
     blob = read_integrity_manifest(group)
-    frozen = group.attrs.get("state") == STATE_FROZEN
+    frozen = group.attrs.get(schema.ATTR_STATE) == schema.STATE_FROZEN
     recorded = None
     if frozen and blob is not None:
         recorded = parse_manifest(blob, str(path))

@@ -53,14 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mpt_data import image_schema as shard
 from mpt_data.conventions import COCO_JOINTS, SPIN_JOINTS, SPIN_TO_COCO
 from mpt_data.fileio import FolderLock, atomic_write, atomic_write_json
 
 SPIN_BOX_UNIT_PX = 200.0  # SPIN's scale unit: box side = 200 * scale pixels
-SHARD_FORMAT_VERSION = 1
 NUM_SPIN = len(SPIN_JOINTS)
 NUM_COCO = len(COCO_JOINTS)
-SUMMARY_FILE = "summary.json"
 PER_SAMPLE_KEYS = ("imgname", "center", "scale", "part", "S", "pose", "shape", "has_smpl", "gender", "vertices")
 LOCK_FILE = ".ingest.lock"
 EXAMPLES_PER_REASON = 5
@@ -111,7 +110,7 @@ class IngestSummary:
     skipped: dict[str, int]
     shards: list[str]
     config: dict
-    version: int = SHARD_FORMAT_VERSION
+    version: int = shard.SHARD_FORMAT_VERSION
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first image names skipped for it
 
 
@@ -208,15 +207,16 @@ def _schema():
     import pyarrow as pa
 
     f32 = pa.float32()
-    return pa.schema([
-        ("key", pa.string()), ("dataset", pa.string()), ("imgname", pa.string()), ("index", pa.int32()),
-        ("jpeg", pa.binary()), ("crop_box", pa.list_(f32, 3)),
-        ("joints2d", pa.list_(f32, NUM_COCO * 3)), ("part", pa.list_(f32, NUM_SPIN * 3)),
-        ("joints3d", pa.list_(f32, NUM_COCO * 4)), ("has_joints3d", pa.bool_()),
-        ("S", pa.list_(f32, NUM_SPIN * 4)),
-        ("pose", pa.list_(f32, 72)), ("betas", pa.list_(f32, 10)), ("has_smpl", pa.bool_()),
-        ("vertices", pa.list_(f32)), ("has_vertices", pa.bool_()), ("gender", pa.string()),
-    ], metadata={"mpt_image_shards": str(SHARD_FORMAT_VERSION)})
+    fields = [
+        (shard.KEY, pa.string()), (shard.DATASET, pa.string()), (shard.IMGNAME, pa.string()), (shard.INDEX, pa.int32()),
+        (shard.JPEG, pa.binary()), (shard.CROP_BOX, pa.list_(f32, 3)),
+        (shard.JOINTS2D, pa.list_(f32, NUM_COCO * 3)), (shard.PART, pa.list_(f32, NUM_SPIN * 3)),
+        (shard.JOINTS3D, pa.list_(f32, NUM_COCO * 4)), (shard.HAS_JOINTS3D, pa.bool_()),
+        (shard.SPIN_3D, pa.list_(f32, NUM_SPIN * 4)),
+        (shard.POSE, pa.list_(f32, 72)), (shard.BETAS, pa.list_(f32, 10)), (shard.HAS_SMPL, pa.bool_()),
+        (shard.VERTICES, pa.list_(f32)), (shard.HAS_VERTICES, pa.bool_()), (shard.GENDER, pa.string()),
+    ]
+    return pa.schema(fields, metadata={shard.VERSION_METADATA_KEY: str(shard.SHARD_FORMAT_VERSION)})
 
 
 def sample_row(data: dict[str, np.ndarray], i: int, image: np.ndarray, cfg: ImagesConfig) -> dict:
@@ -237,13 +237,13 @@ def sample_row(data: dict[str, np.ndarray], i: int, image: np.ndarray, cfg: Imag
     verts = data["vertices"][i].astype(np.float32).reshape(-1) if "vertices" in data else np.zeros(0, np.float32)
     gender = str(data["gender"][i]) if "gender" in data else ""
     return {
-        "key": f"{cfg.name}/{i}", "dataset": cfg.name, "imgname": str(data["imgname"][i]), "index": i,
-        "jpeg": jpeg.tobytes(), "crop_box": np.asarray(box, np.float32),
-        "joints2d": part[list(SPIN_TO_COCO)].reshape(-1), "part": part.reshape(-1),
-        "joints3d": s[list(SPIN_TO_COCO)].reshape(-1), "has_joints3d": has_s, "S": s.reshape(-1),
-        "pose": data["pose"][i].astype(np.float32) if has_smpl else np.zeros(72, np.float32),
-        "betas": data["shape"][i].astype(np.float32) if has_smpl else np.zeros(10, np.float32),
-        "has_smpl": has_smpl, "vertices": verts, "has_vertices": verts.size > 0, "gender": gender,
+        shard.KEY: f"{cfg.name}/{i}", shard.DATASET: cfg.name, shard.IMGNAME: str(data["imgname"][i]), shard.INDEX: i,
+        shard.JPEG: jpeg.tobytes(), shard.CROP_BOX: np.asarray(box, np.float32),
+        shard.JOINTS2D: part[list(SPIN_TO_COCO)].reshape(-1), shard.PART: part.reshape(-1),
+        shard.JOINTS3D: s[list(SPIN_TO_COCO)].reshape(-1), shard.HAS_JOINTS3D: has_s, shard.SPIN_3D: s.reshape(-1),
+        shard.POSE: data["pose"][i].astype(np.float32) if has_smpl else np.zeros(72, np.float32),
+        shard.BETAS: data["shape"][i].astype(np.float32) if has_smpl else np.zeros(10, np.float32),
+        shard.HAS_SMPL: has_smpl, shard.VERTICES: verts, shard.HAS_VERTICES: verts.size > 0, shard.GENDER: gender,
     }
 
 
@@ -331,10 +331,10 @@ def ingest(cfg: ImagesConfig, progress: bool = False) -> IngestSummary:
 
 def _ingest_locked(cfg: ImagesConfig, data: dict[str, np.ndarray], root: Path, out: Path, progress: bool
                    ) -> IngestSummary:
-    marker = out / SUMMARY_FILE
+    marker = out / shard.SUMMARY_FILE
     if marker.exists():
         marker.unlink()  # a re-run rewrites the dataset; it is complete again only at the end
-    for old in out.glob("part-*.parquet"):
+    for old in out.glob(shard.SHARD_GLOB):
         old.unlink()
     skipped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
@@ -378,7 +378,7 @@ def _ingest_locked(cfg: ImagesConfig, data: dict[str, np.ndarray], root: Path, o
 
 
 def _flush(rows: list[dict], out: Path, k: int, rows_per_group: int) -> str:
-    name = f"part-{k:05d}.parquet"
+    name = shard.SHARD_FILE.format(index=k)
     _write_table_atomic(rows, out / name, rows_per_group)
     return name
 

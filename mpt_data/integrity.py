@@ -30,12 +30,12 @@ class StoreError(ValueError):
     The one store error of both packages: the builder, freeze/verify and the trainer's reader raise it."""
 
 
-SEQUENCES_KEY = "sequences.parquet"  # pseudo-array name of the sequences table in checksum maps
+SEQUENCES_KEY = schema.SEQUENCES_TABLE  # pseudo-array name of the sequences table in checksum maps
 
 INTEGRITY_FORMAT = 1  # version of the manifest's layout; a reader refuses another
 # Group attributes outside the manifest: the freeze state and the fingerprint (they change when the data does
 # not), and the tool version (the same data written by another release is the same data).
-UNFINGERPRINTED_ATTRS = (schema.ATTR_STATE, schema.ATTR_FINGERPRINT, "tool_version")
+UNFINGERPRINTED_ATTRS = (schema.ATTR_STATE, schema.ATTR_FINGERPRINT, schema.ATTR_TOOL_VERSION)
 # Recipe fields that say where the inputs lay or what the recipe was called, not what was built (the recipe
 # hash drops the same ones), so two copies of one build fingerprint alike wherever their inputs were.
 _RECIPE_LOCAL_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor", "name")
@@ -55,8 +55,8 @@ def meaning_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """The root group attributes the manifest records: all but `UNFINGERPRINTED_ATTRS`, the recipe without
     its local paths and name."""
     out = {k: v for k, v in attrs.items() if k not in UNFINGERPRINTED_ATTRS}
-    if isinstance(out.get("recipe"), dict):
-        out["recipe"] = {k: v for k, v in out["recipe"].items() if k not in _RECIPE_LOCAL_FIELDS}
+    if isinstance(out.get(schema.ATTR_RECIPE), dict):
+        out[schema.ATTR_RECIPE] = {k: v for k, v in out[schema.ATTR_RECIPE].items() if k not in _RECIPE_LOCAL_FIELDS}
     return _plain(out)
 
 

@@ -73,7 +73,7 @@ def read_mesh_views(path: str | Path, index: int) -> MeshViews:
     if not 0 <= index < n:
         raise IndexError(f"mesh {index} is outside the store's 0..{n - 1}")
     scale = float(verts.attrs.get(schema.ATTR_SCALE_M, schema.VERTEX_SCALE_M))
-    cams = group["cameras"].attrs
+    cams = group[schema.CAMERAS].attrs
     return MeshViews(
         index=index,
         vertices=st.dequantise_vertices(np.asarray(verts[index]), scale),
@@ -84,8 +84,8 @@ def read_mesh_views(path: str | Path, index: int) -> MeshViews:
         K=np.asarray(group[schema.CAMERA_K][:]),
         R=np.asarray(group[schema.CAMERA_R][:]),
         t=np.asarray(group[schema.CAMERA_T][:]),
-        names=list(cams.get("names", [])),
-        subject_position=np.asarray(cams.get("subject_position", [0.0, 0.0, 0.0]), np.float64),
+        names=list(cams.get(schema.ATTR_CAMERA_NAMES, [])),
+        subject_position=np.asarray(cams.get(schema.ATTR_SUBJECT_POSITION, [0.0, 0.0, 0.0]), np.float64),
         split=int(group[schema.SPLIT][index]),
     )
 

@@ -26,6 +26,7 @@ SPLIT = "meshes/split"  # (N,) int8: SPLITS value
 JOINTS2D = "views/joints2d"  # (N, C, K, 2) float32 crop pixels
 VISIBLE = "views/visible"  # (N, C, K) bool
 CROP = "views/crop"  # (N, C, 3) float32: x0, y0, side of the crop square in image pixels
+CAMERAS = "cameras"  # group of the rig's arrays below
 CAMERA_K = "cameras/K"  # (C, 3, 3) float32 intrinsics in image pixels
 CAMERA_R = "cameras/R"  # (C, 3, 3) float32 world -> camera rotation
 CAMERA_T = "cameras/t"  # (C, 3) float32 world -> camera translation, metres
@@ -37,12 +38,28 @@ SEQUENCES_TABLE = "sequences.parquet"
 # checksum, as canonical JSON; the fingerprint is the SHA-256 of its bytes (see mpt_data.store).
 INTEGRITY_MANIFEST = "integrity.json"
 
-# Group attributes (JSON) the writer sets and the trainer checks.
+# Group attributes (JSON) the writer sets; the trainer checks schema, state and fingerprint.
 ATTR_SCHEMA = "schema"  # int: SCHEMA_VERSION
-ATTR_STATE = "state"  # str: "building" while written, STATE_FROZEN once frozen
-ATTR_FINGERPRINT = "fingerprint"  # str: content fingerprint, set by freeze
+ATTR_TOOL_VERSION = "tool_version"  # str: mpt_data.__version__ of the writer
+ATTR_STATE = "state"  # str: STATE_BUILDING -> STATE_COMPLETE (build) -> STATE_FROZEN (freeze)
+ATTR_FINGERPRINT = "fingerprint"  # str: content fingerprint, set by freeze (None before)
+ATTR_RECIPE = "recipe"  # dict: the resolved build recipe
+ATTR_RECIPE_HASH = "recipe_hash"  # str: hash of the recipe and the body-model files
+ATTR_COUNTS = "counts"  # dict: meshes, cameras, views, vertices, faces, sequences, skipped, splits
+ATTR_JOINT_SETS = "joint_sets"  # dict: joint set name -> number of joints
+ATTR_CHUNK_MESHES = "chunk_meshes"  # int: meshes per chunk of every per-mesh array (the read unit)
+ATTR_SHARD_MESHES = "shard_meshes"  # int: meshes per shard (one build partition each)
+ATTR_PARTITIONS = "partitions"  # int: build partitions (= shards per per-mesh array)
+ATTR_HEATMAP_JOINT_SET = "heatmap_joint_set"  # str: the joint set of views/joints2d
+ATTR_BODY_MODEL = "body_model"  # dict: body-model type, sizes and file hashes
+ATTR_VERTEX_SCALE_M = "vertex_scale_m"  # float: VERTEX_SCALE_M as written
+ATTR_CROP_SIZE = "crop_size"  # int: CROP_SIZE as written
+STATE_BUILDING = "building"
+STATE_COMPLETE = "complete"
 STATE_FROZEN = "frozen"
 ATTR_SCALE_M = "scale_m"  # attribute of VERTICES: metres per stored integer unit
+ATTR_CAMERA_NAMES = "names"  # attribute of the CAMERAS group: [str] per camera
+ATTR_SUBJECT_POSITION = "subject_position"  # attribute of the CAMERAS group: [x, y, z] metres, world
 
 # Topology layout under TOPOLOGY (level 0 is the full mesh; level l+1 is coarser than l).
 TOPOLOGY_TEMPLATE = "topology/template"  # (V, 3) float32, metres, body frame
@@ -52,3 +69,8 @@ TOPOLOGY_LEVEL = "topology/level{level}"  # group per coarse level l >= 1:
 #   faces (F_l, 3) int32 over the level's vertices
 #   up_index (V_{l-1}, 3) int32, up_weight (V_{l-1}, 3) float32: level l -> l-1 up-sampling rows
 TOPOLOGY_REGRESSORS = "topology/regressors"  # regressors/<set>: (J, V) float32, rows sum to 1
+# Arrays inside each TOPOLOGY_LEVEL group.
+LEVEL_VERTEX_IDS = "vertex_ids"
+LEVEL_FACES = "faces"
+LEVEL_UP_INDEX = "up_index"
+LEVEL_UP_WEIGHT = "up_weight"

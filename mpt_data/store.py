@@ -57,11 +57,8 @@ import numpy as np
 
 from mpt_data import __version__, schema
 from mpt_data.fileio import FolderLock, atomic_write_json
-from mpt_data.integrity import SEQUENCES_KEY, StoreError, chunk_digest  # noqa: F401  (SEQUENCES_KEY: re-used by callers)
+from mpt_data.integrity import StoreError, chunk_digest
 
-STATE_BUILDING = "building"
-STATE_COMPLETE = "complete"
-STATE_FROZEN = "frozen"
 BUILD_DIR = "_build"
 STATIC_RECORD = "_build/static.json"
 PARTITIONS_DIR = "_build/partitions"
@@ -193,10 +190,10 @@ def open_store(path: str | Path, mode: str = "r"):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
         group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-    if group.attrs.get("schema") != schema.SCHEMA_VERSION:
-        raise StoreError(f"{path} has schema {group.attrs.get('schema')!r}; this tool reads schema {schema.SCHEMA_VERSION}")
-    if mode != "r" and group.attrs.get("state") == STATE_FROZEN:
-        raise FrozenStoreError(f"{path} is frozen (fingerprint {group.attrs.get('fingerprint')}); it refuses writes. Build a new store instead.")
+    if group.attrs.get(schema.ATTR_SCHEMA) != schema.SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema {group.attrs.get(schema.ATTR_SCHEMA)!r}; this tool reads schema {schema.SCHEMA_VERSION}")
+    if mode != "r" and group.attrs.get(schema.ATTR_STATE) == schema.STATE_FROZEN:
+        raise FrozenStoreError(f"{path} is frozen (fingerprint {group.attrs.get(schema.ATTR_FINGERPRINT)}); it refuses writes. Build a new store instead.")
     return group
 
 
@@ -209,14 +206,14 @@ def create_store(path: str | Path, layout: StoreLayout, attrs: dict[str, Any]) -
     group.attrs.update(
         {
             **attrs,
-            "schema": schema.SCHEMA_VERSION,
-            "tool_version": __version__,
-            "state": STATE_BUILDING,
-            "chunk_meshes": layout.chunk_meshes,
-            "shard_meshes": layout.shard_meshes,
-            "partitions": layout.num_partitions,
-            "joint_sets": dict(sorted(layout.joint_sets.items())),
-            "fingerprint": None,
+            schema.ATTR_SCHEMA: schema.SCHEMA_VERSION,
+            schema.ATTR_TOOL_VERSION: __version__,
+            schema.ATTR_STATE: schema.STATE_BUILDING,
+            schema.ATTR_CHUNK_MESHES: layout.chunk_meshes,
+            schema.ATTR_SHARD_MESHES: layout.shard_meshes,
+            schema.ATTR_PARTITIONS: layout.num_partitions,
+            schema.ATTR_JOINT_SETS: dict(sorted(layout.joint_sets.items())),
+            schema.ATTR_FINGERPRINT: None,
         }
     )
     n = max(layout.num_meshes, 0)
@@ -229,7 +226,7 @@ def create_store(path: str | Path, layout: StoreLayout, attrs: dict[str, Any]) -
             shards=(layout.shard_meshes, *rest),
             compressors=_compressors(dtype),
             fill_value=0,
-            attributes={"scale_m": schema.VERTEX_SCALE_M} if name == schema.VERTICES else {},
+            attributes={schema.ATTR_SCALE_M: schema.VERTEX_SCALE_M} if name == schema.VERTICES else {},
         )
 
 
@@ -307,13 +304,13 @@ def collect_checksums(path: str | Path) -> dict[str, list[str]]:
     group = open_store(path)
     static = json.loads((path / STATIC_RECORD).read_text())
     sums: dict[str, list[str]] = {k: list(v) for k, v in static["checksums"].items()}
-    recipe_hash = group.attrs["recipe_hash"]
-    chunk = group.attrs["chunk_meshes"]
-    n = group.attrs["counts"]["meshes"]
-    shard = group.attrs["shard_meshes"]
+    recipe_hash = group.attrs[schema.ATTR_RECIPE_HASH]
+    chunk = group.attrs[schema.ATTR_CHUNK_MESHES]
+    n = group.attrs[schema.ATTR_COUNTS]["meshes"]
+    shard = group.attrs[schema.ATTR_SHARD_MESHES]
     arrays = sorted(_mesh_array_paths(group))
     missing = []
-    for i in range(group.attrs["partitions"]):
+    for i in range(group.attrs[schema.ATTR_PARTITIONS]):
         start, stop = i * shard, min((i + 1) * shard, n)
         rec = read_partition_record(path, i)
         if not record_is_valid(rec, index=i, start=start, stop=stop, recipe_hash=recipe_hash, arrays=arrays, chunk_meshes=chunk):
@@ -334,7 +331,7 @@ def collect_checksums(path: str | Path) -> dict[str, list[str]]:
 def _mesh_array_paths(group) -> list[str]:
     names = [schema.VERTICES, schema.POSE, schema.BETAS, schema.SEQUENCE, schema.FRAME, schema.SPLIT,
              schema.JOINTS2D, schema.VISIBLE, schema.CROP]
-    names += [f"{schema.JOINTS_GROUP}/{s}" for s in group.attrs["joint_sets"]]
+    names += [f"{schema.JOINTS_GROUP}/{s}" for s in group.attrs[schema.ATTR_JOINT_SETS]]
     return names
 
 
@@ -358,29 +355,29 @@ def store_info(path: str | Path) -> dict[str, Any]:
     group = open_store(path)
     attrs = dict(group.attrs)
     sizes = {}
-    for name in _mesh_array_paths(group) + ["cameras", "topology", schema.SEQUENCES_TABLE]:
+    for name in _mesh_array_paths(group) + [schema.CAMERAS, schema.TOPOLOGY, schema.SEQUENCES_TABLE]:
         p = path / name
         if p.exists():
             sizes[name] = _dir_size(p)
-    counts = attrs.get("counts", {})
+    counts = attrs.get(schema.ATTR_COUNTS, {})
     n = max(counts.get("meshes", 0), 1)
     v = counts.get("vertices", 0)
     raw = n * (v * 3 * 4)
     return {
         "path": str(path),
-        "state": attrs.get("state"),
-        "fingerprint": attrs.get("fingerprint"),
-        "schema": attrs.get("schema"),
-        "tool_version": attrs.get("tool_version"),
+        "state": attrs.get(schema.ATTR_STATE),
+        "fingerprint": attrs.get(schema.ATTR_FINGERPRINT),
+        "schema": attrs.get(schema.ATTR_SCHEMA),
+        "tool_version": attrs.get(schema.ATTR_TOOL_VERSION),
         "counts": counts,
-        "joint_sets": attrs.get("joint_sets"),
+        "joint_sets": attrs.get(schema.ATTR_JOINT_SETS),
         "sizes_bytes": sizes,
         "total_bytes": _dir_size(path),
         "vertex_bytes_per_mesh": sizes.get(schema.VERTICES, 0) / n,
         "vertex_raw_float32_bytes_per_mesh": raw / n,
-        "recipe": attrs.get("recipe"),
-        "chunk_meshes": attrs.get("chunk_meshes"),
-        "shard_meshes": attrs.get("shard_meshes"),
+        "recipe": attrs.get(schema.ATTR_RECIPE),
+        "chunk_meshes": attrs.get(schema.ATTR_CHUNK_MESHES),
+        "shard_meshes": attrs.get(schema.ATTR_SHARD_MESHES),
         "integrity_manifest": (path / schema.INTEGRITY_MANIFEST).is_file(),
     }
 

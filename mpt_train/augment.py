@@ -167,21 +167,3 @@ def augment_sample(sample: dict, context: float, p: AugmentParams, out_size: int
     if "pose" in sample:
         out["pose"] = augment_pose(sample["pose"], p)
     return out
-
-
-def symmetric_vertex_map(template: np.ndarray, tolerance_m: float = 0.01) -> np.ndarray | None:
-    """(V,) index of each template vertex's mirror image (x → -x), or None if the mesh is not symmetric.
-
-    template: (V, 3) metres, body frame with x across the body. The mirror of each vertex is
-    its nearest vertex after negating x; None when any mirror is further than ``tolerance_m``.
-    """
-    t = np.asarray(template, np.float64)
-    mirrored = t * np.array([-1.0, 1.0, 1.0])
-    idx = np.empty(len(t), np.int64)
-    dist = np.empty(len(t))
-    step = 1024
-    for a in range(0, len(t), step):
-        d = ((mirrored[a:a + step, None, :] - t[None, :, :]) ** 2).sum(-1)
-        idx[a:a + step] = d.argmin(1)
-        dist[a:a + step] = np.sqrt(d.min(1))
-    return idx if dist.max() <= tolerance_m else None

@@ -266,7 +266,7 @@ def build_finetune_task(train_cfg, ft: FinetuneConfig, loss_cfg) -> "Task":
     """The fine-tuning Task for :func:`mpt_train.trainer.train` (same loop as pre-training)."""
     import os
 
-    from .augment import AugmentConfig, symmetric_vertex_map
+    from .augment import AugmentConfig
     from .losses import Criterion
     from .trainer import Task, resolve_device, setup_distributed
 

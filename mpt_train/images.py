@@ -142,8 +142,11 @@ class _Dataset:
 
 
 def open_dataset(folder: str | Path, name: str) -> _Dataset:
-    """Index a shard folder: its row groups and stored-crop context. Refuses an unfinished one."""
+    """Index a shard folder: its row groups and stored-crop context. Refuses an unfinished one, or a shard
+    of another format version."""
     import pyarrow.parquet as pq
+
+    from mpt_data.image_schema import SHARD_FORMAT_VERSION, shard_format_version
 
     folder = Path(folder)
     summary = folder / "summary.json"
@@ -158,6 +161,10 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise ImageShardError(f"{path}: not a readable Parquet shard ({exc}); run `mpt-data images` again "
                                   f"for dataset {name}") from exc
+        version = shard_format_version(md.metadata)
+        if version != SHARD_FORMAT_VERSION:
+            raise ImageShardError(f"{path}: image shard format version {version}, this reader reads "
+                                  f"{SHARD_FORMAT_VERSION}; run `mpt-data images` again for dataset {name}")
         start = 0
         for g in range(md.num_row_groups):
             rows = md.row_group(g).num_rows

@@ -13,8 +13,8 @@ _ROOT = Path(tempfile.mkdtemp(prefix="mpt-test-body-models-"))
 
 
 def write_body_models(out_dir: Path, seed: int = 0, num_vertices: int = 1500) -> Path:
-    """Same files as `mpt_data.synth_body.write_body_models(out_dir, seed, num_vertices)`."""
-    from mpt_data.synth_body import write_body_models as build
+    """Same files as `mpt_data.synth.body.write_body_models(out_dir, seed, num_vertices)`."""
+    from mpt_data.synth.body import write_body_models as build
 
     cached = _ROOT / f"seed{seed}-v{num_vertices}"
     if not cached.exists():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mpt_data.conventions import COCO_JOINTS
-from mpt_train.augment import AugmentParams, augment_sample, crop_affine, symmetric_vertex_map, transform_points2d
+from mpt_data.topology import symmetric_vertex_map
+from mpt_train.augment import AugmentParams, augment_sample, crop_affine, transform_points2d
 
 LW, RW = COCO_JOINTS.index("left_wrist"), COCO_JOINTS.index("right_wrist")
 

@@ -125,7 +125,7 @@ def test_bad_entry_is_skipped_with_its_reason(built, name):
 def test_build_completes_with_the_good_files_meshes(built):
     out, _, rows, result = built
     group = zarr.open_group(str(out), mode="r")
-    assert group.attrs["state"] == st.STATE_COMPLETE
+    assert group.attrs["state"] == schema.STATE_COMPLETE
     ok = sorted(r["index"] for r in rows.values() if r["status"] == "ok")
     assert [p for p, r in rows.items() if r["status"] == "ok"] == ["CMU/01/walk_poses.npz", "CMU/02/wave_poses.npz"]
     assert result.skipped_files == len(KINDS) and group.attrs["counts"]["skipped"] == len(KINDS)

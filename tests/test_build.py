@@ -397,7 +397,7 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
     monkeypatch.setattr(bd, "_run_partitions", second_build_meanwhile)
     bd.build_store(config)
     assert seen and not lock_file.exists(), "the lock is released at the end"
-    assert zarr.open_group(str(out), mode="r").attrs["state"] == st.STATE_COMPLETE
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == schema.STATE_COMPLETE
     fz.freeze_store(out)
     assert fz.verify_store(out).ok
 
@@ -416,4 +416,4 @@ def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):
     with pytest.warns(UserWarning, match=f"stale lock .* pid {dead.pid}"):
         bd.build_store(small_config(inputs, out, subsets_include=("HumanEva",)))
     assert lock.lock_file == tmp_path / ".store.lock" and not lock.lock_file.exists()
-    assert zarr.open_group(str(out), mode="r").attrs["state"] == st.STATE_COMPLETE
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == schema.STATE_COMPLETE

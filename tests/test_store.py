@@ -100,7 +100,7 @@ def test_freeze_needs_every_record_and_is_idempotent(reference, tmp_path):
     assert fz.freeze_store(ref) == fp  # already frozen: unchanged
     store = _writable_copy(ref, tmp_path / "copy")
     g = zarr.open_group(str(store), mode="r+")
-    g.attrs.update({"state": st.STATE_COMPLETE, "fingerprint": None})
+    g.attrs.update({"state": schema.STATE_COMPLETE, "fingerprint": None})
     st.partition_record_path(store, 1).unlink()
     with pytest.raises(st.StoreError, match=r"partitions \[1\].*--resume"):
         fz.freeze_store(store)

@@ -54,7 +54,7 @@ def _unfreeze(store) -> None:
     (store / schema.INTEGRITY_MANIFEST).unlink()
     root = json.loads((store / "zarr.json").read_text())
     root.pop("consolidated_metadata", None)
-    root["attributes"].update({"state": st.STATE_COMPLETE, "fingerprint": None})
+    root["attributes"].update({"state": schema.STATE_COMPLETE, "fingerprint": None})
     (store / "zarr.json").write_text(json.dumps(root))
 
 
@@ -86,7 +86,7 @@ def test_freeze_rehashes_and_refuses_a_flipped_byte_naming_array_chunk_and_parti
     with pytest.raises(st.StoreError, match=rf"{schema.VERTICES}: chunk {BAD_CHUNK} \(meshes 48..55\) differs "
                                             r"from its completion record.*p000001\.json.*--resume"):
         fz.freeze_store(store)
-    assert zarr.open_group(str(store), mode="r").attrs["state"] == st.STATE_COMPLETE
+    assert zarr.open_group(str(store), mode="r").attrs["state"] == schema.STATE_COMPLETE
     assert not (store / schema.INTEGRITY_MANIFEST).exists()
     report = fz.verify_store(store)  # before freezing: against the completion records
     assert [m for m in report.mismatches if m.startswith(schema.VERTICES)] == [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mpt_data import conventions as cv
-from mpt_data import synth_body as sb
-from mpt_data import synth_surface as ss
+from mpt_data.synth import body as sb
+from mpt_data.synth import surface as ss
 
 N = 1500
 

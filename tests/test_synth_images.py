@@ -12,7 +12,7 @@ import torch
 
 from mpt_data import conventions as cv
 from mpt_data.images import ImagesConfig, ingest
-from mpt_data.synth_images import (REGION_NAMES, SynthImagesConfig, SynthImagesError, background, place_person,
+from mpt_data.synth.images import (REGION_NAMES, SynthImagesConfig, SynthImagesError, background, place_person,
                                    write_synth_images)
 
 SIZE = 128

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpt_data import synth_motion as sm
+from mpt_data.synth import motion as sm
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Skinning weights and joint regressor of the synthetic body (`mpt_data.synth_body`).
+"""Skinning weights and joint regressor of the synthetic body (`mpt_data.synth.body`).
 
 Pure functions of the surface, its solids and the designed joints; kept apart from the
 surface design so each module reads on its own.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpt_data import conventions as cv
-from mpt_data import synth_surface as ss
+from mpt_data.synth import surface as ss
 
 N_SMPLH = len(cv.SMPLH_JOINTS)  # 52
 _CHILDREN: dict[int, list[int]] = {j: [] for j in range(N_SMPLH)}
@@ -104,7 +104,7 @@ def solve_regressor(verts: np.ndarray, weights: np.ndarray, joints: np.ndarray) 
         else:
             # A very coarse mesh can leave a thin finger's joint just outside its surface:
             # take the nearest reachable point (the rest joint moves by under 5 mm). Below
-            # `synth_body.MIN_VERTICES` the fingers are too coarse for that (at 1,300 vertices a
+            # `body.MIN_VERTICES` the fingers are too coarse for that (at 1,300 vertices a
             # finger joint is 7 mm out, at 500 15-28 mm), hence that minimum.
             miss = float(np.abs(w @ pv - joints[j]).max())
             if miss > MAX_JOINT_SHIFT_M:

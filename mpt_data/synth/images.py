@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from mpt_data import conventions as cv
+from mpt_data.fileio import atomic_write, atomic_write_text
 
 BOX_MARGIN = 1.2  # the person box: 1.2 × the mesh's projected extent (the store's crop rule)
 SPIN_BOX_UNIT_PX = 200.0
@@ -408,9 +408,7 @@ def _run_block(task: tuple[str, int, int]) -> tuple[str, int, dict]:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def write_synth_images(cfg: SynthImagesConfig, progress: bool = False) -> dict:
@@ -462,29 +460,24 @@ def write_synth_images(cfg: SynthImagesConfig, progress: bool = False) -> dict:
         files[split] = path.name
     flip = _vertex_flip(cfg, renderer)
     if flip is not None:
-        tmp = out / f".vertex_flip.tmp-{os.getpid()}.npy"
-        np.save(tmp, flip)
-        os.replace(tmp, out / "vertex_flip.npy")
+        atomic_write(out / "vertex_flip.npy", lambda f: np.save(f, flip))
     mixture = {"seed": cfg.seed, "datasets": [{"name": f"{cfg.dataset}_train", "shards": f"shards/{cfg.dataset}_train",
                                                "weight": 1.0}]}
     if flip is not None:
         mixture["vertex_flip"] = "vertex_flip.npy"
     import yaml
 
-    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
+    atomic_write_text(out / "mixture.yaml", yaml.safe_dump(mixture, sort_keys=False))
     summary = {"config": asdict(cfg), "files": files, "counts": {"train": cfg.train, "val": cfg.val},
                "vertex_flip": flip is not None}
-    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps(summary, indent=2))
     return summary
 
 
 def _vertex_flip(cfg: SynthImagesConfig, renderer: _Renderer | None) -> np.ndarray | None:
     """The mirror map of the body model's zero-shape template (x across the body), or None."""
     from mpt_data.body import BodyModel, BodyModelConfig
-
-    from mpt_train.augment import symmetric_vertex_map
+    from mpt_data.topology import symmetric_vertex_map
 
     if renderer is not None:
         model = next(iter(renderer.models.values()))

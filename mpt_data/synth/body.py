@@ -20,7 +20,7 @@ Frame: SMPL's template frame, metres, y up, the subject facing +z, the subject's
 pelvis joint at the origin, feet on y = -0.985. All genders share one mesh topology.
 
 The surface is a smooth union of round cones, ellipsoids and boxes around the kinematic tree
-(`mpt_data.synth_surface`), polygonised and decimated to exactly ``num_vertices`` vertices.
+(`mpt_data.synth.surface`), polygonised and decimated to exactly ``num_vertices`` vertices.
 Skinning weights are a soft assignment to the nearest body parts (kinematic neighbours only),
 the joint regressor is solved so that it reproduces the designed joints exactly, and the shape
 directions move bone end points and scale limbs radially, blended by the skinning weights.
@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from mpt_data import conventions as cv
-from mpt_data import synth_surface as ss
-from mpt_data.synth_rig import skinning_weights, solve_regressor
+from mpt_data.fileio import atomic_write_bytes
+from mpt_data.synth import surface as ss
+from mpt_data.synth.rig import skinning_weights, solve_regressor
 
 GENDERS: tuple[str, ...] = ("neutral", "male", "female")
 NUM_SHAPE_DIRECTIONS = 16
@@ -50,7 +51,7 @@ _J = {name: i for i, name in enumerate(cv.SMPLH_JOINTS)}
 
 
 # Fewest vertices that still enclose every finger joint (to 5 mm): at 1,300 and fewer the decimated
-# fingers are too thin for their joints (see synth_rig.solve_regressor). The tests' bodies have 1,500.
+# fingers are too thin for their joints (see rig.solve_regressor). The tests' bodies have 1,500.
 MIN_VERTICES = 1500
 
 
@@ -545,15 +546,7 @@ def save_npz_reproducible(path: str | os.PathLike, arrays: dict[str, np.ndarray]
             arr = io.BytesIO()
             np.lib.format.write_array(arr, np.asanyarray(val), allow_pickle=False)
             zf.writestr(info, arr.getvalue())
-    _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_body_models(out_dir: str | os.PathLike, seed: int = 0, num_vertices: int = 6890) -> dict[str, Path]:
@@ -566,15 +559,15 @@ def write_body_models(out_dir: str | os.PathLike, seed: int = 0, num_vertices: i
     written: dict[str, Path] = {}
     for gender in GENDERS:
         for kind, rel in (("smpl", f"smpl/SMPL_{gender.upper()}.pkl"), ("smplh", f"smplh/SMPLH_{gender.upper()}.pkl")):
-            _atomic_write(out / rel, pickle.dumps(model_arrays(body, gender, kind), protocol=4))
+            atomic_write_bytes(out / rel, pickle.dumps(model_arrays(body, gender, kind), protocol=4))
             written[rel] = out / rel
         rel = f"smplh/{gender}/model.npz"
         save_npz_reproducible(out / rel, model_arrays(body, gender, "amass"), compress=True)
         written[rel] = out / rel
     ids = {"coco_face": body.face_ids, "smplx": body.smplx_ids, "num_vertices": num_vertices}
-    _atomic_write(out / "vertex_ids.json", (json.dumps(ids, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / "vertex_ids.json", (json.dumps(ids, indent=1, sort_keys=True) + "\n").encode())
     written["vertex_ids.json"] = out / "vertex_ids.json"
     cfg = {"seed": seed, "num_vertices": num_vertices, "grid_step_m": config.step()}
-    _atomic_write(out / "body_config.json", (json.dumps(cfg, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / "body_config.json", (json.dumps(cfg, sort_keys=True) + "\n").encode())
     written["body_config.json"] = out / "body_config.json"
     return written

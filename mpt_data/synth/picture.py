@@ -1,7 +1,7 @@
 """`mpt-data synth`: write the synthetic inputs and a contact sheet of the body in motion.
 
-`write_synthetic_inputs` writes ``<out>/body_models`` (`mpt_data.synth_body`), ``<out>/amass``
-(`mpt_data.synth_motion`), ``<out>/body.png`` and ``<out>/synth_config.json``. The picture
+`write_synthetic_inputs` writes ``<out>/body_models`` (`mpt_data.synth.body`), ``<out>/amass``
+(`mpt_data.synth.motion`), ``<out>/body.png`` and ``<out>/synth_config.json``. The picture
 poses the synthetic SMPL+H model through smplx (``use_pca=False, flat_hand_mean=True``, the
 way AMASS poses are meant to be applied) in the rest pose and one frame of each named motion,
 seen from the front, the side and behind, drawn with `mpt_data.raster`.
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from mpt_data import raster
-from mpt_data import synth_body as sb
-from mpt_data import synth_motion as sm
+from mpt_data.fileio import atomic_write_bytes, atomic_write_text
+from mpt_data.synth import body as sb
+from mpt_data.synth import motion as sm
 
 _GENDER_COLOURS = {"neutral": (150, 170, 200), "male": (200, 160, 120), "female": (140, 120, 210)}  # BGR
 
@@ -123,11 +124,9 @@ def write_synthetic_inputs(config: SynthConfig) -> dict[str, Path]:
         ok, png = cv2.imencode(".png", sheet)
         if not ok:
             raise RuntimeError("opencv could not encode body.png")
-        tmp = out / ".body.png.tmp"
-        tmp.write_bytes(png.tobytes())
-        os.replace(tmp, out / "body.png")
+        atomic_write_bytes(out / "body.png", png.tobytes())
         written["body.png"] = out / "body.png"
     cfg_path = out / "synth_config.json"
-    cfg_path.write_text(json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(cfg_path, json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")  # written last: the stamp
     written["config"] = cfg_path
     return written

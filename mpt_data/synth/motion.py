@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mpt_data import conventions as cv
-from mpt_data.synth_body import save_npz_reproducible
+from mpt_data.synth.body import save_npz_reproducible
 
 MOTIONS: tuple[str, ...] = ("walk", "run", "jump", "sit", "arm_swing", "turn", "bend")
 # (subset, split, frame rate): cycled over sequences so every split appears from 7 sequences on.
@@ -39,7 +39,7 @@ SUBSETS: tuple[tuple[str, str, float], ...] = (
 )
 SUBJECTS_PER_SUBSET = 2
 NUM_BETAS = 16
-PELVIS_HEIGHT_M = 0.985  # template pelvis above its feet (mpt_data.synth_body.FLOOR_Y)
+PELVIS_HEIGHT_M = 0.985  # template pelvis above its feet (mpt_data.synth.body.FLOOR_Y)
 _J = {name: i for i, name in enumerate(cv.SMPLH_JOINTS)}
 
 # Joint limits (rad) on the local rotation vector components (x, y, z) in SMPL's template
@@ -325,7 +325,7 @@ def synthesize_sequence(kind: str, seconds: float, fps: float, subject: Subject,
 
 
 # Height offsets of the synthetic genders (their height coefficients, times the 5.5 % per unit
-# of shape direction 0, see mpt_data.synth_body).
+# of shape direction 0, see mpt_data.synth.body).
 _GENDER_HEIGHT = {"neutral": 0.0, "male": 0.6 * 0.055, "female": -0.9 * 0.055}
 
 

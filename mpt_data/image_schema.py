@@ -1,0 +1,51 @@
+"""The image-shard format: what `mpt-data images` writes and `mpt_train.images` reads.
+
+One folder per dataset: Parquet shards ``part-00000.parquet, ...`` (one row per person crop), then
+``summary.json`` last (its presence marks a finished folder). Each shard records ``SHARD_FORMAT_VERSION``
+in its Parquet key-value metadata under ``VERSION_METADATA_KEY``; a reader refuses any other version,
+so a change of columns or of their meaning cannot be read silently with the old rules.
+
+Pure data and one pure function, no pyarrow: the trainer imports it without the data side's dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+SHARD_FORMAT_VERSION = 1
+VERSION_METADATA_KEY = "mpt_image_shards"  # Parquet key-value metadata: str(SHARD_FORMAT_VERSION)
+SUMMARY_FILE = "summary.json"
+SHARD_FILE = "part-{index:05d}.parquet"
+SHARD_GLOB = "part-*.parquet"
+
+# Columns, in file order. K = 17 COCO joints, S = 24 SPIN joints; pixels are crop pixels of the stored
+# crop unless said otherwise, 3D in metres in the annotation's camera frame.
+KEY = "key"  # str: "<dataset>/<index>"
+DATASET = "dataset"  # str
+IMGNAME = "imgname"  # str: image path relative to the image root
+INDEX = "index"  # int32: row of the annotation file
+JPEG = "jpeg"  # binary: the stored crop, JPEG
+CROP_BOX = "crop_box"  # float32 (3,): x0, y0, side of the crop in image pixels
+JOINTS2D = "joints2d"  # float32 (K * 3,): x, y, confidence
+PART = "part"  # float32 (S * 3,): SPIN's 2D joints as annotated, x, y, confidence
+JOINTS3D = "joints3d"  # float32 (K * 4,): x, y, z, confidence
+HAS_JOINTS3D = "has_joints3d"  # bool
+SPIN_3D = "S"  # float32 (S * 4,): SPIN's 3D joints as annotated
+POSE = "pose"  # float32 (72,): SMPL axis-angle
+BETAS = "betas"  # float32 (10,)
+HAS_SMPL = "has_smpl"  # bool
+VERTICES = "vertices"  # float32 (V * 3,), empty when absent
+HAS_VERTICES = "has_vertices"  # bool
+GENDER = "gender"  # str, "" when unknown
+
+COLUMNS: tuple[str, ...] = (KEY, DATASET, IMGNAME, INDEX, JPEG, CROP_BOX, JOINTS2D, PART, JOINTS3D, HAS_JOINTS3D,
+                            SPIN_3D, POSE, BETAS, HAS_SMPL, VERTICES, HAS_VERTICES, GENDER)
+
+
+def shard_format_version(key_value_metadata: Mapping[bytes, bytes] | None) -> int | None:
+    """The format version a shard records (its Parquet file's key-value metadata), None when it records none."""
+    raw = (key_value_metadata or {}).get(VERSION_METADATA_KEY.encode())
+    if raw is None:
+        return None
+    text = raw.decode("ascii", errors="replace")
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,85 @@
+"""Contracts between the two packages: the data side stands alone, shared names live in one place."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import mpt_data
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every absolute module name a file imports, at any depth (function-level imports too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_mpt_data_imports_nothing_from_mpt_train():
+    root = Path(mpt_data.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 20 and any(f.parent.name == "synth" for f in files)
+    offenders = {str(f.relative_to(root)): sorted(m for m in _imported_modules(f) if m.split(".")[0] == "mpt_train")
+                 for f in files}
+    assert {f: m for f, m in offenders.items() if m} == {}
+
+
+def _tiny_image_dataset(root: Path, n: int = 4) -> Path:
+    """`mpt-data images` output for n random 64 px images: ``root/shards/d``."""
+    import cv2
+    import numpy as np
+
+    from mpt_data.images import ImagesConfig, ingest
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    names = []
+    for i in range(n):
+        names.append(f"im{i}.jpg")
+        cv2.imwrite(str(root / "images" / names[-1]), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    part = np.ones((n, 24, 3), np.float32)
+    part[:, :, :2] = rng.uniform(16, 48, (n, 24, 2))
+    np.savez(root / "d.npz", imgname=np.array(names), center=np.full((n, 2), 32, np.float32),
+             scale=np.full(n, 0.2, np.float32), part=part)
+    ingest(ImagesConfig(str(root / "d.npz"), str(root / "images"), str(root / "shards"), dataset="d", crop_px=32))
+    return root / "shards" / "d"
+
+
+def _rewrite_version(shard_file: Path, version: str | None) -> None:
+    import pyarrow.parquet as pq
+
+    from mpt_data import image_schema
+
+    table = pq.read_table(shard_file)
+    meta = dict(table.schema.metadata or {})
+    meta.pop(image_schema.VERSION_METADATA_KEY.encode())
+    if version is not None:
+        meta[image_schema.VERSION_METADATA_KEY.encode()] = version.encode()
+    pq.write_table(table.replace_schema_metadata(meta), shard_file)
+
+
+def test_image_shards_carry_the_shared_columns_and_version_and_the_reader_refuses_another(tmp_path):
+    import pyarrow.parquet as pq
+    import pytest
+
+    from mpt_data import image_schema
+    from mpt_train.images import ImageShardError, open_dataset
+
+    folder = _tiny_image_dataset(tmp_path)
+    shard_file = folder / image_schema.SHARD_FILE.format(index=0)
+    written = pq.ParquetFile(shard_file)
+    assert tuple(written.schema_arrow.names) == image_schema.COLUMNS
+    assert image_schema.shard_format_version(written.metadata.metadata) == image_schema.SHARD_FORMAT_VERSION
+    assert json.loads((folder / image_schema.SUMMARY_FILE).read_text())["version"] == image_schema.SHARD_FORMAT_VERSION
+    assert sum(rows for _, _, rows in open_dataset(folder, "d").units) == 4
+
+    for version, shown in (("2", "version 2"), (None, "version None")):
+        _rewrite_version(shard_file, version)
+        with pytest.raises(ImageShardError, match=re.escape(f"{shard_file}: image shard format {shown}, this reader reads 1")):
+            open_dataset(folder, "d")
