@@ -24,7 +24,6 @@ def main() -> None:
     """
 
 
-# === section: synth (synthetic body model, motions, pictures) ===
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same bytes.")
@@ -44,9 +43,7 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
                                                  num_sequences=sequences, seconds=seconds, picture=not no_picture))
     for name, path in written.items():
         click.echo(f"{name}: {path}")
-# === end section: synth ===
 
-# === section: build (build, freeze, verify, info, preview, bench) ===
 def _store_errors():
     """Turn the data side's expected errors into clean CLI messages (exit status 1)."""
     from mpt_data.build import RecipeError
@@ -190,9 +187,7 @@ def bench(meshes, batch, vertices, workdir):
     from mpt_data.bench import BenchConfig, run_bench
 
     run_bench(BenchConfig(meshes=meshes, batch=batch, num_vertices=vertices, workdir=workdir), echo=click.echo)
-# === end section: build ===
 
-# === section: images (SPIN-format image datasets -> Parquet shards) ===
 @main.command()
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
               help="SPIN-style .npz (imgname, center, scale, part; optional S, pose, shape, has_smpl, vertices).")
@@ -254,9 +249,6 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {train} train and {val} val images to {out}: {', '.join(summary['files'].values())}"
                f"{', vertex_flip.npy' if summary['vertex_flip'] else ''}, mixture.yaml")
-
-
-# === end section: images ===
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 from mpt_train.data import LoaderConfig, PairLoader
 from mpt_train.inputs import InputConfig, prepare_batch
+from mpt_train.runtime import choose_device
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +57,7 @@ def bench_inputs(
     Returns samples_per_s, ms_per_batch, and gb_per_s = bytes of the heatmap windows
     (in `dtype`) written per second. Defaults: CUDA with bf16 when present, else CPU float32.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = choose_device(device)
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     cfg = cfg or InputConfig()
     batch = synthetic_loader_batch(batch_size, num_vertices=num_vertices, device=dev)
@@ -186,7 +187,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 def bench_matmul(device: torch.device | str | None = None, n: int = 8192, iters: int = 20) -> dict[str, Any]:
     """The device's dense matmul rate: n x n @ n x n in bf16 on CUDA (fp32 on CPU), TFLOP/s."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = choose_device(device)
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=dev, dtype=dt)
     b = torch.randn(n, n, device=dev, dtype=dt)
@@ -215,7 +216,7 @@ def bench_paper_step(batch_size: int | None = None, steps: int | None = None,
     from mpt_train.inputs import InputConfig, heatmap_windows
     from mpt_train.model import MeshRegressor, ModelConfig, forward_matmul_flops, num_parameters
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = choose_device(device)
     cuda = dev.type == "cuda"
     bs = batch_size or (64 if cuda else 1)
     n_steps = steps or (20 if cuda else 1)

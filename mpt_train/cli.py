@@ -24,12 +24,13 @@ def main() -> None:
     """
 
 
-def _run_training(train, cfg, task, **kw):
+def _run_training(cfg, task, **kw):
     """`trainer.train`, with the run-folder, lock and checkpoint refusals as one-line CLI errors."""
     from mpt_data.fileio import LockError
 
     from .checkpoint import CheckpointError
-    from .trainer import RunFolderError, cleanup_distributed
+    from .runtime import cleanup_distributed
+    from .trainer import RunFolderError, train
 
     try:
         return train(cfg, task, **kw)
@@ -39,46 +40,87 @@ def _run_training(train, cfg, task, **kw):
         cleanup_distributed()
 
 
-_overwrite_option = click.option("--overwrite", is_flag=True,
-                                 help="Delete the checkpoints and metrics of an earlier run in --out first.")
+def _stack(options):
+    """A decorator applying ``options`` in the order listed (as they appear in --help)."""
+    def decorate(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+    return decorate
 
 
-# === section: pretrain (pretrain, evaluate, bench) ===
+# Shared option groups: declared once, validated the same way in every command.
+DEVICES = ("auto", "cpu", "cuda")  # mpt_train.runtime.DEVICES, repeated so that --help needs no torch
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                             help="auto: CUDA when present, else the CPU.")
+runtime_options = _stack([
+    device_option,
+    click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                 help="auto: bf16 on CUDA, fp32 on the CPU."),
+])
+
+# The training loop's options map onto TrainConfig fields; left out, a field keeps the value of
+# the command's preset (TrainConfig.tiny / .paper / .finetune / .pose_network).
+_LOOP_FIELDS = ("steps", "batch_size", "lr", "warmup_frac", "grad_clip", "seed", "log_every", "checkpoint_every",
+                "val_every", "val_batches", "device", "precision")
+loop_options = _stack([
+    click.option("--steps", type=int, default=None, help="Optimiser steps (default: the preset's)."),
+    click.option("--batch-size", type=int, default=None, help="Samples per rank and step (default: the preset's, 32)."),
+    click.option("--lr", type=float, default=None,
+                 help="Peak Adam learning rate (default: the preset's; tiny 2e-3, paper 2e-4, finetune 1e-4, "
+                      "train-pose 1e-3)."),
+    click.option("--warmup-frac", type=float, default=None, help="Share of the steps warming up (default 0.1)."),
+    click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 = off (default 1.0)."),
+    click.option("--seed", type=int, default=None, help="Seed of weights, data order and draws (default 0)."),
+    click.option("--log-every", type=int, default=None, help="Steps between metrics records (default: the preset's)."),
+    click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints (default 500)."),
+    click.option("--val-every", type=int, default=None, help="Validate every N steps, 0: at the end "
+                 "(default: the preset's)."),
+    click.option("--val-batches", type=int, default=None, help="Val batches, 0: the whole split (default 0)."),
+    click.option("--workers", type=int, default=2, show_default=True, help="Loader worker processes per rank."),
+    runtime_options,
+    click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out."),
+    click.option("--overwrite", is_flag=True, help="Delete the checkpoints and metrics of an earlier run in --out first."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps on GPUs)."),
+])
+
+
+def _train_config(preset, out: str, options: dict):
+    """``preset(out=out, ...)`` with the loop options that were given (see loop_options)."""
+    given = {k: options[k] for k in _LOOP_FIELDS if options[k] is not None}
+    if options["no_progress"]:
+        given["progress"] = False
+    if options["compile_"]:
+        given["compile"] = True
+    return preset(out=out, **given)
+
+
+def _given(**fields):
+    """The fields whose option was given (not None): overrides for a preset constructor."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 @main.command()
 @click.option("--shards", required=True, help="Store path or fsspec URL (a frozen MPT store).")
 @click.option("--out", default="runs/pretrain", show_default=True, help="Run folder: checkpoints, metrics.jsonl.")
 @click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", show_default=True,
-              help="Model preset: paper (3x4 layers, hidden 1024/256/64) or tiny (same structure, small).")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: from --epochs).")
+              help="paper (3x4 layers, hidden 1024/256/64, patch 8, MHM 0.3, lr 2e-4) or tiny (same structure, "
+                   "small; patch 16, MHM 0.1, lr 2e-3).")
 @click.option("--epochs", type=float, default=None, help="Epochs over the train split (alternative to --steps).")
-@click.option("--batch-size", type=int, default=None, help="Samples per rank and step (tiny 32, paper 32).")
-@click.option("--lr", type=float, default=None, help="Peak Adam learning rate (paper 2e-4; tiny 2e-3).")
-@click.option("--warmup-frac", type=float, default=0.1, show_default=True)
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm; 0 = off.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Loader worker processes per rank.")
+@loop_options
 @click.option("--patch", type=int, default=None, help="Heatmap patch side in px (paper 8, tiny 16).")
 @click.option("--mask-ratio", type=float, default=None,
               help="Masked Heatmap Modeling: probability that a joint is removed (paper 0.3, tiny 0.1).")
 @click.option("--no-mhm", is_flag=True, help="Turn MHM, noise and jitter off (Table 3c ablation).")
 @click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
 @click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
-@click.option("--joint-set", default="coco17", show_default=True, help="3D joint set the model predicts.")
-@click.option("--log-every", type=int, default=20, show_default=True)
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
-@click.option("--val-every", type=int, default=0, show_default=True, help="Validate every N steps (0: at the end).")
-@click.option("--val-batches", type=int, default=0, show_default=True, help="Val batches (0: the whole split).")
-@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+@click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17).")
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
-@_overwrite_option
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps on GPUs).")
-def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, grad_clip, precision, device, seed,
-             workers, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, log_every, checkpoint_every,
-             val_every, val_batches, resume, force, overwrite, allow_unfrozen, no_progress, compile_):
+def pretrain(shards, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, force,
+             allow_unfrozen, **loop):
     """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
 
     \b
@@ -91,23 +133,20 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
     from .inputs import InputConfig
     from .losses import LossConfig
     from .model import ModelConfig
-    from .trainer import TrainConfig, build_pretrain_task, train
+    from .pretrain import build_pretrain_task
+    from .trainer import TrainConfig
 
-    if (steps is None) == (epochs is None):
+    if (loop["steps"] is None) == (epochs is None):
         raise click.UsageError("give exactly one of --steps and --epochs")
-    tiny = preset == "tiny"
-    model_cfg = ModelConfig.tiny(joint_set=joint_set) if tiny else ModelConfig.paper(joint_set=joint_set)
-    if mvm_ratio is not None:
-        model_cfg = dataclasses.replace(model_cfg, mvm_ratio=mvm_ratio)
-    if mask_ratio is None:
-        mask_ratio = 0.1 if tiny else 0.3
-    inputs_cfg = InputConfig(patch=patch or (16 if tiny else 8), mask_ratio=mask_ratio, use_mhm=not no_mhm,
-                             use_heatmaps=not coords)
-    cfg = TrainConfig(out=out, steps=steps or 1, batch_size=batch_size or 32, lr=lr or (2e-3 if tiny else 2e-4),
-                      warmup_frac=warmup_frac, grad_clip=grad_clip, precision=precision, seed=seed,
-                      log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every,
-                      val_batches=val_batches, progress=not no_progress, device=device, compile=compile_)
-    loader_cfg = LoaderConfig(shards=shards, num_workers=workers, allow_unfrozen=allow_unfrozen)
+    if preset == "tiny":
+        model_preset, inputs_preset, train_preset = ModelConfig.tiny, InputConfig.tiny, TrainConfig.tiny
+    else:
+        model_preset, inputs_preset, train_preset = ModelConfig.paper, InputConfig.paper, TrainConfig.paper
+    model_cfg = model_preset(**_given(joint_set=joint_set, mvm_ratio=mvm_ratio))
+    inputs_cfg = inputs_preset(**_given(patch=patch, mask_ratio=mask_ratio, use_mhm=False if no_mhm else None,
+                                        use_heatmaps=False if coords else None))
+    cfg = _train_config(train_preset, out, loop | {"steps": loop["steps"] or 1})
+    loader_cfg = LoaderConfig(shards=shards, num_workers=loop["workers"], allow_unfrozen=allow_unfrozen)
     task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg)
     if epochs is not None:
         per_epoch = task.train_batches.num_batches(0)
@@ -116,7 +155,7 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
         cfg = dataclasses.replace(cfg, steps=max(1, int(round(epochs * per_epoch))))
     click.echo(f"{task.train_batches.reader.describe()}\npre-training {preset}: {cfg.steps} steps of "
                f"{cfg.batch_size} per rank -> {out}", err=True)
-    result = _run_training(train, cfg, task, resume=resume, force=force, overwrite=overwrite)
+    result = _run_training(cfg, task, resume=loop["resume"], force=force, overwrite=loop["overwrite"])
     if result:
         click.echo(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
 
@@ -130,7 +169,7 @@ def pretrain(shards, out, preset, steps, epochs, batch_size, lr, warmup_frac, gr
               help="Ratio of joints removed for the missing-joints evaluation.")
 @click.option("--max-batches", type=int, default=0, show_default=True, help="0: the whole split.")
 @click.option("--no-baseline", is_flag=True, help="Skip the mean-pose baseline.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--json", "json_out", default=None, help="Also write the figures to this JSON file.")
 @click.option("--picture", default=None, help="Also write predicted vs true meshes of a few samples to this PNG.")
 @click.option("--allow-unfrozen", is_flag=True)
@@ -157,7 +196,7 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
 @click.option("--shards", default=None, help="A local store for the loader benchmark (optional).")
 @click.option("--batch-size", type=int, default=None, help="Paper-step batch (default: 64 on CUDA, 2 on CPU).")
 @click.option("--steps", type=int, default=None, help="Timed paper steps (default: 20 on CUDA, 2 on CPU).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--compile", "compile_", is_flag=True, help="Time the step under torch.compile.")
 def bench(shards, batch_size, steps, device, compile_):
     """Heatmap render + MHM, loader samples/s, and a `paper` training step in samples/s and TFLOP/s.
@@ -167,9 +206,8 @@ def bench(shards, batch_size, steps, device, compile_):
     """
     from . import bench as b
 
-    dev = None if device == "auto" else device
-    step = b.bench_paper_step(batch_size=batch_size, steps=steps, device=dev, compile=compile_)
-    render = b.bench_inputs(batch_size=step["batch_size"], device=dev)
+    step = b.bench_paper_step(batch_size=batch_size, steps=steps, device=device, compile=compile_)
+    render = b.bench_inputs(batch_size=step["batch_size"], device=device)
     click.echo(b.format_result(render))
     if shards:
         click.echo(b.format_result(b.bench_loader(shards, num_workers=1)))
@@ -181,29 +219,25 @@ def bench(shards, batch_size, steps, device, compile_):
     click.echo(f"render + MHM = {100 * render['ms_per_batch'] / step['ms_per_step']:.1f} % of a paper step "
                f"(target <= 5 %)")
     if step["device"].startswith("cuda"):
-        mm = b.bench_matmul(dev)
+        mm = b.bench_matmul(device)
         click.echo(f"device bf16 matmul: {mm['tflop_per_s']:.1f} TFLOP/s; paper step at "
                    f"{100 * step['tflop_per_s'] / mm['tflop_per_s']:.1f} % of it (target >= 45 %)")
-# === end section: pretrain ===
 
-# === section: finetune (finetune, predict, image evaluation) ===
-def _backbone_options(f):
-    """Options naming the 2D pose backbone (shared by finetune and evaluate-images)."""
-    opts = [
-        click.option("--backbone", type=click.Choice(["pose_resnet", "pose_hrnet", "pose_higher_hrnet", "tiny"]),
-                     default="pose_resnet", show_default=True,
-                     help="SimpleBaseline ResNet, HRNet, HigherHRNet, or the small CPU demo ResNet-18."),
-        click.option("--depth", default=50, show_default=True, help="ResNet depth (pose_resnet)."),
-        click.option("--width", default=0, help="HRNet width 32/48 (default 32), or ResNet base width (default 64)."),
-        click.option("--backbone-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="A public COCO keypoint .pth for the backbone; loaded strictly."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+
+backbone_options = _stack([
+    click.option("--backbone", type=click.Choice(["pose_resnet", "pose_hrnet", "pose_higher_hrnet", "tiny"]),
+                 default="pose_resnet", show_default=True,
+                 help="SimpleBaseline ResNet, HRNet, HigherHRNet, or the small CPU demo ResNet-18."),
+    click.option("--depth", default=50, show_default=True, help="ResNet depth (pose_resnet)."),
+    click.option("--width", default=0, help="HRNet width 32/48 (default 32), or ResNet base width (default 64)."),
+    click.option("--backbone-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+                 help="A public COCO keypoint .pth for the backbone; loaded strictly."),
+])
 
 
 def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
+    import dataclasses
+
     from .backbones import TINY_BACKBONE, BackboneConfig
 
     if backbone == "tiny":
@@ -212,8 +246,6 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
         base = BackboneConfig(kind="pose_resnet", depth=depth, width=width or 64)
     else:
         base = BackboneConfig(kind=backbone, width=width or 32)
-    import dataclasses
-
     return dataclasses.replace(base, checkpoint=checkpoint, frozen=frozen)
 
 
@@ -223,38 +255,27 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder(s) for validation (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@_backbone_options
+@backbone_options
 @click.option("--freeze-backbone", is_flag=True, help="Keep the 2D network fixed (the paper's Table 4).")
 @click.option("--scratch-store", default=None, help="Re-initialise the transformer on this store's topology "
               "(the from-scratch baseline).")
 @click.option("--fraction", default=1.0, show_default=True, help="Share of each dataset's data to train on.")
 @click.option("--no-augment", is_flag=True)
-@click.option("--steps", default=1000, show_default=True)
-@click.option("--batch-size", default=32, show_default=True, help="Per rank.")
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="DataLoader workers per rank.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-every", default=500, show_default=True)
-@click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--precision", default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--resume", is_flag=True)
-@_overwrite_option
+@loop_options
 def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
-             fraction, no_augment, steps, batch_size, lr, workers, seed, val_every, checkpoint_every, precision,
-             device, resume, overwrite):
+             fraction, no_augment, **loop):
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
     from .losses import LossConfig
-    from .trainer import TrainConfig, train
+    from .trainer import TrainConfig
 
-    tc = TrainConfig(out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_every=val_every,
-                     checkpoint_every=checkpoint_every, precision=precision, device=device)
+    tc = _train_config(TrainConfig.finetune, out, loop)
     ft = FinetuneConfig(init=init, data=data, val=tuple(val),
                         backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
-                        freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=workers,
+                        freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=loop["workers"],
                         augment=not no_augment, fraction=fraction)
-    res = _run_training(train, tc, build_finetune_task(tc, ft, LossConfig()), resume=resume, overwrite=overwrite)
+    res = _run_training(tc, build_finetune_task(tc, ft, LossConfig()), resume=loop["resume"],
+                        overwrite=loop["overwrite"])
     click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
@@ -263,42 +284,29 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder(s) to score the trained network on (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@_backbone_options
+@backbone_options
 @click.option("--sigma", default=3.0, show_default=True, help="Target Gaussian width, px at 224 (pre-training's).")
 @click.option("--no-augment", is_flag=True)
-@click.option("--steps", default=1000, show_default=True)
-@click.option("--batch-size", default=32, show_default=True, help="Per rank.")
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="DataLoader workers per rank.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--precision", default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--resume", is_flag=True)
-@_overwrite_option
-@click.option("--no-progress", is_flag=True)
-def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigma, no_augment, steps, batch_size, lr,
-               workers, seed, checkpoint_every, precision, device, resume, overwrite, no_progress):
+@loop_options
+def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigma, no_augment, **loop):
     """Train a 2D pose backbone on image shards with a heatmap MSE loss (same loop as pretrain).
 
     Writes OUT/pose_network.pth (public key names) for `finetune --backbone-checkpoint`. Use it
     where no public COCO checkpoint fits, e.g. the CPU demo's `--backbone tiny`.
     """
-    from .finetune import ImageEvalBatches
+    from .images import ImageEvalBatches
     from .posenet import PoseNetConfig, build_posenet_task, evaluate_pose_network, export_pose_network
-    from .trainer import TrainConfig, train
+    from .trainer import TrainConfig
 
-    tc = TrainConfig(out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_every=0,
-                     checkpoint_every=checkpoint_every, precision=precision, device=device, progress=not no_progress)
+    tc = _train_config(TrainConfig.pose_network, out, loop)
     pc = PoseNetConfig(data=data, val=tuple(val), backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
-                       sigma=sigma, workers=workers, augment=not no_augment)
+                       sigma=sigma, workers=loop["workers"], augment=not no_augment)
     task = build_posenet_task(tc, pc)
-    _run_training(train, tc, task, resume=resume, overwrite=overwrite)
+    _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
     path = export_pose_network(task.model, out)
     click.echo(f"pose network: {path}")
     if val:
-        dev = next(task.model.parameters()).device
-        res = evaluate_pose_network(task.model, ImageEvalBatches(list(val), batch_size, 0), dev)
+        res = evaluate_pose_network(task.model, ImageEvalBatches(list(val), tc.batch_size, 0), task.runtime.device)
         from mpt_data.fileio import atomic_write_json
 
         atomic_write_json(f"{out}/pose_eval.json", res, indent=2)
@@ -314,7 +322,7 @@ def compare_runs_cmd(runs, out):
 
     from mpt_data.fileio import atomic_write_json, atomic_write_text
 
-    from .finetune import compare_runs
+    from .report import compare_runs
 
     named = {}
     for item in runs:
@@ -330,18 +338,19 @@ def compare_runs_cmd(runs, out):
 
 @main.command("evaluate-images")
 @click.option("--checkpoint", required=True, help="A step-N folder, a run folder or RUN/latest.")
-@click.option("--shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test).")
+@click.option("--image-shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test), as written by "
+                   "`mpt-data images` (repeatable).")
 @click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "train-metrics"]), default="h36m-p2",
               show_default=True)
 @click.option("--no-finetune", is_flag=True, help="CHECKPOINT is a pre-trained transformer: put the frozen "
               "off-the-shelf backbone in front of it (test without fine-tuning).")
-@_backbone_options
+@backbone_options
 @click.option("--h36m-regressor", default=None, type=click.Path(exists=True, dir_okay=False),
               help="J_regressor_h36m.npy (17, V) when the model carries none.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--max-batches", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint,
                     h36m_regressor, batch_size, max_batches, device):
     """Score a model on image shards: Human3.6M protocol 2 (MPJPE, PA-MPJPE on 14 joints) or 3DPW
@@ -350,11 +359,12 @@ def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth,
     import torch
 
     from .evaluate import evaluate_model
-    from .finetune import BackboneMPT, ImageEvalBatches, image_prepare, load_checkpoint_model, no_finetune_model
+    from .images import ImageEvalBatches, image_prepare
+    from .loading import BackboneMPT, load_checkpoint_model, no_finetune_model
     from .protocols import evaluate_protocol
+    from .runtime import choose_device
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = choose_device(device)
     if no_finetune:
         model = no_finetune_model(checkpoint, _backbone_config(backbone, depth, width, backbone_checkpoint, True))
     else:
@@ -377,7 +387,7 @@ def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth,
 @click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--bbox", default=None, help="Person box x,y,w,h in pixels; default: the whole image is the crop.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def predict(checkpoint, image, bbox, out, device):
     """Reconstruct the mesh of the person in IMAGE: writes mesh.obj, overlay.png, prediction.json."""
     from .predict import PredictConfig, run
@@ -392,9 +402,6 @@ def predict(checkpoint, image, bbox, out, device):
             raise click.BadParameter(f"{bbox!r}: expected four numbers x,y,w,h")
     info = run(PredictConfig(checkpoint, image, out, box, device))
     click.echo(f"{out}/mesh.obj ({info['num_vertices']} vertices), {out}/overlay.png")
-
-
-# === end section: finetune ===
 
 
 if __name__ == "__main__":

@@ -8,22 +8,15 @@ Metric definitions and alignment rules: `mpt_train.metrics`.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 
 from .metrics import MetricAccumulator, evaluate_batch, rotation_onto
+from .runtime import autocast_context, choose_device
 
 Prepare = Callable[[dict], tuple[torch.Tensor, dict]]
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA; nothing on CPU (fp32) or for precision "fp32"."""
-    if device.type != "cuda" or precision == "fp32":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def extra_regressors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -143,19 +136,6 @@ def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0
     return {"mean_pose": procrustes_mean(j, v), "mean_camera_frame": (j.mean(0), v.mean(0))}
 
 
-def load_checkpoint_model(checkpoint: str, device: torch.device, shards_fingerprint: str | None = None,
-                          force: bool = False):
-    """(model, resolved run config) from a checkpoint folder, run folder or RUN/latest."""
-    import json
-
-    from . import checkpoint as ckpt
-    from .model import model_from_state
-
-    state, _ = ckpt.load(checkpoint, map_location="cpu", expected_fingerprint=shards_fingerprint, force=force)
-    model = model_from_state(state["model"]).to(device)
-    return model, json.loads(state["config"])
-
-
 def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, batch_size: int = 64,
                         mask_ratio: float = 0.3, max_batches: int = 0, baseline: bool = True,
                         baseline_batches: int = 50, num_workers: int = 0, device: str = "auto",
@@ -172,12 +152,13 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
 
     from .data import LoaderConfig, PairLoader
     from .inputs import InputConfig, prepare_batch
+    from .loading import load_checkpoint_run
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = choose_device(device)
     probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
                                     shuffle=False, drop_last=False))
-    model, run_cfg = load_checkpoint_model(checkpoint, dev, probe.fingerprint, force)
+    model, run_cfg = load_checkpoint_run(checkpoint, expected_fingerprint=probe.fingerprint, force=force)
+    model = model.to(dev)
     inputs_cfg = InputConfig(**run_cfg["inputs"])
     loader_cfg = LoaderConfig(shards=shards, split=split, batch_size=batch_size, num_workers=num_workers,
                               joint_set=model.cfg.joint_set, allow_unfrozen=allow_unfrozen).for_eval(split)

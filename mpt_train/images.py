@@ -278,7 +278,7 @@ class ImageStream(torch.utils.data.IterableDataset):
                     t, r, rows = t + 1, 0, None
                 cursors[d] = (t, r, rows)
                 try:
-                    sample = self._prepare(row, d, np.random.default_rng([self.cfg.seed, slot, k, 0xE3]))
+                    sample = self.prepare_row(row, d, np.random.default_rng([self.cfg.seed, slot, k, 0xE3]))
                     break
                 except ImageDecodeError as exc:
                     skipped[d] += 1
@@ -330,7 +330,9 @@ class ImageStream(torch.utils.data.IterableDataset):
             row["_where"] = (path, ds.file_row(path, group, i))
         return rows
 
-    def _prepare(self, row: dict, d: int, rng: np.random.Generator) -> dict:
+    def prepare_row(self, row: dict, d: int, rng: np.random.Generator) -> dict:
+        """One sample (the module's layout) from a row of dataset ``d``, augmented with draws from
+        ``rng`` as the stream's augmentation config says; ImageDecodeError for a bad JPEG."""
         cfg = self.cfg
         j2 = np.asarray(row["joints2d"], np.float32).reshape(NUM_COCO, 3)
         s = np.asarray(row["S"], np.float32).reshape(len(SPIN_JOINTS), 4)
@@ -437,3 +439,111 @@ class ImageBatches:
         self.stream.load_state_dict(state["stream"])
         self.batches = int(state["batches"])
         self.skipped = {k: list(v) for k, v in self.stream.skipped.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# A share of the data, and a finite ordered pass for evaluation
+
+
+def keep_units(stream: ImageStream, fraction: float, seed: int) -> None:
+    """Keep a seeded ``fraction`` of each dataset's rows (at least one), so that 1 % of 1000
+    images trains on 10 of them whatever the row-group size; groups left empty are dropped."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction {fraction}: must be in (0, 1]")
+    for d, ds in enumerate(stream.datasets):
+        sizes = np.asarray([rows for _, _, rows in ds.units], np.int64)
+        total = int(sizes.sum())
+        k = max(1, int(round(total * fraction)))
+        chosen = np.sort(np.random.default_rng([seed, d, 0xF7]).permutation(total)[:k])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        unit_of = np.searchsorted(starts, chosen, side="right") - 1
+        units, kept = [], {}
+        for u in np.unique(unit_of):
+            path, group, _ = ds.units[u]
+            local = (chosen[unit_of == u] - starts[u]).tolist()
+            units.append((path, group, len(local)))
+            kept[(path, group)] = local
+        ds.units, ds.kept = units, kept
+
+
+class ImageEvalBatches:
+    """Every sample of the given shard folders once, in order, centred crops (no augmentation).
+
+    Row groups are dealt to ranks round-robin, so ranks see disjoint parts. Batches carry the
+    training keys plus ``spin3d`` (B, 24, 4): the raw SPIN-24 3D joints (camera frame,
+    metres, confidence) for the benchmark protocols. A row whose JPEG cannot be decoded is
+    left out with a warning naming its shard and row (as in the training stream) and counted
+    in ``skipped_rows`` (this pass).
+    """
+
+    def __init__(self, folders: list[str], batch_size: int, num_vertices: int, rank: int = 0, world_size: int = 1,
+                 max_samples: int = 0):
+        self.folders, self.batch_size = list(folders), batch_size
+        self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
+        self.skipped_rows = 0
+        entries = tuple(MixtureEntry(Path(f).name, f, 1.0) for f in self.folders)
+        self.stream = ImageStream(ImageStreamConfig(entries, augment=AugmentConfig(enabled=False),
+                                                    num_vertices=num_vertices), rank, world_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng(0)
+        buf: list[dict] = []
+        n = 0
+        self.skipped_rows = 0
+        for d, ds in enumerate(self.stream.datasets):
+            for u in range(len(ds.units)):
+                if u % self.world_size != self.rank:
+                    continue
+                for row in self.stream.load_rows(d, u):
+                    if self.max_samples and n >= self.max_samples:
+                        break
+                    try:
+                        s = self.stream.prepare_row(row, d, rng)
+                    except ImageDecodeError as exc:
+                        self.skipped_rows += 1
+                        self.stream.report_bad_row(row, d, exc, self.skipped_rows)
+                        continue
+                    s["spin3d"] = torch.tensor(row["S"], dtype=torch.float32).reshape(24, 4)
+                    buf.append(s)
+                    n += 1
+                    if len(buf) == self.batch_size:
+                        yield _collate(buf)
+                        buf = []
+        if buf:
+            yield _collate(buf)
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+# ------------------------------------------------------------------------------------------
+# Batches -> device tensors
+
+
+def crop_pixels_to_unit(joints2d: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., 2) crop pixels with pixel centres at integers (image shards, cv2) -> [-1, 1] across the
+    crop, the unit of :func:`mpt_train.inputs.normalise_2d` (whose pixel centres are at i + 0.5)."""
+    from mpt_data.schema import PIXEL_CENTRE
+
+    from .inputs import normalise_2d
+
+    return normalise_2d(joints2d.float() + PIXEL_CENTRE, size)
+
+
+def image_prepare(device: torch.device):
+    """prepare(batch, train) -> (images (B, 3, 224, 224) on device, targets of mpt_train.losses);
+    2D joints converted from crop pixels to [-1, 1] crop units."""
+    keys = ("joints3d", "vertices", "joints2d", "visible", "has_joints3d", "has_vertices", "joints3d_conf")
+
+    def prepare(batch: dict, train: bool = False) -> tuple[torch.Tensor, dict]:
+        images = batch["image"].to(device, non_blocking=True)
+        targets = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+        if "joints2d" in targets:  # the re-projection loss compares in [-1, 1] crop units
+            targets["joints2d"] = crop_pixels_to_unit(targets["joints2d"], images.shape[-1])
+        for k in ("spin3d",):
+            if k in batch:
+                targets[k] = batch[k].to(device)
+        return images, targets
+
+    return prepare

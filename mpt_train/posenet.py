@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +27,12 @@ from torch import nn
 
 from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
+from .augment import AugmentConfig
 from .backbones import BackboneConfig, PoseFeatureMaps
+from .images import ImageBatches, ImageStream, read_mixture
 from .inputs import render_heatmaps
+from .runtime import Runtime
+from .trainer import Task, TrainConfig
 
 POSE_NETWORK_FILE = "pose_network.pth"
 
@@ -83,16 +86,13 @@ def heatmap_prepare(device: torch.device, sigma: float, size: int):
     return prepare
 
 
-def build_posenet_task(train_cfg, pcfg: PoseNetConfig):
-    """The Task for :func:`mpt_train.trainer.train` that trains ``pcfg.backbone`` on heatmaps."""
-    from .augment import AugmentConfig
-    from .images import ImageBatches, ImageStream, read_mixture
-    from .trainer import Task, resolve_device, setup_distributed
+def build_posenet_task(train_cfg: TrainConfig, pcfg: PoseNetConfig, runtime: Runtime | None = None) -> Task:
+    """The Task for :func:`mpt_train.trainer.train` that trains ``pcfg.backbone`` on heatmaps.
 
-    device_kind = resolve_device(train_cfg)
-    ddp = setup_distributed(device_kind)
-    device = torch.device(device_kind, int(os.environ.get("LOCAL_RANK", "0"))) if device_kind == "cuda" \
-        else torch.device("cpu")
+    runtime: where the run computes; by default resolved from ``train_cfg.device`` / ``precision``.
+    """
+    runtime = runtime or Runtime.start(train_cfg.device, train_cfg.precision)
+    device = runtime.device
     torch.manual_seed(train_cfg.seed)
     # The loss is taken on the network's own map grid (32 px for 128 px input): the same
     # targets, without resizing every map to 224 and back through the gradient.
@@ -102,13 +102,14 @@ def build_posenet_task(train_cfg, pcfg: PoseNetConfig):
         native = int(probe.net(torch.zeros(1, 3, side, side)).shape[-1])
     model = PoseFeatureMaps(dataclasses.replace(pcfg.backbone, frozen=False, out_size=native))
     mix = read_mixture(pcfg.data, seed=train_cfg.seed, num_vertices=0, augment=AugmentConfig(enabled=pcfg.augment))
-    stream = ImageStream(mix, ddp.rank, ddp.world_size)
+    stream = ImageStream(mix, runtime.rank, runtime.world_size)
     batches = ImageBatches(stream, train_cfg.batch_size, pcfg.workers, pin_memory=device.type == "cuda")
     return Task(
         model=model, criterion=HeatmapCriterion(pcfg.sigma * native / CROP_SIZE), train_batches=batches,
         prepare=heatmap_prepare(device, pcfg.sigma, model.cfg.out_size), val_batches=None,
         config={"posenet": _plain(dataclasses.asdict(pcfg)), "mixture": [dataclasses.asdict(e) for e in mix.datasets]},
         store_fingerprint=None,
+        runtime=runtime,
     )
 
 

@@ -79,7 +79,7 @@ def perspective_from_weak(camera: np.ndarray, box: tuple[float, float, float], s
     t = np.array([tx / s, ty / s, f / (half * s)])
     x0, y0, side = box
     k = size / side  # crop pixel = k * (image pixel - x0), pixel centres at integers (the cut and the shards)
-    # The camera's unit: n = 2·(crop pixel + PIXEL_CENTRE)/size - 1 (mpt_train.finetune.crop_pixels_to_unit),
+    # The camera's unit: n = 2·(crop pixel + PIXEL_CENTRE)/size - 1 (mpt_train.images.crop_pixels_to_unit),
     # so crop pixel = f·X/Z + half - PIXEL_CENTRE and image pixel = crop pixel / k + x0.
     c = (half - PIXEL_CENTRE) / k
     K = np.array([[f / k, 0, c + x0], [0, f / k, c + y0], [0, 0, 1]])
@@ -135,12 +135,13 @@ def run(cfg: PredictConfig) -> dict:
     """Load, predict, write ``mesh.obj``, ``overlay.png`` and ``prediction.json`` into ``cfg.out``."""
     import cv2
 
-    from .finetune import BackboneMPT, load_checkpoint_model
+    from .loading import BackboneMPT, load_checkpoint_model
+    from .runtime import choose_device
 
     image = cv2.imread(cfg.image, cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"{cfg.image}: missing or not a readable image")
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = choose_device(cfg.device)
     model = load_checkpoint_model(cfg.checkpoint)
     if not isinstance(model, BackboneMPT):
         raise ValueError(f"{cfg.checkpoint}: a fine-tuned checkpoint (backbone + transformer) is needed to predict "

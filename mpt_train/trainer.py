@@ -1,10 +1,12 @@
-"""The training loop, shared by pre-training and fine-tuning; it reads top to bottom.
+"""The training loop, shared by every task; it reads top to bottom and imports none of them.
 
-What differs between the two is bundled in a :class:`Task`: the model, the criterion, the
+What differs between tasks (:mod:`mpt_train.pretrain`, :mod:`mpt_train.finetune`,
+:mod:`mpt_train.posenet`) is bundled in a :class:`Task`: the model, the criterion, the
 training batches (a resumable iterator), the `prepare` function that turns a batch into
 model inputs and targets on the device (pre-training: heatmap synthesis with MHM, noise and
-jitter; fine-tuning: normalised images for a backbone + transformer), and the validation
-batches. Everything else is here once: Adam with warm-up then linear decay, bf16 autocast
+jitter; fine-tuning: normalised images for a backbone + transformer), the validation
+batches, and the :class:`~mpt_train.runtime.Runtime` it was built for. Everything else is
+here once: Adam with warm-up then linear decay, bf16 autocast
 on CUDA (fp16 with a gradient scaler for GPUs without bf16, fp32 on CPU), DDP through
 torchrun (NCCL on CUDA, gloo on CPU), gradient clipping, non-finite steps reported and
 skipped on every rank, atomic checkpoints with exact resume, JSON-lines metrics (and
@@ -29,7 +31,6 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -47,9 +48,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from mpt_data.fileio import FolderLock, atomic_write_json, atomic_write_text
 
 from . import checkpoint as ckpt
-from .evaluate import autocast_context, evaluate_model
-from .model import (MeshRegressor, MeshTopology, ModelConfig, config_for_topology, topology_from_store,
-                    typical_camera_rotation)
+from .evaluate import evaluate_model
+from .runtime import Runtime, autocast_context
 
 TRAINER_STATE_VERSION = 1
 RUN_LOCK = ".lock"
@@ -82,6 +82,29 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the training forward (fuses norms and activations on GPUs)
 
+    @staticmethod
+    def paper(**overrides: Any) -> "TrainConfig":
+        """Pre-training as the paper runs it: Adam at 2e-4, 32 per rank; a log line every 20
+        steps, validation at the end only (pass ``val_every`` for more)."""
+        return dataclasses.replace(TrainConfig(lr=2e-4, batch_size=32, log_every=20, val_every=0), **overrides)
+
+    @staticmethod
+    def tiny(**overrides: Any) -> "TrainConfig":
+        """Pre-training of the tiny model: the paper's run with a 10x learning rate, which a
+        model this small needs to converge within a CPU demo's few thousand steps."""
+        return dataclasses.replace(TrainConfig.paper(lr=2e-3), **overrides)
+
+    @staticmethod
+    def finetune(**overrides: Any) -> "TrainConfig":
+        """Fine-tuning backbone + transformer: Adam at 1e-4, 1000 steps, validation every 500."""
+        return dataclasses.replace(TrainConfig(steps=1000, lr=1e-4, val_every=500), **overrides)
+
+    @staticmethod
+    def pose_network(**overrides: Any) -> "TrainConfig":
+        """Training a 2D pose backbone on heatmaps: Adam at 1e-3, 1000 steps, no validation in
+        the loop (the command scores the exported network afterwards)."""
+        return dataclasses.replace(TrainConfig(steps=1000, lr=1e-3, val_every=0), **overrides)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -103,7 +126,8 @@ class Task:
     `mpt_train.losses`. val_batches() returns a fresh iterable over the validation split
     (this rank's share), or None to skip validation. config: the resolved configuration of
     every component, saved in each checkpoint. store_fingerprint: the data's identity, checked
-    on resume.
+    on resume. runtime: the device and process group `prepare` was built for (the loop runs
+    there too); None lets the loop resolve one from the TrainConfig.
     """
 
     model: torch.nn.Module
@@ -113,53 +137,7 @@ class Task:
     val_batches: Callable[[], Iterable[dict]] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     store_fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def setup_distributed(device_kind: str) -> Distributed:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if device_kind == "cuda" else "gloo"
-        if device_kind == "cuda":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-    return Distributed(rank=rank, world_size=world, local_rank=local)
-
-
-def resolve_device(cfg: TrainConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    return cfg.device
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"precision {cfg.precision!r}: use auto, bf16, fp16 or fp32")
-    if device.type == "cpu" and cfg.precision != "fp32":
-        raise ValueError("the CPU path trains in fp32; use --precision fp32 or auto")
-    return cfg.precision
+    runtime: Runtime | None = None
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -257,50 +235,50 @@ def batch_keys(batch: dict) -> list:
     return key.tolist() if torch.is_tensor(key) or isinstance(key, np.ndarray) else list(key)
 
 
-def _finite_ranks(x: torch.Tensor, ddp: Distributed) -> list[bool]:
+def _finite_ranks(x: torch.Tensor, runtime: Runtime) -> list[bool]:
     """Whether ``x`` is finite on each rank (the same list on every rank)."""
     flag = torch.isfinite(x.detach()).all().to(torch.float32).reshape(1).cpu()
-    if ddp.world_size == 1:
+    if runtime.world_size == 1:
         return [bool(flag.item() > 0)]
-    flags = [torch.zeros(1) for _ in range(ddp.world_size)]
+    flags = [torch.zeros(1) for _ in range(runtime.world_size)]
     dist.all_gather(flags, flag)
     return [bool(f.item() > 0) for f in flags]
 
 
-def _report_nonfinite(what: str, step: int, ok: list[bool], batch: dict, ddp: Distributed, log: "MetricsLog") -> None:
+def _report_nonfinite(what: str, step: int, ok: list[bool], batch: dict, runtime: Runtime, log: "MetricsLog") -> None:
     """Log which ranks saw a non-finite value and their batch keys (every rank takes part)."""
     keys = batch_keys(batch)
-    if ddp.world_size > 1:
-        gathered: list[Any] = [None] * ddp.world_size
+    if runtime.world_size > 1:
+        gathered: list[Any] = [None] * runtime.world_size
         dist.all_gather_object(gathered, keys)
     else:
         gathered = [keys]
     bad = [r for r, good in enumerate(ok) if not good]
     log.write({"kind": "nonfinite", "step": step, "what": what, "ranks": bad,
                "keys": [gathered[r] for r in bad]})
-    if ddp.is_main:
+    if runtime.is_main:
         print(f"step {step}: non-finite {what} on rank(s) {bad}; step skipped on all ranks; batch keys "
               f"{[gathered[r] for r in bad]}", file=sys.stderr)
 
 
-def _mean_across(values: dict[str, float], ddp: Distributed) -> dict[str, float]:
-    if ddp.world_size == 1 or not values:
+def _mean_across(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    if runtime.world_size == 1 or not values:
         return values
     names = sorted(values)
     t = torch.tensor([values[n] for n in names], dtype=torch.float64)
     dist.all_reduce(t)
-    return {n: float(v) / ddp.world_size for n, v in zip(names, t)}
+    return {n: float(v) / runtime.world_size for n, v in zip(names, t)}
 
 
-def _on_main(ddp: Distributed, fn: Callable[[], None]) -> None:
+def _on_main(runtime: Runtime, fn: Callable[[], None]) -> None:
     """Run ``fn`` on rank 0; if it raises, every rank raises (none is left waiting in a collective)."""
     err: BaseException | None = None
-    if ddp.is_main:
+    if runtime.is_main:
         try:
             fn()
         except Exception as e:  # re-raised below on rank 0, reported to the other ranks first
             err = e
-    if ddp.world_size > 1:
+    if runtime.world_size > 1:
         box = [None if err is None else f"{type(err).__name__}: {err}"]
         dist.broadcast_object_list(box, src=0)
         if box[0] is not None and err is None:
@@ -355,29 +333,26 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
     """
     if resume and overwrite:
         raise RunFolderError(f"{cfg.out}: --resume continues the run there and --overwrite deletes it; give one")
-    device_kind = resolve_device(cfg)
-    ddp = setup_distributed(device_kind)
+    runtime = task.runtime or Runtime.start(cfg.device, cfg.precision)
     out = Path(cfg.out)
     lock = FolderLock(out / RUN_LOCK, f"run folder {out}")
-    _on_main(ddp, lambda: claim_run_folder(out, lock, resume=resume, overwrite=overwrite))
+    _on_main(runtime, lambda: claim_run_folder(out, lock, resume=resume, overwrite=overwrite))
     try:
-        return _train_locked(cfg, task, ddp, device_kind, resume=resume, force=force)
+        return _train_locked(cfg, task, runtime, resume=resume, force=force)
     finally:
         lock.release()
 
 
-def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: str, *, resume: bool,
-                  force: bool) -> dict[str, Any]:
+def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: bool, force: bool) -> dict[str, Any]:
     # --- devices, seeds
-    device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
-    precision = resolve_precision(cfg, device)
-    seed_everything(cfg.seed + ddp.rank)
+    device, precision = runtime.device, runtime.precision
+    seed_everything(cfg.seed + runtime.rank)
     out = Path(cfg.out)
 
     # --- model, optimiser, schedule, scaler
     model = task.model.to(device)
     model.train()
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else model
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.world_size > 1 else model
     if cfg.compile:  # checkpoints and evaluation keep using the plain `model`
         net = torch.compile(net)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -387,26 +362,26 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
     step, samples, skipped = 0, 0, 0
     components = rng_components(model)
     for i, name in enumerate(sorted(components)):
-        components[name].seed_rng(derived_seed(cfg.seed, ddp.rank, i, _COMPONENT_STREAM))
+        components[name].seed_rng(derived_seed(cfg.seed, runtime.rank, i, _COMPONENT_STREAM))
 
     # --- resume
     if resume and ckpt.checkpoint_folders(out) and not ckpt.complete_checkpoints(out):
         # Killed while writing its first checkpoint: the uninterrupted run is the one from step 0.
-        if ddp.is_main:
+        if runtime.is_main:
             names = ", ".join(p.name for p in ckpt.checkpoint_folders(out))
             print(f"{out}: no complete checkpoint, only folders whose write was interrupted ({names}); "
                   "starting at step 0", file=sys.stderr)
             for p in ckpt.checkpoint_folders(out):
                 shutil.rmtree(p)
-        if ddp.world_size > 1:
-            ddp.barrier()
+        if runtime.world_size > 1:
+            runtime.barrier()
     if resume and ckpt.complete_checkpoints(out):
-        loaded = ckpt.load_checkpoint(out, rank=ddp.rank, map_location=device,
+        loaded = ckpt.load_checkpoint(out, rank=runtime.rank, map_location=device,
                                       expected_fingerprint=task.store_fingerprint, force=force)
         state, rank_state = loaded.state, loaded.rank_state
-        if state["world_size"] != ddp.world_size:
+        if state["world_size"] != runtime.world_size:
             raise ValueError(f"{out}: checkpoint written by {state['world_size']} ranks, resuming with "
-                             f"{ddp.world_size}: the data order would change")
+                             f"{runtime.world_size}: the data order would change")
         if state["trainer"]["version"] != TRAINER_STATE_VERSION:
             raise ValueError(f"{out}: trainer state version {state['trainer']['version']} != {TRAINER_STATE_VERSION}")
         _load_model(model, state["model"])
@@ -426,16 +401,16 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
                                            f"model has {sorted(components)}; resume with the same model")
             for name, module in components.items():
                 module.load_rng_state_dict(saved_components[name])
-        if ddp.is_main:
+        if runtime.is_main:
             print(f"resumed from {loaded.folder} at step {step}", file=sys.stderr)
-    elif resume and ddp.is_main:
+    elif resume and runtime.is_main:
         print(f"{out}: no checkpoint yet, starting at step 0", file=sys.stderr)
 
-    log = MetricsLog(out, ddp.is_main, upto_step=step if resume else None)
-    if ddp.is_main:
-        atomic_write_json(out / "config.json", _resolved_config(cfg, task, precision, ddp), indent=2)
+    log = MetricsLog(out, runtime.is_main, upto_step=step if resume else None)
+    if runtime.is_main:
+        atomic_write_json(out / "config.json", _resolved_config(cfg, task, precision, runtime), indent=2)
     bar = None
-    if cfg.progress and ddp.is_main:
+    if cfg.progress and runtime.is_main:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
 
@@ -444,12 +419,12 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
                  "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                  "trainer": {"version": TRAINER_STATE_VERSION, "step": step, "samples": samples,
                              "skipped": skipped},
-                 "config": json.dumps(_resolved_config(cfg, task, precision, ddp)),
+                 "config": json.dumps(_resolved_config(cfg, task, precision, runtime)),
                  "store_fingerprint": task.store_fingerprint}
         rank_state = {"rng": ckpt.rng_state(), "loader": task.train_batches.state_dict(),
                       "components": {name: m.rng_state_dict() for name, m in components.items()}}
-        ckpt.save(out, step, state, rank_state, rank=ddp.rank, world_size=ddp.world_size,
-                  barrier=ddp.barrier if ddp.world_size > 1 else None, keep=cfg.keep_checkpoints)
+        ckpt.save(out, step, state, rank_state, rank=runtime.rank, world_size=runtime.world_size,
+                  barrier=runtime.barrier if runtime.world_size > 1 else None, keep=cfg.keep_checkpoints)
 
     def validate() -> dict[str, float]:
         if task.val_batches is None:
@@ -457,7 +432,7 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
         res = evaluate_model(model, task.val_batches(), lambda b: task.prepare(b, False), device=device,
                              precision=precision, max_batches=cfg.val_batches)
         log.write({"kind": "val", "step": step, **res})
-        if ddp.is_main:
+        if runtime.is_main:
             print(f"step {step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()), file=sys.stderr)
         return res
 
@@ -470,37 +445,37 @@ def _train_locked(cfg: TrainConfig, task: Task, ddp: Distributed, device_kind: s
         if batch is None:  # end of an epoch: the loader starts the next one
             batches = iter(task.train_batches)
             continue
-        seed_step(cfg.seed, ddp.rank, step)
+        seed_step(cfg.seed, runtime.rank, step)
         inputs, targets = task.prepare(batch, True)
         with autocast_context(device, precision):
             pred = net(inputs)
         loss, terms = task.criterion(pred, targets)
         optimizer.zero_grad(set_to_none=True)
         applied = False
-        loss_ok = _finite_ranks(loss, ddp)
+        loss_ok = _finite_ranks(loss, runtime)
         if not all(loss_ok):
-            _report_nonfinite("loss", step, loss_ok, batch, ddp, log)
+            _report_nonfinite("loss", step, loss_ok, batch, runtime, log)
         else:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            grad_ok = _finite_ranks(gnorm, ddp)
+            grad_ok = _finite_ranks(gnorm, runtime)
             if all(grad_ok):
                 scaler.step(optimizer)
                 applied = True
             else:
-                _report_nonfinite("gradient", step, grad_ok, batch, ddp, log)
+                _report_nonfinite("gradient", step, grad_ok, batch, runtime, log)
             scaler.update()
         skipped += 0 if applied else 1
         schedule.step()
         step += 1
-        samples += int(inputs.shape[0]) * ddp.world_size
+        samples += int(inputs.shape[0]) * runtime.world_size
 
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             rate = (samples - samples_last) / max(now - t_last, 1e-9)
             t_last, samples_last = now, samples
-            record = _mean_across({k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())}, ddp)
+            record = _mean_across({k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())}, runtime)
             log.write({"kind": "train", "step": step, "lr": schedule.get_last_lr()[0], "samples": samples,
                        "samples_per_s": rate, "skipped": skipped, **record})
             if bar is not None:
@@ -530,86 +505,6 @@ def _load_model(model: torch.nn.Module, blob: dict) -> None:
         model.load_state_dict(blob)
 
 
-def _resolved_config(cfg: TrainConfig, task: Task, precision: str, ddp: Distributed) -> dict[str, Any]:
-    return {"train": cfg.to_dict(), "precision": precision, "world_size": ddp.world_size,
+def _resolved_config(cfg: TrainConfig, task: Task, precision: str, runtime: Runtime) -> dict[str, Any]:
+    return {"train": cfg.to_dict(), "precision": precision, "world_size": runtime.world_size,
             "store_fingerprint": task.store_fingerprint, **task.config}
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------
-# Pre-training = the loop above + a store loader + on-device heatmap synthesis as `prepare`.
-
-
-def model_config_for_store(preset: ModelConfig, reader, inputs_cfg) -> tuple[ModelConfig, MeshTopology]:
-    """Resolve a preset against a store's topology and the input layout of ``inputs_cfg``."""
-    topo = dataclasses.replace(topology_from_store(reader.topology()),
-                               frame_rotation=typical_camera_rotation(reader.cameras.R))
-    k = reader.num_heatmap_joints
-    if inputs_cfg.use_heatmaps:
-        n, d, kind = inputs_cfg.num_patches, inputs_cfg.token_dim(k), "heatmap"
-    else:
-        n, d, kind = k, inputs_cfg.token_dim(k), "coords"
-    return config_for_topology(preset, topo, num_input_tokens=n, input_token_dim=d, input_kind=kind), topo
-
-
-def pretrain_prepare(inputs_cfg, device: torch.device, precision: str):
-    """prepare(batch, train) for pre-training: camera-frame targets and heatmap tokens on ``device``.
-
-    Training batches get MHM, noise and jitter as configured; evaluation batches none.
-    """
-    from .inputs import prepare_batch
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    eval_cfg = inputs_cfg.without_augmentation()
-
-    def prepare(batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
-        mi = prepare_batch(batch, inputs_cfg if train else eval_cfg, device, dtype)
-        targets = {"joints3d": mi.joints3d, "vertices": mi.vertices, "joints2d": mi.joints2d,
-                   "visible": mi.visible}
-        return mi.tokens, targets
-
-    return prepare
-
-
-def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg, loss_cfg, loader_cfg) -> Task:
-    """The pre-training Task: model from ``preset`` on the store's topology, store loader,
-    heatmap `prepare`, the paper's criterion, and the val split for validation."""
-    from dataclasses import replace as dc_replace
-
-    from .data import PairLoader
-    from .losses import Criterion
-
-    device_kind = resolve_device(cfg)
-    setup_distributed(device_kind)  # the loader takes its rank from the process group
-    device = torch.device(device_kind, int(os.environ.get("LOCAL_RANK", "0"))) if device_kind == "cuda" \
-        else torch.device("cpu")
-    precision = resolve_precision(cfg, device)
-    loader_cfg = dc_replace(loader_cfg, batch_size=cfg.batch_size, seed=cfg.seed,
-                            joint_set=preset.joint_set)
-    train_loader = PairLoader(loader_cfg)
-    model_cfg, topo = model_config_for_store(preset, train_loader.reader, inputs_cfg)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = MeshRegressor(model_cfg, topo)
-    val_cfg = loader_cfg.for_eval("val")
-    val_probe = PairLoader(val_cfg)
-    has_val = val_probe.dataset.num_pairs > 0
-    if not has_val:
-        print(f"{loader_cfg.shards}: the val split is empty; no validation", file=sys.stderr)
-    return Task(
-        model=model,
-        criterion=Criterion(loss_cfg, model),
-        train_batches=train_loader,
-        prepare=pretrain_prepare(inputs_cfg, device, precision),
-        val_batches=(lambda: PairLoader(val_cfg)) if has_val else None,
-        config={"model": model_cfg.to_dict(), "inputs": dataclasses.asdict(inputs_cfg),
-                "loss": loss_cfg.to_dict(), "loader": _plain(dataclasses.asdict(loader_cfg))},
-        store_fingerprint=train_loader.fingerprint,
-    )
-
-
-def _plain(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

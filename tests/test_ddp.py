@@ -29,7 +29,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from _helpers_c2 import SyntheticSource, small_input_model, synthetic_prepare, synthetic_topology_arrays
     from mpt_train.losses import Criterion
     from mpt_train.losses import LossConfig
-    from mpt_train.trainer import Task, TrainConfig, cleanup_distributed, train
+    from mpt_train.runtime import cleanup_distributed
+    from mpt_train.trainer import Task, TrainConfig, train
 
     topo = synthetic_topology_arrays()
     model = small_input_model(seed=0, mvm_ratio=0.3)  # MVM draws differ per rank: grads still agree

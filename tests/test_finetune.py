@@ -12,7 +12,8 @@ from _reference import np_procrustes
 from mpt_data.images import ImagesConfig, ingest
 from mpt_train import checkpoint as ckpt
 from mpt_train.backbones import TINY_BACKBONE, PoseFeatureMaps
-from mpt_train.finetune import BackboneMPT, FinetuneConfig, build_finetune_task, load_checkpoint_model
+from mpt_train.finetune import FinetuneConfig, build_finetune_task
+from mpt_train.loading import BackboneMPT, load_checkpoint_model
 from mpt_train.losses import LossConfig
 from mpt_train.model import MeshRegressor, MeshTopology, ModelConfig
 from mpt_train.predict import PredictConfig, read_obj, run
@@ -191,7 +192,7 @@ def test_simplebaseline_reads_bgr_and_hrnet_rgb_on_every_image_path(tmp_path):
     from test_backbones import network_input
 
     from mpt_train.backbones import hrnet
-    from mpt_train.finetune import ImageEvalBatches, image_prepare
+    from mpt_train.images import ImageEvalBatches, image_prepare
     from mpt_train.images import ImageBatches, ImageStream, read_mixture
     from mpt_train.augment import AugmentConfig
     from mpt_train.predict import predict
@@ -235,7 +236,7 @@ def test_a_checkpoint_fine_tuned_with_another_channel_order_is_refused(tmp_path)
     import pytest
 
     from mpt_train.backbones import hrnet
-    from mpt_train.finetune import ChannelOrderMismatch
+    from mpt_train.loading import ChannelOrderMismatch
 
     for cfg, refused in ((TINY_BACKBONE, True), (hrnet(8), False)):
         model = BackboneMPT(PoseFeatureMaps(cfg), _regressor())

@@ -10,7 +10,9 @@ import torch
 
 from mpt_data.images import AnnotationError, read_annotations
 from mpt_train.backbones import TINY_BACKBONE, CheckpointMismatch, PoseFeatureMaps, build_pose_network, load_pose_checkpoint
-from mpt_train.finetune import compare_runs, crop_pixels_to_unit, final_validation, load_vertex_flip
+from mpt_train.finetune import load_vertex_flip
+from mpt_train.images import crop_pixels_to_unit
+from mpt_train.report import compare_runs, final_validation
 from mpt_train.predict import crop_box
 
 

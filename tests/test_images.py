@@ -165,7 +165,7 @@ def test_image_batches_leave_the_global_rng_alone(two_datasets):
 
 
 def test_fraction_keeps_that_share_of_rows_not_of_row_groups(two_datasets):
-    from mpt_train.finetune import keep_units
+    from mpt_train.images import keep_units
 
     cfg = read_mixture(two_datasets / "mix.yaml", augment=AugmentConfig(enabled=False), num_vertices=5)
     full = ImageStream(cfg)
@@ -212,7 +212,7 @@ def bad_row_mixture(tmp_path_factory):
 def test_stream_skips_undecodable_rows_names_and_counts_them_and_resumes_exactly(bad_row_mixture):
     import warnings
 
-    from mpt_train.finetune import ImageEvalBatches
+    from mpt_train.images import ImageEvalBatches
     from mpt_train.images import BadRowWarning
 
     root, shard, bad_x = bad_row_mixture

@@ -45,3 +45,13 @@ def test_cli_help_lists_the_commands():
     assert train_help.exit_code == 0, train_help.output
     for command in ("pretrain", "evaluate", "bench", "finetune", "predict"):
         assert command in train_main.commands, f"mpt-train has no '{command}' command"
+
+
+def test_inference_imports_no_training_code():
+    # predict and evaluate (with the checkpoint loading they call) stand without the loop, the tasks,
+    # the criterion or the augmentation: a serving machine imports only what inference runs.
+    loaded = _modules_after("import mpt_train.predict, mpt_train.evaluate, mpt_train.loading")
+    training = {"mpt_train.trainer", "mpt_train.finetune", "mpt_train.posenet", "mpt_train.pretrain",
+                "mpt_train.losses", "mpt_train.augment"}
+    assert "mpt_train.loading" in loaded
+    assert loaded & training == set(), f"inference pulled in {sorted(loaded & training)}"

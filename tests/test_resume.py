@@ -37,7 +37,8 @@ def build(store: str, out: Path, steps: int = STEPS):
     from mpt_train.inputs import InputConfig
     from mpt_train.losses import LossConfig
     from mpt_train.model import ModelConfig
-    from mpt_train.trainer import TrainConfig, build_pretrain_task
+    from mpt_train.pretrain import build_pretrain_task
+    from mpt_train.trainer import TrainConfig
 
     cfg = TrainConfig(out=str(out), steps=steps, batch_size=8, lr=2e-3, log_every=1, checkpoint_every=6,
                       val_every=10, val_batches=1, progress=False, device="cpu")

@@ -167,7 +167,7 @@ def test_placement_and_backgrounds_and_bad_settings(tmp_path):
 def test_heatmap_training_step_lowers_the_loss(inputs, tmp_path):
     """The pose network's heatmap objective: targets peak at the joints, a few Adam steps reduce it."""
     from mpt_train.backbones import BackboneConfig, PoseFeatureMaps
-    from mpt_train.finetune import ImageEvalBatches
+    from mpt_train.images import ImageEvalBatches
     from mpt_train.posenet import HeatmapCriterion, argmax_joints, heatmap_prepare
 
     root, cfg, _ = inputs
