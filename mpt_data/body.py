@@ -8,9 +8,11 @@ scipy) and chumpy's ``Ch`` (replaced by its underlying array, without chumpy ins
 Any other global in a pickle is refused with an error naming the file, so a model file
 cannot run code. AMASS's SMPL+H ``model.npz`` files have no hand PCA keys; they load too.
 
-Forward. ``BodyModel.forward`` is linear blend skinning with the model's own shape
-directions, pose correctives, skinning weights and kinematic tree, built on smplx's
-``batch_rodrigues`` / ``batch_rigid_transform``. It equals ``smplx.SMPLH(use_pca=False,
+Forward. ``lbs`` is linear blend skinning as a free function of explicit tensors (the
+model's own shape directions, pose correctives, skinning weights and kinematic tree), built
+on smplx's ``batch_rodrigues`` / ``batch_rigid_transform``; ``BodyModel.forward`` runs it
+in fixed blocks, root-centres the result and assembles the joint sets from the posed
+vertices and skeleton (``BodyModel.joint_sets_from``). It equals ``smplx.SMPLH(use_pca=False,
 flat_hand_mean=True)`` driven by the full 156-value AMASS pose (hands included), with two
 differences worth knowing: (1) smplx caps SMPL/SMPL+H files that have fewer than 300 shape
 directions at 10 betas, silently dropping AMASS's betas 10-15; here every shape direction
@@ -50,11 +52,14 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mpt_data import conventions as cv
+
+if TYPE_CHECKING:  # torch is imported where it is used: `mpt_data.body`'s file readers work without it
+    import torch
 
 GENDERS: tuple[str, ...] = ("male", "female", "neutral")
 MODEL_TYPES: tuple[str, ...] = ("smplh", "smpl")
@@ -355,6 +360,67 @@ def load_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Linear blend skinning
+
+
+def lbs(
+    betas: torch.Tensor,
+    pose: torch.Tensor,
+    v_template: torch.Tensor,
+    shapedirs: torch.Tensor,
+    posedirs: torch.Tensor | None,
+    joints_template: torch.Tensor,
+    joint_shapedirs: torch.Tensor,
+    parents: torch.Tensor,
+    lbs_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear blend skinning of a batch: smplx's ``lbs()`` with the rest joints regressed ahead of time.
+
+    B samples, V vertices, J joints, nb shape coefficients; metres, model axes, float32 on one device.
+
+    betas: (B, nb) shape coefficients.
+    pose: (B, 3 J) axis-angle rotation of each joint relative to its parent, root first (radians).
+    v_template: (V, 3) rest-pose vertices.
+    shapedirs: (nb, 3 V) shape directions, each row a flattened (V, 3) displacement.
+    posedirs: (9 (J - 1), 3 V) pose correctives, rows indexed by the flattened (R_j - I) of joints
+        1..J-1, or None for a model without them (its product would only add zeros).
+    joints_template: (J, 3) rest joints of ``v_template`` (``J_regressor @ v_template``).
+    joint_shapedirs: (nb, 3 J) the joint regressor applied to each shape direction. Rest joints are
+        linear in betas, so regressing the template and directions once replaces smplx's
+        ``J_regressor @ v_shaped`` per batch (a (J, V) product per sample).
+    parents: (J,) int64 parent of each joint, ``parents[0] = -1``.
+    lbs_weights: (V, J) skinning weights, rows summing to 1.
+
+    Returns (vertices (B, V, 3), joints (B, J, 3)): posed, in the model frame (not root-centred).
+    """
+    import torch
+    from smplx.lbs import batch_rigid_transform, batch_rodrigues
+
+    b = pose.shape[0]
+    nv, nj = v_template.shape[0], joints_template.shape[0]
+    v_shaped = (v_template.reshape(1, -1) + betas @ shapedirs).reshape(b, nv, 3)
+    j_rest = (joints_template.reshape(1, -1) + betas @ joint_shapedirs).reshape(b, nj, 3)
+    rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, nj, 3, 3)
+    if posedirs is not None:
+        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        feat = (rot[:, 1:] - ident).reshape(b, -1)
+        v_posed = v_shaped + (feat @ posedirs).reshape(b, nv, 3)
+    else:
+        v_posed = v_shaped
+    joints, rel = batch_rigid_transform(rot, j_rest, parents, dtype=torch.float32)
+    # Blend the joints' 3x4 transforms per vertex as one large matrix product, laid out
+    # (V, B, 4, 3) (columns outermost) so that applying them is four contiguous
+    # multiply-adds over (V, B, 3) rather than batched 3x3 products.
+    rows = rel[:, :, :3, :].transpose(2, 3).permute(1, 0, 2, 3).reshape(nj, b * 12)
+    t = (lbs_weights @ rows).reshape(nv, b, 4, 3)
+    vp = v_posed.permute(1, 0, 2)  # (V, B, 3)
+    verts = t[:, :, 3].clone()
+    for k in range(3):
+        verts.addcmul_(t[:, :, k], vp[:, :, k: k + 1])
+    return verts.permute(1, 0, 2).contiguous(), joints
+
+
+# ---------------------------------------------------------------------------------------
 # The posable model
 
 
@@ -496,7 +562,7 @@ class BodyModel:
 
     # -- forward ---------------------------------------------------------------------------
 
-    def _pose_matrix(self, poses):
+    def _pose_matrix(self, poses: torch.Tensor) -> torch.Tensor:
         """Model-layout axis-angle (B, 3 * num_joints) from AMASS SMPL+H poses (B, 156)."""
         import torch
 
@@ -509,8 +575,12 @@ class BodyModel:
             return torch.cat([body, rest], dim=1)
         raise ValueError(f"poses have {poses.shape[1]} values; this model takes {3 * self.num_joints}")
 
-    def forward_torch(self, poses, betas) -> dict[str, Any]:
-        """``forward`` on and into torch tensors on the model's device (no copies to numpy).
+    def forward_torch(self, poses: torch.Tensor | np.ndarray, betas: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """``forward`` on and into float32 torch tensors on the model's device (no copies to numpy).
+
+        poses: (B, 156) AMASS SMPL+H axis-angle, or (B, 3 * num_joints) in the model's joint order.
+        betas: (B, any) shape coefficients, truncated or zero-padded to ``num_betas``.
+        Returns what ``forward`` returns, as tensors.
 
         Runs in blocks of exactly ``FORWARD_BLOCK`` samples, the last one padded with zeros: BLAS
         picks its kernel and its split across threads by the matrix shape (on MKL, 1-3 rows, or 5-11
@@ -539,48 +609,37 @@ class BodyModel:
                   for i in range(0, b + pad, FORWARD_BLOCK)]
         return {k: torch.cat([blk[k] for blk in blocks])[:b] for k in blocks[0]}
 
-    def _forward_block(self, pose, betas) -> dict[str, Any]:
-        """The forward of one block: pose (FORWARD_BLOCK, 3 * num_joints), betas (FORWARD_BLOCK, num_betas)."""
-        import torch
-        from smplx.lbs import batch_rigid_transform, batch_rodrigues
-
-        b = pose.shape[0]
-        nj, nv = self.num_joints, self.num_vertices
-
-        v_shaped = (self._v_template.reshape(1, -1) + betas @ self._shapedirs).reshape(b, nv, 3)
-        j_rest = (self._j_template.reshape(1, -1) + betas @ self._j_shapedirs).reshape(b, nj, 3)
-        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, nj, 3, 3)
-        if self.has_pose_correctives:
-            ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
-            feat = (rot[:, 1:] - ident).reshape(b, -1)
-            v_posed = v_shaped + (feat @ self._posedirs).reshape(b, nv, 3)
-        else:
-            v_posed = v_shaped
-        joints, rel = batch_rigid_transform(rot, j_rest, self._parents, dtype=torch.float32)
-        # Blend the joints' 3x4 transforms per vertex as one large matrix product, laid out
-        # (V, B, 4, 3) (columns outermost) so that applying them is four contiguous
-        # multiply-adds over (V, B, 3) rather than batched 3x3 products.
-        rows = rel[:, :, :3, :].transpose(2, 3).permute(1, 0, 2, 3).reshape(nj, b * 12)
-        t = (self._weights @ rows).reshape(nv, b, 4, 3)
-        vp = v_posed.permute(1, 0, 2)  # (V, B, 3)
-        verts = t[:, :, 3].clone()
-        for k in range(3):
-            verts.addcmul_(t[:, :, k], vp[:, :, k: k + 1])
+    def _forward_block(self, pose: torch.Tensor, betas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One block: pose (FORWARD_BLOCK, 3 * num_joints), betas (FORWARD_BLOCK, num_betas) -> root-centred
+        vertices, skeleton and joint sets."""
+        verts, joints = lbs(betas, pose, self._v_template, self._shapedirs,
+                            self._posedirs if self.has_pose_correctives else None,
+                            self._j_template, self._j_shapedirs, self._parents, self._weights)
         root = joints[:, :1]
-        verts = (verts - root.permute(1, 0, 2)).permute(1, 0, 2).contiguous()  # (B, V, 3)
+        verts.sub_(root)
         joints = joints - root
-        out = {"vertices": verts, "skeleton": joints, "smpl24": joints[:, self._smpl24_rows]}
-        coco = torch.empty((b, len(cv.COCO_JOINTS), 3), dtype=verts.dtype, device=verts.device)
-        coco[:, : len(cv.COCO_FACE_KEYPOINTS)] = verts[:, self._face_ids]
+        return {"vertices": verts, "skeleton": joints, **self.joint_sets_from(verts, joints)}
+
+    def joint_sets_from(self, vertices: torch.Tensor, skeleton: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each set in ``joint_sets`` (B, J_set, 3) from posed vertices (B, V, 3) and skeleton joints
+        (B, num_joints, 3), same frame and units (see the module docstring for each set's rule)."""
+        import torch
+
+        b = vertices.shape[0]
+        out = {"smpl24": skeleton[:, self._smpl24_rows]}
+        coco = torch.empty((b, len(cv.COCO_JOINTS), 3), dtype=vertices.dtype, device=vertices.device)
+        coco[:, : len(cv.COCO_FACE_KEYPOINTS)] = vertices[:, self._face_ids]
         for k, combo in self._coco_body.items():
-            coco[:, cv.COCO_JOINTS.index(k)] = sum(w * joints[:, j] for j, w in combo)
+            coco[:, cv.COCO_JOINTS.index(k)] = sum(w * skeleton[:, j] for j, w in combo)
         out["coco17"] = coco
         if self._h36m is not None:
-            out["h36m17"] = torch.einsum("jv,bvc->bjc", self._h36m, verts)
+            out["h36m17"] = torch.einsum("jv,bvc->bjc", self._h36m, vertices)
         return out
 
-    def forward(self, poses, betas) -> dict[str, np.ndarray]:
-        """Pose a batch. poses: (B, 156) AMASS SMPL+H axis-angle (or (B, 3 * num_joints));
+    def forward(self, poses: np.ndarray | torch.Tensor, betas: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Pose a batch.
+
+        poses: (B, 156) AMASS SMPL+H axis-angle (radians), or (B, 3 * num_joints) in the model's joint order.
         betas: (B, any) shape coefficients, truncated or zero-padded to ``num_betas``.
 
         Returns float32 numpy arrays, root-centred, metres, AMASS world axes (z up):

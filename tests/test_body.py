@@ -258,3 +258,30 @@ def test_synthetic_body_models(tmp_path):
         np.testing.assert_allclose(out["vertices"], r.vertices.detach().numpy() - root, atol=1e-5)
     smpl = BodyModel.load(BodyModelConfig(str(tmp_path), model_type="smpl"), "neutral")
     assert smpl.num_joints == 24 and smpl.num_vertices == model.num_vertices
+
+
+def test_lbs_is_smplx_lbs_with_the_rest_joints_regressed_ahead():
+    """The free `lbs` on explicit tensors equals smplx's `lbs()` given the same model arrays."""
+    from smplx.lbs import lbs as smplx_lbs
+
+    from mpt_data.body import lbs
+
+    data = tiny_body_model()
+    poses, betas = _random_batch(5)
+
+    def f32(key):
+        return torch.tensor(np.asarray(data[key], np.float64), dtype=torch.float32)
+
+    v_template, shapedirs, j_reg, weights, posedirs = (f32(k) for k in ("v_template", "shapedirs", "J_regressor",
+                                                                         "weights", "posedirs"))
+    nb = shapedirs.shape[2]
+    posedirs = posedirs.reshape(-1, posedirs.shape[2]).T.contiguous()  # (9 (J - 1), 3 V), smplx's layout too
+    parents = torch.tensor(np.asarray(data["kintree_table"], np.int64)[0])
+    parents[0] = -1
+    b, p = torch.from_numpy(betas[:, :nb]), torch.from_numpy(poses)
+    ref_v, ref_j = smplx_lbs(b, p, v_template, shapedirs, posedirs, j_reg, parents, weights)
+    verts, joints = lbs(b, p, v_template, shapedirs.reshape(-1, nb).T.contiguous(), posedirs, j_reg @ v_template,
+                        torch.einsum("jv,vcb->bjc", j_reg, shapedirs).reshape(nb, -1), parents, weights)
+    assert verts.shape == ref_v.shape and joints.shape == ref_j.shape
+    np.testing.assert_allclose(verts.numpy(), ref_v.numpy(), atol=1e-5)
+    np.testing.assert_allclose(joints.numpy(), ref_j.numpy(), atol=1e-5)
