@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from _helpers_b2 import Inputs, motion_arrays, shared_inputs, small_config, write_motion_files
+from motion_files import motion_arrays, write_motion_files
+from store_builds import Inputs, small_config
 from mpt_data import amass, schema
 from mpt_data import store as st
 from mpt_data.build import run_build
@@ -100,18 +101,17 @@ def _scan_or_fail(path: Path, root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(build_inputs, tmp_path_factory):
     """(store, inputs, sequences rows by path, BuildResult) of a build over good and bad entries."""
-    shared = shared_inputs(tmp_path_factory)
     root = tmp_path_factory.mktemp("bad_inputs")
     amass_root = root / "amass"
     write_motion_files(amass_root, GOOD)
     write_bad_entries(amass_root / "Broken" / "b")
     assert _scan_or_fail(amass_root / "Broken" / "b" / "fifo_poses.npz", amass_root)["status"] == "skipped"
     out = root / "store"
-    result = run_build(small_config(Inputs(amass_root, shared.body_dir), out))
+    result = run_build(small_config(Inputs(amass_root, build_inputs.body_dir), out))
     rows = {r["path"]: r for r in pq.read_table(out / schema.SEQUENCES_TABLE).to_pylist()}
-    return out, Inputs(amass_root, shared.body_dir), rows, result
+    return out, Inputs(amass_root, build_inputs.body_dir), rows, result
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

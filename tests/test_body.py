@@ -17,7 +17,7 @@ from mpt_data import conventions as cv
 from mpt_data.body import (
     BodyModel, BodyModelConfig, ModelFileError, find_model_file, load_body_models, load_model_file,
 )
-from _helpers_b1 import tiny_body_model
+from toy_body_model import tiny_body_model
 
 FACE_IDS = {k: 5 + 11 * i for i, k in enumerate(cv.COCO_FACE_KEYPOINTS)}
 SMPLX_VERTEX_IDS = {k: 0 for k in ("nose reye leye rear lear LBigToe LSmallToe LHeel RBigToe RSmallToe RHeel "
@@ -239,7 +239,7 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path):
 
 
 def test_synthetic_body_models(tmp_path):
-    from _synth_cache import write_body_models
+    from body_model_files import write_body_models
 
     write_body_models(tmp_path, seed=0, num_vertices=1500)
     cfg = BodyModelConfig(str(tmp_path))

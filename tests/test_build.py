@@ -12,22 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from _helpers_b2 import BAD_REASONS, GOOD, REPO, kill_once_plugin, shared_frozen_store, shared_inputs, small_config
+from motion_files import BAD_REASONS, GOOD
+from store_builds import REPO, kill_once_plugin, small_config
 from mpt_data import build as bd
 from mpt_data import schema
 from mpt_data import freeze as fz
 from mpt_data import store as st
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return shared_inputs(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(path, fingerprint) of the in-process, frozen build every other build must reproduce."""
-    return shared_frozen_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +36,8 @@ def _freeze_copy_fingerprint(path: Path) -> str:
 # Content
 
 
-def test_sequences_table_and_bad_inputs_skipped_with_reasons(reference):
-    path, _ = reference
+def test_sequences_table_and_bad_inputs_skipped_with_reasons(reference_store):
+    path, _ = reference_store
     table = pq.read_table(path / schema.SEQUENCES_TABLE).to_pylist()
     rows = {r["path"]: r for r in table}
     assert [r["index"] for r in table] == list(range(len(table)))
@@ -66,8 +56,8 @@ def test_sequences_table_and_bad_inputs_skipped_with_reasons(reference):
     assert group.attrs["counts"]["sequences"] == len(GOOD)
 
 
-def test_sampling_splits_and_frames_follow_the_recipe(reference, inputs):
-    path, _ = reference
+def test_sampling_splits_and_frames_follow_the_recipe(reference_store, build_inputs):
+    path, _ = reference_store
     group = zarr.open_group(str(path), mode="r")
     table = pq.read_table(path / schema.SEQUENCES_TABLE).to_pylist()
     seq, frame, split = (np.asarray(group[a][:]) for a in (schema.SEQUENCE, schema.FRAME, schema.SPLIT))
@@ -89,10 +79,10 @@ def test_sampling_splits_and_frames_follow_the_recipe(reference, inputs):
     assert counts["val"] > 0 and counts["test"] > 0
 
 
-def test_meshes_match_the_body_model_and_projections_match_a_pinhole(reference, inputs):
+def test_meshes_match_the_body_model_and_projections_match_a_pinhole(reference_store, build_inputs):
     from mpt_data.body import BodyModel, BodyModelConfig
 
-    path, _ = reference
+    path, _ = reference_store
     group = zarr.open_group(str(path), mode="r")
     table = pq.read_table(path / schema.SEQUENCES_TABLE).to_pylist()
     idx = np.array([0, 37, group.attrs["counts"]["meshes"] - 1])
@@ -107,10 +97,10 @@ def test_meshes_match_the_body_model_and_projections_match_a_pinhole(reference, 
     assert K.shape == (4, 3, 3) and len(group["cameras"].attrs["names"]) == 4
     for n, i in enumerate(idx):
         row = table[int(group[schema.SEQUENCE][i])]
-        src = np.load(inputs.amass_root / row["path"])
+        src = np.load(build_inputs.amass_root / row["path"])
         frame = int(group[schema.FRAME][i])
         np.testing.assert_allclose(group[schema.POSE][i], src["poses"][frame], atol=1e-6)
-        model = BodyModel.load(BodyModelConfig(str(inputs.body_dir), num_betas=16), row["gender"])
+        model = BodyModel.load(BodyModelConfig(str(build_inputs.body_dir), num_betas=16), row["gender"])
         out = model.forward(src["poses"][frame][None], src["betas"][None])
         np.testing.assert_allclose(verts[n], out["vertices"][0], atol=6e-5)  # int16 at 0.1 mm
         np.testing.assert_allclose(coco[n], out["coco17"][0], atol=1e-5)
@@ -127,10 +117,10 @@ def test_meshes_match_the_body_model_and_projections_match_a_pinhole(reference, 
             assert (vuv >= lo - 1e-3).all() and (vuv <= hi + 1e-3).all()
 
 
-def test_store_holds_topology_regressors_and_attributes(reference):
-    from _helpers_b2 import NUM_VERTICES
+def test_store_holds_topology_regressors_and_attributes(reference_store):
+    from store_builds import NUM_VERTICES
 
-    path, _ = reference
+    path, _ = reference_store
     group = zarr.open_group(str(path), mode="r")
     a = group.attrs
     assert a["schema"] == schema.SCHEMA_VERSION and a["state"] == "frozen" and a["tool_version"]
@@ -155,10 +145,10 @@ def test_store_holds_topology_regressors_and_attributes(reference):
 # Parallel builds, failures and resume: all end in the reference fingerprint
 
 
-def test_two_worker_cluster_reproduces_the_in_process_fingerprint(reference, inputs, cluster, tmp_path):
-    ref_path, ref_fp = reference
+def test_two_worker_cluster_reproduces_the_in_process_fingerprint(reference_store, build_inputs, cluster, tmp_path):
+    ref_path, ref_fp = reference_store
     out = tmp_path / "store2"
-    bd.build_store(small_config(inputs, out, workers=None, scheduler=cluster.scheduler_address))
+    bd.build_store(small_config(build_inputs, out, workers=None, scheduler=cluster.scheduler_address))
     assert _freeze_copy_fingerprint(out) == ref_fp
     # a re-run of a task writes the same bytes: the shard files are identical too
     for shard in (ref_path / schema.VERTICES / "c").rglob("*"):
@@ -166,23 +156,23 @@ def test_two_worker_cluster_reproduces_the_in_process_fingerprint(reference, inp
             assert (out / shard.relative_to(ref_path)).read_bytes() == shard.read_bytes()
 
 
-def test_killed_worker_still_ends_in_the_same_fingerprint(reference, inputs, cluster, tmp_path):
+def test_killed_worker_still_ends_in_the_same_fingerprint(reference_store, build_inputs, cluster, tmp_path):
     from distributed import Client
 
-    _, ref_fp = reference
+    _, ref_fp = reference_store
     marker = tmp_path / "killed"
     with Client(cluster) as client:
         client.register_plugin(kill_once_plugin(str(marker)))
         try:
-            bd.build_store(small_config(inputs, tmp_path / "store", scheduler=cluster.scheduler_address))
+            bd.build_store(small_config(build_inputs, tmp_path / "store", scheduler=cluster.scheduler_address))
         finally:
             client.unregister_worker_plugin("mpt-kill-once")
     assert marker.exists(), "the plugin never killed a worker"
     assert fz.freeze_store(tmp_path / "store") == ref_fp
 
 
-def test_interrupted_build_resumes_only_missing_partitions(reference, inputs, tmp_path, monkeypatch):
-    _, ref_fp = reference
+def test_interrupted_build_resumes_only_missing_partitions(reference_store, build_inputs, tmp_path, monkeypatch):
+    _, ref_fp = reference_store
     out = tmp_path / "store"
     real = bd.run_partition
     calls = []
@@ -195,33 +185,33 @@ def test_interrupted_build_resumes_only_missing_partitions(reference, inputs, tm
 
     monkeypatch.setattr(bd, "run_partition", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        bd.build_store(small_config(inputs, out))
+        bd.build_store(small_config(build_inputs, out))
     monkeypatch.setattr(bd, "run_partition", real)
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "building"
     with pytest.raises(st.StoreError, match="state 'building'"):
         fz.freeze_store(out)
     with pytest.raises(st.StoreError, match="--resume"):
-        bd.build_store(small_config(inputs, out))
+        bd.build_store(small_config(build_inputs, out))
     done = {i: st.partition_record_path(out, i).stat().st_mtime_ns for i in calls}
-    result = bd.run_build(small_config(inputs, out, resume=True))
+    result = bd.run_build(small_config(build_inputs, out, resume=True))
     assert set(result.written) == set(range(result.partitions)) - set(calls)
     assert {i: st.partition_record_path(out, i).stat().st_mtime_ns for i in calls} == done
     assert fz.freeze_store(out) == ref_fp
 
 
-def test_resume_refuses_a_changed_recipe(inputs, tmp_path, monkeypatch):
+def test_resume_refuses_a_changed_recipe(build_inputs, tmp_path, monkeypatch):
     out = tmp_path / "store"
     monkeypatch.setattr(bd, "run_partition", lambda ctx, part: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError, match="stop"):
-        bd.build_store(small_config(inputs, out))
+        bd.build_store(small_config(build_inputs, out))
     with pytest.raises(bd.RecipeError, match="another recipe"):
-        bd.build_store(small_config(inputs, out, cameras=2, resume=True))
+        bd.build_store(small_config(build_inputs, out, cameras=2, resume=True))
 
 
-def test_frozen_store_refuses_writes(reference, inputs, tmp_path):
-    ref_path, _ = reference
+def test_frozen_store_refuses_writes(reference_store, build_inputs, tmp_path):
+    ref_path, _ = reference_store
     with pytest.raises(st.FrozenStoreError):
-        bd.build_store(small_config(inputs, ref_path, overwrite=True))
+        bd.build_store(small_config(build_inputs, ref_path, overwrite=True))
     with pytest.raises(st.FrozenStoreError):
         st.open_store(ref_path, "r+")
     shard = next(p for p in (ref_path / schema.VERTICES).rglob("*") if p.is_file())
@@ -232,26 +222,26 @@ def test_frozen_store_refuses_writes(reference, inputs, tmp_path):
 # Recipes and failing fast
 
 
-def test_missing_body_model_and_bad_recipes_fail_at_once(inputs, tmp_path):
+def test_missing_body_model_and_bad_recipes_fail_at_once(build_inputs, tmp_path):
     empty = tmp_path / "no_models"
     empty.mkdir()
     with pytest.raises(bd.RecipeError, match="SMPLH_NEUTRAL"):
-        bd.build_store(small_config(inputs, tmp_path / "s", body_model_dir=str(empty)))
+        bd.build_store(small_config(build_inputs, tmp_path / "s", body_model_dir=str(empty)))
     assert not (tmp_path / "s").exists(), "nothing is written before the inputs are checked"
     with pytest.raises(bd.RecipeError, match="cameras"):
-        bd.build_store(small_config(inputs, tmp_path / "s", cameras=3))
+        bd.build_store(small_config(build_inputs, tmp_path / "s", cameras=3))
     with pytest.raises(bd.RecipeError, match="exactly one"):
-        bd.build_store(small_config(inputs, tmp_path / "s", target_meshes=50))
+        bd.build_store(small_config(build_inputs, tmp_path / "s", target_meshes=50))
     with pytest.raises(bd.RecipeError, match="amass_root"):
-        bd.build_store(small_config(inputs, tmp_path / "s", amass_root=str(tmp_path / "nowhere")))
+        bd.build_store(small_config(build_inputs, tmp_path / "s", amass_root=str(tmp_path / "nowhere")))
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  amass_rot: x\n")
     with pytest.raises(bd.RecipeError, match="unknown key 'sources.amass_rot'"):
         bd.load_recipe(bad)
 
 
-def test_unreadable_file_is_a_skip_not_a_crash(inputs, tmp_path):
-    row = bd.scan_file(str(inputs.amass_root / "CMU" / "gone_poses.npz"), str(inputs.amass_root), {})
+def test_unreadable_file_is_a_skip_not_a_crash(build_inputs, tmp_path):
+    row = bd.scan_file(str(build_inputs.amass_root / "CMU" / "gone_poses.npz"), str(build_inputs.amass_root), {})
     assert row["status"] == "skipped" and "unreadable" in row["reason"] and row["path"] == "CMU/gone_poses.npz"
 
 
@@ -268,14 +258,14 @@ def test_recipes_parse_and_flags_override(monkeypatch):
     assert splits["CMU"] == "train"
 
 
-def test_target_meshes_hits_the_requested_count(inputs, tmp_path):
-    result = bd.run_build(small_config(inputs, tmp_path / "s", target_fps=None, target_meshes=60))
+def test_target_meshes_hits_the_requested_count(build_inputs, tmp_path):
+    result = bd.run_build(small_config(build_inputs, tmp_path / "s", target_fps=None, target_meshes=60))
     assert abs(result.meshes - 60) <= len(GOOD)
     attrs = zarr.open_group(str(result.path), mode="r").attrs
     assert attrs["counts"]["meshes"] == result.meshes and attrs["recipe"]["sample_fps"] > 0
 
 
-def test_cli_build_freeze_verify_info(inputs, tmp_path):
+def test_cli_build_freeze_verify_info(build_inputs, tmp_path):
     from click.testing import CliRunner
 
     from mpt_data.cli import main
@@ -284,7 +274,8 @@ def test_cli_build_freeze_verify_info(inputs, tmp_path):
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text("# my datasets\nsources: {}\nstores: []\n")
     runner = CliRunner()
-    r = runner.invoke(main, ["build", "--amass-root", str(inputs.amass_root), "--body-models", str(inputs.body_dir),
+    r = runner.invoke(main, ["build", "--amass-root", str(build_inputs.amass_root),
+                             "--body-models", str(build_inputs.body_dir),
                              "--target-fps", "5", "--cameras", "2", "--shard-meshes", "16", "--chunk-meshes", "8",
                              "--workers", "0", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -298,7 +289,7 @@ def test_cli_build_freeze_verify_info(inputs, tmp_path):
     r = runner.invoke(main, ["info", str(out), "--json"])
     info = json.loads(r.output)
     assert info["counts"]["cameras"] == 2 and info["fingerprint"] == fp
-    r = runner.invoke(main, ["build", "--amass-root", str(inputs.amass_root), "--body-models", str(tmp_path),
+    r = runner.invoke(main, ["build", "--amass-root", str(build_inputs.amass_root), "--body-models", str(tmp_path),
                              "--target-fps", "5", "--workers", "0", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "body model" in r.output
 
@@ -338,17 +329,18 @@ def test_plan_tiles_every_shard_with_sequence_segments():
 # Bytes independent of other files; one build per store at a time
 
 
-def test_a_sequences_bytes_do_not_change_when_an_unrelated_file_is_added(reference, inputs, tmp_path):
+def test_a_sequences_bytes_do_not_change_when_an_unrelated_file_is_added(reference_store, build_inputs, tmp_path):
     """The same motion files plus one more that sorts first (31 meshes): every partition boundary moves, so
     each sequence is cut into other segments and batches (one of a single mesh), yet its bytes stay."""
-    from _helpers_b2 import Inputs, write_motion_files
+    from motion_files import write_motion_files
+    from store_builds import Inputs
 
-    ref_path, _ = reference
+    ref_path, _ = reference_store
     root = tmp_path / "amass"
     write_motion_files(root, GOOD)  # the same seeds, so the same files as the reference's
     write_motion_files(root / "ACCAD", [("x", "", "extra", 93, 60.0, "male")])  # ACCAD/x/extra_poses.npz
     out = tmp_path / "store"
-    bd.build_store(small_config(Inputs(root, inputs.body_dir), out))
+    bd.build_store(small_config(Inputs(root, build_inputs.body_dir), out))
     a, b = (zarr.open_group(str(p), mode="r") for p in (ref_path, out))
     rows_a, rows_b = ({r["path"]: r for r in pq.read_table(p / schema.SEQUENCES_TABLE).to_pylist()}
                       for p in (ref_path, out))
@@ -366,7 +358,7 @@ def test_a_sequences_bytes_do_not_change_when_an_unrelated_file_is_added(referen
             assert va.tobytes() == vb.tobytes(), (path, name)
 
 
-def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inputs, tmp_path, monkeypatch):
+def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(build_inputs, tmp_path, monkeypatch):
     """While one build writes (here: between its plan and its partitions), another build into the same
     --out, even with --overwrite, and the CLI are refused with one line naming the holder; the first
     build's store is untouched and ends complete and verified."""
@@ -375,7 +367,7 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
     from mpt_data.cli import main
 
     out = tmp_path / "store"
-    config = small_config(inputs, out, subsets_include=("HumanEva",))
+    config = small_config(build_inputs, out, subsets_include=("HumanEva",))
     lock_file = tmp_path / ".store.lock"
     real = bd._run_partitions
     seen = []
@@ -383,9 +375,9 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
     def second_build_meanwhile(client, ctx, todo, progress):
         assert json.loads(lock_file.read_text())["pid"] == os.getpid()
         with pytest.raises(bd.LockError, match=r"store .*store is in use by pid \d+"):
-            bd.build_store(small_config(inputs, out, subsets_include=("HumanEva",), overwrite=True))
-        r = CliRunner().invoke(main, ["build", "--amass-root", str(inputs.amass_root), "--body-models",
-                                      str(inputs.body_dir), "--target-fps", "5", "--workers", "0", "--overwrite",
+            bd.build_store(small_config(build_inputs, out, subsets_include=("HumanEva",), overwrite=True))
+        r = CliRunner().invoke(main, ["build", "--amass-root", str(build_inputs.amass_root), "--body-models",
+                                      str(build_inputs.body_dir), "--target-fps", "5", "--workers", "0", "--overwrite",
                                       "--out", str(out), "--no-progress"])
         assert r.exit_code == 1 and "in use by pid" in r.output and r.output.count("\n") == 1, r.output
         assert (out / "zarr.json").exists(), "the refused build deleted nothing"
@@ -402,7 +394,7 @@ def test_a_second_build_into_the_same_store_is_refused_while_the_first_runs(inpu
     assert fz.verify_store(out).ok
 
 
-def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):
+def test_a_stale_lock_of_a_dead_build_is_taken_over(build_inputs, tmp_path):
     import socket
     import subprocess
     import sys
@@ -414,6 +406,6 @@ def test_a_stale_lock_of_a_dead_build_is_taken_over(inputs, tmp_path):
     lock.lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0.0,
                                           "command": "mpt-data build (killed)"}))
     with pytest.warns(UserWarning, match=f"stale lock .* pid {dead.pid}"):
-        bd.build_store(small_config(inputs, out, subsets_include=("HumanEva",)))
+        bd.build_store(small_config(build_inputs, out, subsets_include=("HumanEva",)))
     assert lock.lock_file == tmp_path / ".store.lock" and not lock.lock_file.exists()
     assert zarr.open_group(str(out), mode="r").attrs["state"] == schema.STATE_COMPLETE

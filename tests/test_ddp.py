@@ -26,7 +26,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from _helpers_c2 import SyntheticSource, small_input_model, synthetic_prepare, synthetic_topology_arrays
+    from synthetic_batches import SyntheticSource, synthetic_prepare
+    from tiny_models import small_input_model, synthetic_topology_arrays
     from mpt_train.losses import Criterion
     from mpt_train.losses import LossConfig
     from mpt_train.runtime import cleanup_distributed

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from _reference import np_procrustes
+from numpy_reference import np_procrustes
 from mpt_data.images import ImagesConfig, ingest
 from mpt_train import checkpoint as ckpt
 from mpt_train.backbones import TINY_BACKBONE, PoseFeatureMaps

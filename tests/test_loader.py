@@ -14,17 +14,13 @@ from mpt_data import schema
 from mpt_train.data import LoaderConfig, PairLoader, interleave, sample_keys
 from mpt_train.store import StoreError, open_store
 
-from _helpers_c1 import CAMERAS as N_CAMS, CHUNK, build_test_stores
+from store_builds import CAMERAS as N_CAMS, CHUNK
 
 
-@pytest.fixture(scope="session")
-def stores(tmp_path_factory):
-    return build_test_stores(tmp_path_factory.mktemp("c1"))
-
-
-@pytest.fixture(scope="session")
-def store(stores):
-    return str(stores.frozen)
+@pytest.fixture
+def store(reference_store):
+    """The reference store's path as LoaderConfig.shards takes it."""
+    return str(reference_store.path)
 
 
 def _cfg(store, **kw) -> LoaderConfig:
@@ -82,13 +78,13 @@ def test_reader_matches_raw_arrays(store):
         r.read_chunk(0, joint_sets=("h36m17",))
 
 
-def test_reader_refuses_unfrozen_and_wrong_schema(stores, tmp_path):
+def test_reader_refuses_unfrozen_and_wrong_schema(unfrozen_store, tmp_path):
     with pytest.raises(StoreError, match="not 'frozen'.*mpt-data freeze"):
-        open_store(str(stores.unfrozen))
-    r = open_store(str(stores.unfrozen), allow_unfrozen=True)
+        open_store(str(unfrozen_store))
+    r = open_store(str(unfrozen_store), allow_unfrozen=True)
     assert r.num_meshes > 0 and r.fingerprint is None
     copy = tmp_path / "copy"
-    shutil.copytree(stores.unfrozen, copy)
+    shutil.copytree(unfrozen_store, copy)
     zarr.open_group(str(copy), mode="r+").attrs[schema.ATTR_SCHEMA] = 99
     with pytest.raises(StoreError, match="schema 99"):
         open_store(str(copy), allow_unfrozen=True)
@@ -179,11 +175,11 @@ def test_loader_leaves_the_global_rng_alone(store):
         assert torch.equal(torch.get_rng_state(), before), workers
 
 
-def test_resume_refuses_other_layout_or_store(stores, store):
+def test_resume_refuses_other_layout_or_store(unfrozen_store, store):
     state = PairLoader(_cfg(store, batch_size=16)).state_dict()
     with pytest.raises(ValueError, match="batch_size=16 vs 8"):
         PairLoader(_cfg(store, batch_size=8)).load_state_dict(state)
-    other = PairLoader(_cfg(str(stores.unfrozen), batch_size=16, allow_unfrozen=True))
+    other = PairLoader(_cfg(str(unfrozen_store), batch_size=16, allow_unfrozen=True))
     with pytest.raises(ValueError, match="fingerprint"):
         other.load_state_dict(state)
     other.load_state_dict(state, allow_other_store=True)  # --force
@@ -246,9 +242,9 @@ def test_clear_errors_for_impossible_requests(store):
     assert sum(len(b["key"]) for b in big_eval) == len(_split_pairs(store, "val"))
 
 
-def test_empty_split_streams_nothing(stores):
+def test_empty_split_streams_nothing(unfrozen_store):
     # the unfrozen store was built without the test subset
-    cfg = _cfg(str(stores.unfrozen), allow_unfrozen=True, split="test")
+    cfg = _cfg(str(unfrozen_store), allow_unfrozen=True, split="test")
     assert PairLoader(cfg.for_eval("test")).num_batches() == 0
     assert list(PairLoader(cfg.for_eval("test"))) == []
     with pytest.raises(ValueError, match="'test': 0"):

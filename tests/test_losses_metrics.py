@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers_c2 import synthetic_targets, tiny_model
-from _reference import np_procrustes as _np_procrustes
+from numpy_reference import np_procrustes as _np_procrustes
+from tiny_models import synthetic_targets, tiny_model
 from mpt_train.losses import Criterion, LossConfig, masked_l1
 from mpt_train.metrics import (MetricAccumulator, evaluate_batch, mpjpe, mpve, pa_mpjpe, procrustes_align,
                                root_indices)

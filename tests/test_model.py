@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _helpers_c2 import synthetic_topology_arrays, tiny_model
+from tiny_models import synthetic_topology_arrays, tiny_model
 from mpt_train.model import (ModelConfig, forward_matmul_flops, model_from_state, sincos_positions, sparse_to_dense,
                              topology_from_store, typical_camera_rotation, weak_perspective)
 
@@ -179,7 +179,7 @@ def test_sincos_positions_of_the_patch_grid():
         sincos_positions(4, 30)
     heat = tiny_model(patch=16)
     torch.testing.assert_close(heat.input_pos.detach(), sincos_positions(14, heat.cfg.hidden_sizes[0]))
-    from _helpers_c2 import small_input_model
+    from tiny_models import small_input_model
     coords = small_input_model(tokens=8)
     assert coords.input_pos.shape == (8, coords.cfg.hidden_sizes[0]) and coords.input_pos.abs().max() < 0.2
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _helpers_b2 import shared_frozen_store
 from mpt_data import preview as pv
 from mpt_data import schema
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return shared_frozen_store(tmp_path_factory)
 
 
 def test_heatmaps_are_gaussians_peaking_at_the_joint():
@@ -40,10 +34,10 @@ def test_crop_intrinsics_equal_projection_then_crop():
     np.testing.assert_allclose(direct, to_crop(uv, crop), atol=1e-3)
 
 
-def test_stored_joints_land_on_the_drawn_mesh(reference):
+def test_stored_joints_land_on_the_drawn_mesh(reference_store):
     from mpt_data import raster
 
-    path, _ = reference
+    path, _ = reference_store
     for index in (3, 71):
         views = pv.read_mesh_views(path, index)
         hits = total = 0
@@ -59,13 +53,13 @@ def test_stored_joints_land_on_the_drawn_mesh(reference):
         assert total > 0 and hits >= 0.95 * total, (index, hits, total)
 
 
-def test_preview_writes_one_panel_per_camera(reference, tmp_path):
+def test_preview_writes_one_panel_per_camera(reference_store, tmp_path):
     import cv2
     from click.testing import CliRunner
 
     from mpt_data.cli import main
 
-    path, _ = reference
+    path, _ = reference_store
     out = tmp_path / "p.png"
     r = CliRunner().invoke(main, ["preview", str(path), "--mesh", "5", "--out", str(out)])
     assert r.exit_code == 0, r.output

@@ -1,10 +1,10 @@
-"""Exact resume of a real pre-training run (tiny preset, small store, CPU), damaged checkpoints,
+"""Exact resume of a real pre-training run (tiny preset, builder-made store, CPU), damaged checkpoints,
 a forced resume on another store, and one owner per run folder.
 
 Every run logs every step (log_every 1); a resumed run's metrics.jsonl must equal the
 uninterrupted run's record for record (JSON floats round-trip exactly, so equal means
-bit-identical losses). Runs: 20 steps of 8 pairs on a store of 32 train meshes x 2 cameras
-(8 batches per epoch: checkpoints every 6 steps fall mid-epoch, and a resume crosses epoch
+bit-identical losses). Runs: 20 steps of 8 pairs on the reference store's 78 train meshes seen by
+camera 0 (9 batches per epoch: checkpoints every 6 steps fall mid-epoch, and a resume crosses epoch
 boundaries), a validation pass at step 10, dropout and Masked Vertex Modeling on.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers_c2 import write_test_store
 from mpt_data.fileio import FolderLock, LockError
 from mpt_train import checkpoint as ckpt
 from mpt_train.trainer import RunFolderError, train
@@ -42,9 +41,12 @@ def build(store: str, out: Path, steps: int = STEPS):
 
     cfg = TrainConfig(out=str(out), steps=steps, batch_size=8, lr=2e-3, log_every=1, checkpoint_every=6,
                       val_every=10, val_batches=1, progress=False, device="cpu")
-    # dropout 0.1: the global-RNG draws must line up too, not only the model's MVM generator
-    task = build_pretrain_task(cfg, ModelConfig.tiny(dropout=0.1, mvm_ratio=0.3), InputConfig(patch=28),
-                               LossConfig(), LoaderConfig(shards=store, num_workers=0))
+    # dropout 0.1: the global-RNG draws must line up too, not only the model's MVM generator.
+    # One layer per block: the store's 1500-vertex body gives 94 vertex tokens, and the dozen runs here
+    # need the steps to be cheap, not deep.
+    task = build_pretrain_task(cfg, ModelConfig.tiny(dropout=0.1, mvm_ratio=0.3, layers_per_block=1),
+                               InputConfig(patch=28), LossConfig(),
+                               LoaderConfig(shards=store, num_workers=0, cameras=(0,)))
     return cfg, task
 
 
@@ -69,10 +71,10 @@ def records(run: Path, kind: str = "train") -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(reference_store, tmp_path_factory):
     """A store and the uninterrupted run on it: (store, run folder, final model state)."""
     root = tmp_path_factory.mktemp("resume")
-    store = write_test_store(root / "store", num_meshes=48)
+    store = str(reference_store.path)
     cfg, task = build(store, root / "full")
     train(cfg, task)
     recs = records(root / "full")
@@ -195,10 +197,10 @@ def test_resume_after_a_kill_during_the_first_checkpoint_write_starts_at_step_0(
     assert_same_run(run, full, task.model, state)
 
 
-def test_forced_resume_on_another_store(reference, crashed, tmp_path):
+def test_forced_resume_on_another_store(reference, crashed, other_fingerprint_store, tmp_path):
     """The same content under another fingerprint: refused, then accepted with force (loader too)."""
     store, full, state = reference
-    other = write_test_store(tmp_path / "other", num_meshes=48, fingerprint="another-fingerprint")
+    other = str(other_fingerprint_store.path)
     run = tmp_path / "run"
     shutil.copytree(crashed, run)
     with pytest.raises(ValueError, match="fingerprint"):

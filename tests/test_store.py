@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
-from _helpers_b2 import shared_frozen_store
 from mpt_data import schema
 from mpt_data import freeze as fz
 from mpt_data import store as st
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return shared_frozen_store(tmp_path_factory)
 
 
 def _writable_copy(src, dst):
@@ -60,8 +54,8 @@ def _shard_chunk_range(shard_file, chunk_in_shard, chunks_per_shard):
     return int(index[chunk_in_shard, 0]), int(index[chunk_in_shard, 1])
 
 
-def test_verify_passes_then_names_a_corrupted_chunk(reference, tmp_path):
-    ref, fp = reference
+def test_verify_passes_then_names_a_corrupted_chunk(reference_store, tmp_path):
+    ref, fp = reference_store
     report = fz.verify_store(ref)
     assert report.ok and report.computed_fingerprint == fp and report.chunks_checked > 20
     store = _writable_copy(ref, tmp_path / "copy")
@@ -82,8 +76,8 @@ def test_verify_passes_then_names_a_corrupted_chunk(reference, tmp_path):
     assert report.computed_fingerprint != fp
 
 
-def test_verify_names_a_changed_sequences_table_and_camera_array(reference, tmp_path):
-    ref, _ = reference
+def test_verify_names_a_changed_sequences_table_and_camera_array(reference_store, tmp_path):
+    ref, _ = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     (store / schema.SEQUENCES_TABLE).write_bytes((store / schema.SEQUENCES_TABLE).read_bytes() + b"\0")
     arr = zarr.open_array(str(store / schema.CAMERA_T), mode="r+")
@@ -95,8 +89,8 @@ def test_verify_names_a_changed_sequences_table_and_camera_array(reference, tmp_
     assert any(m.startswith(f"{schema.CAMERA_T}: chunk 0 (whole array)") for m in report.mismatches)
 
 
-def test_freeze_needs_every_record_and_is_idempotent(reference, tmp_path):
-    ref, fp = reference
+def test_freeze_needs_every_record_and_is_idempotent(reference_store, tmp_path):
+    ref, fp = reference_store
     assert fz.freeze_store(ref) == fp  # already frozen: unchanged
     store = _writable_copy(ref, tmp_path / "copy")
     g = zarr.open_group(str(store), mode="r+")
@@ -106,8 +100,8 @@ def test_freeze_needs_every_record_and_is_idempotent(reference, tmp_path):
         fz.freeze_store(store)
 
 
-def test_info_reports_counts_sizes_and_compression(reference):
-    ref, fp = reference
+def test_info_reports_counts_sizes_and_compression(reference_store):
+    ref, fp = reference_store
     info = st.store_info(ref)
     assert info["fingerprint"] == fp and info["state"] == "frozen"
     c = info["counts"]

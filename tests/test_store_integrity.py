@@ -17,7 +17,6 @@ import stat
 import pytest
 import zarr
 
-from _helpers_b2 import shared_frozen_store
 from mpt_data import schema
 from mpt_data import freeze as fz
 from mpt_data import integrity
@@ -27,14 +26,9 @@ from mpt_train.store import StoreError as ReaderError
 from mpt_train.store import open_store
 from test_store import _shard_chunk_range, _writable_copy
 
-# The reference store (tests/_helpers_b2.small_config): 8-mesh chunks, 32-mesh shards, 4 chunks per shard.
+# The reference store (tests/store_builds.small_config): 8-mesh chunks, 32-mesh shards, 4 chunks per shard.
 CHUNK, SHARD = 8, 32
 BAD_CHUNK = 6  # meshes 48..55: the second shard's third chunk, in the train split (CMU motions come first)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return shared_frozen_store(tmp_path_factory)
 
 
 def _flip_chunk_bytes(store, array: str, chunk: int) -> None:
@@ -58,8 +52,8 @@ def _unfreeze(store) -> None:
     (store / "zarr.json").write_text(json.dumps(root))
 
 
-def test_fingerprint_is_the_sha256_of_the_manifest_which_records_metadata_and_chunks(reference):
-    ref, fp = reference
+def test_fingerprint_is_the_sha256_of_the_manifest_which_records_metadata_and_chunks(reference_store):
+    ref, fp = reference_store
     blob = (ref / schema.INTEGRITY_MANIFEST).read_bytes()
     assert integrity.manifest_fingerprint(blob) == fp
     doc = json.loads(blob)
@@ -75,8 +69,8 @@ def test_fingerprint_is_the_sha256_of_the_manifest_which_records_metadata_and_ch
     assert "amass_root" not in doc["group"]["recipe"] and doc["group"]["recipe_hash"]
 
 
-def test_freeze_rehashes_and_refuses_a_flipped_byte_naming_array_chunk_and_partition(reference, tmp_path):
-    ref, fp = reference
+def test_freeze_rehashes_and_refuses_a_flipped_byte_naming_array_chunk_and_partition(reference_store, tmp_path):
+    ref, fp = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     _unfreeze(store)
     assert fz.freeze_store(store) == fp  # the clean data re-freezes to the same fingerprint
@@ -93,8 +87,8 @@ def test_freeze_rehashes_and_refuses_a_flipped_byte_naming_array_chunk_and_parti
         f"{schema.VERTICES}: chunk {BAD_CHUNK} (meshes 48..55) differs"]
 
 
-def test_reader_and_loader_stop_at_a_flipped_byte_naming_array_and_chunk(reference, tmp_path):
-    ref, _ = reference
+def test_reader_and_loader_stop_at_a_flipped_byte_naming_array_and_chunk(reference_store, tmp_path):
+    ref, _ = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     _flip_chunk_bytes(store, schema.JOINTS2D, BAD_CHUNK)
     reader = open_store(str(store))  # the metadata is intact: opening works
@@ -114,8 +108,8 @@ def test_reader_and_loader_stop_at_a_flipped_byte_naming_array_and_chunk(referen
         list(PairLoader(cfg))
 
 
-def test_a_deleted_shard_file_is_an_error_not_zero_meshes(reference, tmp_path):
-    ref, _ = reference
+def test_a_deleted_shard_file_is_an_error_not_zero_meshes(reference_store, tmp_path):
+    ref, _ = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     shard_file = store / schema.VERTICES / "c" / "1" / "0" / "0"
     shard_file.unlink()  # zarr now reads meshes 32..63 as the fill value: all-zero vertices
@@ -131,8 +125,8 @@ def test_a_deleted_shard_file_is_an_error_not_zero_meshes(reference, tmp_path):
         f"{schema.VERTICES}: chunk {c} (meshes {c * CHUNK}..{c * CHUNK + CHUNK - 1}) differs" for c in range(4, 8)]
 
 
-def test_changed_scale_in_the_consolidated_metadata_fails_verify_and_the_reader(reference, tmp_path):
-    ref, fp = reference
+def test_changed_scale_in_the_consolidated_metadata_fails_verify_and_the_reader(reference_store, tmp_path):
+    ref, fp = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     root_json = store / "zarr.json"
     root = json.loads(root_json.read_text())
@@ -157,8 +151,8 @@ def test_changed_scale_in_the_consolidated_metadata_fails_verify_and_the_reader(
         f"{schema.INTEGRITY_MANIFEST} records 0.0001"]
 
 
-def test_a_changed_manifest_no_longer_matches_the_fingerprint(reference, tmp_path):
-    ref, _ = reference
+def test_a_changed_manifest_no_longer_matches_the_fingerprint(reference_store, tmp_path):
+    ref, _ = reference_store
     store = _writable_copy(ref, tmp_path / "copy")
     doc = json.loads((store / schema.INTEGRITY_MANIFEST).read_bytes())
     doc["arrays"][schema.VERTICES]["attributes"]["scale_m"] = 9e-4
@@ -168,8 +162,8 @@ def test_a_changed_manifest_no_longer_matches_the_fingerprint(reference, tmp_pat
     assert any(m.startswith(f"{schema.INTEGRITY_MANIFEST}: its SHA-256") for m in fz.verify_store(store).mismatches)
 
 
-def test_freeze_never_follows_a_symlink_and_verify_reports_it(reference, tmp_path):
-    ref, _ = reference
+def test_freeze_never_follows_a_symlink_and_verify_reports_it(reference_store, tmp_path):
+    ref, _ = reference_store
     outside = tmp_path / "outside.txt"
     outside.write_text("not part of any store")
     outside.chmod(0o644)
@@ -193,8 +187,8 @@ def test_freeze_never_follows_a_symlink_and_verify_reports_it(reference, tmp_pat
     assert (store / "meshes" / "notes.txt").is_symlink()
 
 
-def test_a_store_frozen_before_manifests_is_refused_by_the_reader_and_refrozen(reference, tmp_path):
-    ref, fp = reference
+def test_a_store_frozen_before_manifests_is_refused_by_the_reader_and_refrozen(reference_store, tmp_path):
+    ref, fp = reference_store
     store = tmp_path / "old"
     shutil.copytree(ref, store)  # file modes kept: read-only, as freeze left them
     os.remove(store / schema.INTEGRITY_MANIFEST)
@@ -206,12 +200,12 @@ def test_a_store_frozen_before_manifests_is_refused_by_the_reader_and_refrozen(r
     assert not (store / schema.INTEGRITY_MANIFEST).stat().st_mode & 0o222
 
 
-def test_cli_verify_says_what_it_checked(reference):
+def test_cli_verify_says_what_it_checked(reference_store):
     from click.testing import CliRunner
 
     from mpt_data.cli import main
 
-    ref, fp = reference
+    ref, fp = reference_store
     r = CliRunner().invoke(main, ["verify", str(ref)])
     assert r.exit_code == 0, r.output
     assert "re-read and re-hashed against integrity.json" in r.output and "consolidated metadata" in r.output

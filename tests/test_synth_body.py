@@ -16,7 +16,7 @@ N = 1500
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from _synth_cache import write_body_models
+    from body_model_files import write_body_models
 
     out = tmp_path_factory.mktemp("body_models")
     write_body_models(out, seed=0, num_vertices=N)  # built once per session; the bytes test rebuilds

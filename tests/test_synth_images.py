@@ -25,9 +25,9 @@ def inputs(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from _helpers_b2 import motion_arrays
+    from motion_files import motion_arrays
 
-    from _synth_cache import write_body_models
+    from body_model_files import write_body_models
 
     root = tmp_path_factory.mktemp("synth_images")
     write_body_models(root / "body", seed=0, num_vertices=1500)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _helpers_b1 import icosphere
+from toy_body_model import icosphere
 from mpt_data import topology as tp
 
 

@@ -1,18 +1,14 @@
-"""Inputs for the store/build/preview tests: a small synthetic body model, short AMASS-format motions
-(good ones in train/val/test subsets, plus one of every kind of bad file), and a Dask worker plugin
-that kills its worker process once."""
+"""AMASS-format motion files for the build tests: short, smooth SMPL+H motions in train, val and test
+subsets (`GOOD`), and one file of every kind the reader must skip, with the reason it must give
+(`BAD_REASONS`)."""
 
 from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-NUM_VERTICES = 1500
-REPO = Path(__file__).resolve().parents[1]
 
 # AMASS subset names, so the manifest's split applies: CMU train, HumanEva val, SSM_synced test.
 GOOD = (
@@ -61,12 +57,6 @@ def motion_arrays(frames: int, fps: float, gender: str, seed: int) -> dict[str, 
     }
 
 
-@dataclass(frozen=True)
-class Inputs:
-    amass_root: Path
-    body_dir: Path
-
-
 def write_motion_files(amass: Path, motions) -> None:
     """AMASS-format files for rows (subset, subject, name, frames, fps, gender) under `amass`."""
     for i, (subset, subject, name, frames, fps, gender) in enumerate(motions):
@@ -75,21 +65,8 @@ def write_motion_files(amass: Path, motions) -> None:
         np.savez(d / f"{name}_poses.npz", **motion_arrays(frames, fps, gender, seed=i))
 
 
-def write_inputs(root: Path) -> Inputs:
-    """Body models (helper A's synthetic model, NUM_VERTICES) and motions under `root`."""
-    from _synth_cache import write_body_models
-
-    body_dir = root / "body_models"
-    write_body_models(body_dir, seed=0, num_vertices=NUM_VERTICES)
-    amass = root / "amass"
-    write_motion_files(amass, GOOD)
-    for subset, subject, _, _, _, gender in GOOD:  # not motions: no rows
-        np.savez(amass / subset / subject / "shape.npz", betas=np.zeros(16), gender=np.array(gender))
-    write_bad_files(amass / "Broken" / "b")
-    return Inputs(amass, body_dir)
-
-
 def write_bad_files(d: Path) -> None:
+    """One file per entry of `BAD_REASONS` in `d`, each broken in the way its name says."""
     d.mkdir(parents=True, exist_ok=True)
     good = motion_arrays(20, 60.0, "male", seed=99)
 
@@ -117,68 +94,3 @@ def write_bad_files(d: Path) -> None:
         save("unreadable_poses.npz")
         (d / "unreadable_poses.npz").chmod(0)
     assert zipfile.is_zipfile(d / "nan_poses.npz")
-
-
-def kill_once_plugin(marker: str):
-    """A Dask WorkerPlugin whose worker dies (os._exit) when it starts the first build partition task.
-
-    The marker file makes it happen once per test, whichever worker gets there first."""
-    from distributed import WorkerPlugin
-
-    class KillOncePlugin(WorkerPlugin):
-        name = "mpt-kill-once"
-
-        def __init__(self, marker: str):
-            self.marker = marker
-
-        def transition(self, key, start, finish, **kwargs) -> None:
-            if finish == "executing" and "mpt-partition" in str(key):
-                try:
-                    fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    return
-                os.write(fd, str(key).encode())
-                os.close(fd)
-                os._exit(1)
-
-    return KillOncePlugin(marker)
-
-
-def shared_inputs(tmp_path_factory) -> Inputs:
-    """`write_inputs` once per test session (the directory is reused by every module that asks)."""
-    root = tmp_path_factory.getbasetemp() / "b2_inputs"
-    done = root / ".done"
-    if not done.exists():
-        write_inputs(root)
-        done.write_text("ok")
-    return Inputs(root / "amass", root / "body_models")
-
-
-def small_config(inputs: Inputs, out: Path, **overrides):
-    """The demo-like recipe on the test inputs: 20 fps sampling, 4 cameras, 8-mesh chunks, 32-mesh shards."""
-    from mpt_data.build import load_recipe, manifest_splits
-
-    options = dict(name="test", amass_root=str(inputs.amass_root), body_model_dir=str(inputs.body_dir),
-                   target_fps=20.0, cameras=4, chunk_meshes=8, shard_meshes=32, batch_size=64, out=str(out),
-                   workers=0, progress=False, splits=manifest_splits(REPO / "data_manifest.yaml"))
-    options.update(overrides)
-    return load_recipe(None, **options)
-
-
-def shared_frozen_store(tmp_path_factory) -> tuple[Path, str]:
-    """A frozen in-process build of `small_config`, made once per session: (path, fingerprint)."""
-    from mpt_data.build import build_store
-    from mpt_data.freeze import freeze_store
-
-    inputs = shared_inputs(tmp_path_factory)
-    out = tmp_path_factory.getbasetemp() / "b2_ref_store"
-    if not (out / "zarr.json").exists() or "frozen" not in (out / "zarr.json").read_text():
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        build_store(small_config(inputs, out))
-        freeze_store(out)
-    import zarr
-
-    return out, zarr.open_group(str(out), mode="r").attrs["fingerprint"]

@@ -1,4 +1,5 @@
-"""Small meshes and body models for helper B1's tests (data maths and readers)."""
+"""A closed icosphere and a small SMPL/SMPL+H-format body model skinned onto it, for the tests of the
+body-model maths, the readers and the topology (exact, fast, no person-shaped model needed)."""
 
 from __future__ import annotations
 
