@@ -79,8 +79,7 @@ class Runtime:
         """Resolve ``device`` and ``precision`` and join the process group torchrun describes
         (RANK, WORLD_SIZE, LOCAL_RANK; NCCL on CUDA, gloo on the CPU); one process otherwise.
 
-        Joining twice is harmless (an initialised group is reused), so a task builder and the
-        loop may both be handed the same environment.
+        A process group already initialised (by torchrun tooling or an earlier call) is reused.
         """
         kind = choose_device(device).type
         world = int(os.environ.get("WORLD_SIZE", "1"))

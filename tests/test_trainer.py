@@ -117,3 +117,29 @@ def test_pretrain_and_evaluate_commands_on_a_store(reference_store, tmp_path):
     import cv2
     img = cv2.imread(str(tmp_path / "cmp.png"))
     assert img.shape == (4 * 224, 2 * 224, 3) and (img < 250).any()
+
+
+def test_tiny_preset_built_in_python_equals_the_cli_run(tmp_path, reference_store):
+    # Presets live in the config classes: the CLI only maps the flags it is given onto fields, so
+    # the same choices made from Python resolve to the same run configuration.
+    from click.testing import CliRunner
+
+    from mpt_train.cli import main
+    from mpt_train.data import LoaderConfig
+    from mpt_train.inputs import InputConfig
+    from mpt_train.model import ModelConfig
+    from mpt_train.pretrain import build_pretrain_task
+
+    store = str(reference_store.path)
+    res = CliRunner().invoke(main, ["pretrain", "--shards", store, "--preset", "tiny", "--out", str(tmp_path / "cli"),
+                                    "--steps", "2", "--workers", "0", "--patch", "28", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = TrainConfig.tiny(out=str(tmp_path / "py"), steps=2, progress=False)
+    task = build_pretrain_task(cfg, ModelConfig.tiny(), InputConfig.tiny(patch=28), LossConfig(),
+                               LoaderConfig(shards=store, num_workers=0))
+    train(cfg, task)
+    from_cli = json.loads((tmp_path / "cli" / "config.json").read_text())
+    from_python = json.loads((tmp_path / "py" / "config.json").read_text())
+    assert from_cli["train"].pop("out") != from_python["train"].pop("out")
+    assert from_python == from_cli
+    assert from_cli["train"]["lr"] == 2e-3 and from_cli["inputs"]["mask_ratio"] == 0.1
