@@ -222,27 +222,6 @@ def _checked_manifest(path: Path, group) -> bytes:
     return integrity_manifest(metadata, actual)
 
 
-def seal_store_as_read(path: str | Path) -> str:
-    """Write `integrity.json` for a store exactly as it reads now and mark it frozen; returns the fingerprint.
-
-    For stores written without the builder (test fixtures, imports): there are no completion records to check
-    the data against, so this trusts what it reads. Builder stores go through `freeze_store`, which checks.
-    """
-    import zarr
-
-    path = Path(path)
-    plain = _open_plain(path)
-    metadata = store_metadata(plain)
-    sums = {name: _array_chunk_sums(plain[name], name, spec["chunk_rows"])[0] for name, spec in metadata["arrays"].items()}
-    if (path / schema.SEQUENCES_TABLE).exists():
-        sums[SEQUENCES_KEY] = [read_table_checksum(path / schema.SEQUENCES_TABLE)]
-    blob = integrity_manifest(metadata, sums)
-    atomic_write_bytes(path / schema.INTEGRITY_MANIFEST, blob)
-    fp = manifest_fingerprint(blob)
-    zarr.open_group(str(path), mode="r+", use_consolidated=False).attrs.update({schema.ATTR_FINGERPRINT: fp, schema.ATTR_STATE: schema.STATE_FROZEN})
-    return fp
-
-
 def update_manifest(manifest: Path, entry: dict) -> None:
     """Replace the `stores:` list at the end of a manifest, keeping everything above it byte for byte."""
     import yaml

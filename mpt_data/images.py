@@ -253,11 +253,11 @@ def _write_table_atomic(rows: list[dict], path: Path, rows_per_group: int) -> No
 
     schema = _schema()
     columns = {}
-    for field in schema:
-        values = [r[field.name] for r in rows]
-        if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+    for column in schema:
+        values = [r[column.name] for r in rows]
+        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
             values = [np.asarray(v, np.float32) for v in values]
-        columns[field.name] = pa.array(values, type=field.type)
+        columns[column.name] = pa.array(values, type=column.type)
     table = pa.table(columns, schema=schema)
     atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd", row_group_size=rows_per_group))
 

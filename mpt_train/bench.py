@@ -69,7 +69,6 @@ def bench_inputs(
         out = prepare_batch(batch, cfg, dev, dt)
     _sync(dev)
     sec = (time.perf_counter() - t0) / iters
-    k = batch["joints2d"].shape[1]
     out_bytes = out.tokens.values.numel() * torch.finfo(dt).bits // 8 if cfg.use_heatmaps else 0
     assert out.tokens.shape[0] == batch_size
     return {

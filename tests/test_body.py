@@ -7,7 +7,6 @@ import os
 import pickle
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest

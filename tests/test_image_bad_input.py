@@ -124,7 +124,7 @@ def test_ingest_skips_truncated_non_image_and_outside_paths_with_counted_reasons
     assert summary.skipped == {"path outside the image root": 3, "truncated JPEG (no end-of-image marker)": 1,
                                "corrupt image": 1, "truncated PNG (no IEND chunk)": 1}
     assert summary.written == 4 and summary.total == 10
-    assert summary.examples["path outside the image root"] == [f"3: ../outside.jpg", f"4: {tmp_path / 'outside.jpg'}",
+    assert summary.examples["path outside the image root"] == ["3: ../outside.jpg", f"4: {tmp_path / 'outside.jpg'}",
                                                                "5: escape.jpg"]
     saved = json.loads((tmp_path / "out" / "d" / "summary.json").read_text())
     assert saved["skipped"] == summary.skipped and saved["examples"]["corrupt image"] == ["2: im2.jpg"]

@@ -12,7 +12,7 @@ import torch
 from mpt_data.conventions import COCO_JOINTS, SPIN_JOINTS
 from mpt_data.images import AnnotationError, ImagesConfig, ingest
 from mpt_train.augment import AugmentConfig
-from mpt_train.images import ImageBatches, ImageStream, ImageStreamConfig, MixtureEntry, read_mixture
+from mpt_train.images import ImageBatches, ImageStream, read_mixture
 
 
 def _spin_dataset(root, n=12, size=96, bad=True, with_3d=True, seed=0):

@@ -81,7 +81,7 @@ def test_rotation_round_trip():
 
 def test_same_seed_same_bytes(tmp_path):
     a = sm.write_motions(tmp_path / "a", seed=5, num_sequences=3, seconds=0.5)
-    b = sm.write_motions(tmp_path / "b", seed=5, num_sequences=3, seconds=0.5)
+    sm.write_motions(tmp_path / "b", seed=5, num_sequences=3, seconds=0.5)
     c = sm.write_motions(tmp_path / "c", seed=6, num_sequences=3, seconds=0.5)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.npz"))
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.npz"))
