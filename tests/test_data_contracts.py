@@ -30,6 +30,58 @@ def test_mpt_data_imports_nothing_from_mpt_train():
     assert {f: m for f, m in offenders.items() if m} == {}
 
 
+# Each package's modules in data-flow order: contracts first, then the stages a sample passes through, then the
+# tasks and tools built on them. A module may import only modules before it (the README's code map follows it).
+DATA_FLOW = {
+    "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "raster", "topology", "amass",
+                 "sampling", "recipe", "plan", "body", "cameras", "store", "build", "freeze", "preview", "images",
+                 "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
+                 "synth.images", "bench", "cli"],
+    "mpt_train": ["store", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
+                  "checkpoint", "runtime", "loading", "evaluate", "images", "report", "trainer", "pretrain",
+                  "finetune", "posenet", "predict", "bench", "cli"],
+}
+
+
+def _imported_modules_resolved(path: Path, package: str, module: str) -> set[str]:
+    """`_imported_modules` with relative imports resolved against `package.module` (`from .x import y`
+    gives package.x, and package.x.y too when y is a module: `from . import bench`)."""
+    names = _imported_modules(path)
+    parts = [package, *module.split(".")]
+    if path.name != "__init__.py":
+        parts = parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = parts[: len(parts) - (node.level - 1)]
+            mod = ".".join(base + ([node.module] if node.module else []))
+            names.add(mod)
+            names.update(f"{mod}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module in (package, f"{package}.synth"):
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_module_imports_one_later_in_the_data_flow():
+    import mpt_train
+
+    for package, order in DATA_FLOW.items():
+        root = Path((mpt_data if package == "mpt_data" else mpt_train).__file__).parent
+        on_disk = {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                   for f in root.rglob("*.py")} - {"__init__"}
+        assert on_disk == set(order), f"{package}: place new modules in DATA_FLOW"
+        rank = {name: i for i, name in enumerate(order)}
+        later = {}
+        for name in order:
+            path = root / (name.replace(".", "/") + ".py")
+            if not path.exists():
+                path = root / name.replace(".", "/") / "__init__.py"
+            for m in _imported_modules_resolved(path, package, name):
+                own = m.removeprefix(package + ".")
+                if m.startswith(package + ".") and own in rank and rank[own] > rank[name]:
+                    later.setdefault(name, []).append(own)
+        assert later == {}, f"{package}: modules importing ones later in the data flow: {later}"
+
+
 def _tiny_image_dataset(root: Path, n: int = 4) -> Path:
     """`mpt-data images` output for n random 64 px images: ``root/shards/d``."""
     import cv2
