@@ -36,7 +36,7 @@ import numpy as np
 
 from mpt_data import __version__, conventions, schema
 from mpt_data import store as st
-from mpt_data.fileio import LockError, atomic_write_bytes
+from mpt_data.fileio import LockError, atomic_write_bytes, atomic_write_json
 from mpt_data.integrity import SEQUENCES_KEY
 from mpt_data.plan import Partition, plan_build, scan_file, sequences_table_bytes, table_rows
 from mpt_data.recipe import BuildConfig, RecipeError, load_recipe, manifest_splits, recipe_hash
@@ -144,7 +144,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         "sources": sources,
         "tool_version": __version__,
     }
-    st.write_json_atomic(st.partition_record_path(ctx.out, part.index), record)
+    atomic_write_json(st.partition_record_path(ctx.out, part.index), record)
     return record
 
 
@@ -347,7 +347,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
         group[name].attrs.update(extra)
     atomic_write_bytes(out / schema.SEQUENCES_TABLE, table)
     sums[SEQUENCES_KEY] = [st.table_checksum(table_rows(table))]
-    st.write_json_atomic(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
+    atomic_write_json(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 
 
 def _run_partitions(client, ctx: TaskContext, todo: list[Partition], progress: bool) -> None:

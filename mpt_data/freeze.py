@@ -14,13 +14,16 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from mpt_data import schema
 from mpt_data.fileio import atomic_write_bytes, atomic_write_text
 from mpt_data.integrity import (SEQUENCES_KEY, StoreError, chunk_digest, integrity_manifest, manifest_fingerprint,
                                 metadata_differences, parse_manifest, read_integrity_manifest, store_metadata)
-from mpt_data.store import (_mesh_array_paths, collect_checksums, open_store, partition_record_path, read_table_checksum, store_lock)
+from mpt_data.store import (_mesh_array_paths, collect_checksums, open_store, partition_record_path, read_table_checksum,
+                            store_lock)
+
 
 def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
     """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab."""

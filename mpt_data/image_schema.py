@@ -17,6 +17,8 @@ VERSION_METADATA_KEY = "mpt_image_shards"  # Parquet key-value metadata: str(SHA
 SUMMARY_FILE = "summary.json"
 SHARD_FILE = "part-{index:05d}.parquet"
 SHARD_GLOB = "part-*.parquet"
+# A complete JPEG starts with SOI and ends with EOI; a file cut short lacks the EOI (ingest and the reader check it).
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 # Columns, in file order. K = 17 COCO joints, S = 24 SPIN joints; pixels are crop pixels of the stored
 # crop unless said otherwise, 3D in metres in the annotation's camera frame.

@@ -63,7 +63,6 @@ NUM_COCO = len(COCO_JOINTS)
 PER_SAMPLE_KEYS = ("imgname", "center", "scale", "part", "S", "pose", "shape", "has_smpl", "gender", "vertices")
 LOCK_FILE = ".ingest.lock"
 EXAMPLES_PER_REASON = 5
-JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 
 OUTSIDE_ROOT = "path outside the image root"
@@ -278,7 +277,7 @@ def truncation_reason(blob: bytes) -> str:
     JPEG: the last two bytes must be the end-of-image marker FF D9; PNG: the last chunk must be
     IEND. Other formats (and non-images) are left to the decoder.
     """
-    if blob.startswith(JPEG_SOI) and not blob.endswith(JPEG_EOI):
+    if blob.startswith(shard.JPEG_SOI) and not blob.endswith(shard.JPEG_EOI):
         return TRUNCATED_JPEG
     if blob.startswith(PNG_SIGNATURE) and PNG_IEND not in blob[-12:]:
         return TRUNCATED_PNG

@@ -38,7 +38,7 @@ INTEGRITY_FORMAT = 1  # version of the manifest's layout; a reader refuses anoth
 UNFINGERPRINTED_ATTRS = (schema.ATTR_STATE, schema.ATTR_FINGERPRINT, schema.ATTR_TOOL_VERSION)
 # Recipe fields that say where the inputs lay or what the recipe was called, not what was built (the recipe
 # hash drops the same ones), so two copies of one build fingerprint alike wherever their inputs were.
-_RECIPE_LOCAL_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor", "name")
+_RECIPE_LOCAL_FIELDS = (*schema.RECIPE_PATH_FIELDS, "name")
 
 
 def canonical_json(obj: Any) -> bytes:

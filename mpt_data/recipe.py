@@ -60,7 +60,7 @@ class BuildConfig:
     progress: bool = True
 
     RUNTIME_FIELDS = ("out", "workers", "scheduler", "resume", "overwrite", "progress")
-    PATH_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor")
+    PATH_FIELDS = schema.RECIPE_PATH_FIELDS
 
     def recipe(self) -> dict[str, Any]:
         """The recipe part as plain JSON-able data (what the store records)."""

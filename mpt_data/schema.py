@@ -74,3 +74,6 @@ LEVEL_VERTEX_IDS = "vertex_ids"
 LEVEL_FACES = "faces"
 LEVEL_UP_INDEX = "up_index"
 LEVEL_UP_WEIGHT = "up_weight"
+
+# Recipe fields that name where the inputs lie, not what is built: left out of the recipe hash and the fingerprint.
+RECIPE_PATH_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor")

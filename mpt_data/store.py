@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from mpt_data import __version__, schema
-from mpt_data.fileio import FolderLock, atomic_write_json
+from mpt_data.fileio import FolderLock
 from mpt_data.integrity import StoreError, chunk_digest
 
 BUILD_DIR = "_build"
@@ -166,11 +166,6 @@ def read_table_checksum(path: Path) -> str:
     import pyarrow.parquet as pq
 
     return table_checksum(pq.read_table(path).to_pylist())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON (indented, sorted keys) atomically: `mpt_data.fileio.atomic_write_json`."""
-    atomic_write_json(path, obj)
 
 
 def store_lock(path: str | Path) -> FolderLock:

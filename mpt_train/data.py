@@ -110,6 +110,11 @@ def sample_keys(seed: int, epoch: int, pair_index: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(1)).astype(np.int64)
 
 
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the integers ``parts`` (e.g. seed, rank, step)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def _rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, *stream])
 
@@ -405,8 +410,7 @@ class PairLoader:
         # torch RNG when none is given: that draw would put the training step's randomness one
         # draw out of step after a mid-epoch resume. This generator is a pure function of the
         # position (and the streams read nothing from it: their order comes from the plan).
-        position = [self.config.seed, self.epoch, self.rank, self.batches_done]
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0] >> 1))
+        gen = torch.Generator().manual_seed(derived_seed(self.config.seed, self.epoch, self.rank, self.batches_done))
         loader = DataLoader(
             stream,
             batch_size=None,

@@ -50,13 +50,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpt_data import image_schema
 from mpt_data.conventions import SPIN_JOINTS
 
 from .augment import AugmentConfig, augment_sample, sample_params
+from .data import derived_seed
 
 LOADER_STATE_VERSION = 2  # 2: per-slot skipped-row counts; a version-1 state (no skips possible then) loads
 CHOICE_BLOCK = 4096
-JPEG_EOI = b"\xff\xd9"
 SPIN_PELVIS = SPIN_JOINTS.index("pelvis")
 NUM_COCO = 17
 
@@ -146,7 +147,6 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
     of another format version."""
     import pyarrow.parquet as pq
 
-    from mpt_data.image_schema import SHARD_FORMAT_VERSION, shard_format_version
 
     folder = Path(folder)
     summary = folder / "summary.json"
@@ -161,10 +161,10 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise ImageShardError(f"{path}: not a readable Parquet shard ({exc}); run `mpt-data images` again "
                                   f"for dataset {name}") from exc
-        version = shard_format_version(md.metadata)
-        if version != SHARD_FORMAT_VERSION:
+        version = image_schema.shard_format_version(md.metadata)
+        if version != image_schema.SHARD_FORMAT_VERSION:
             raise ImageShardError(f"{path}: image shard format version {version}, this reader reads "
-                                  f"{SHARD_FORMAT_VERSION}; run `mpt-data images` again for dataset {name}")
+                                  f"{image_schema.SHARD_FORMAT_VERSION}; run `mpt-data images` again for dataset {name}")
         start = 0
         for g in range(md.num_row_groups):
             rows = md.row_group(g).num_rows
@@ -192,7 +192,7 @@ def decode_jpeg(blob: bytes) -> np.ndarray:
     end-of-image marker is missing (a truncated JPEG, which OpenCV would decode with grey rows)."""
     import cv2
 
-    if not blob.endswith(JPEG_EOI):
+    if not blob.endswith(image_schema.JPEG_EOI):
         raise ImageDecodeError("JPEG without its end-of-image marker (truncated)")
     img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
@@ -372,7 +372,8 @@ class ImageStream(torch.utils.data.IterableDataset):
                 "skipped": {k: list(v) for k, v in self.skipped.items()},
                 "datasets": [e.name for e in self.cfg.datasets]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, allow_other_store: bool = False) -> None:
+        """Restore the position. Image shards carry no store fingerprint, so ``allow_other_store`` changes nothing."""
         if state.get("version") not in (1, LOADER_STATE_VERSION):
             raise ValueError(f"image loader state version {state.get('version')} != {LOADER_STATE_VERSION}")
         if state["datasets"] != [e.name for e in self.cfg.datasets] or state["seed"] != self.cfg.seed:
@@ -416,8 +417,7 @@ class ImageBatches:
         w = max(self.num_workers, 1)
         # Its own generator, a pure function of the position: starting a DataLoader otherwise draws its
         # workers' base seed from the global torch RNG (the stream itself reads nothing from it).
-        position = [self.stream.cfg.seed, self.stream.rank, self.batches]
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0] >> 1))
+        gen = torch.Generator().manual_seed(derived_seed(self.stream.cfg.seed, self.stream.rank, self.batches))
         loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.num_workers,
                                              pin_memory=self.pin_memory, persistent_workers=False, generator=gen)
         for batch in loader:

@@ -28,7 +28,6 @@ metrics unless told to continue it (``resume``) or to delete them first (``overw
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import random
@@ -48,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from mpt_data.fileio import FolderLock, atomic_write_json, atomic_write_text
 
 from . import checkpoint as ckpt
+from .data import derived_seed
 from .evaluate import evaluate_model
 from .runtime import Runtime, autocast_context
 
@@ -114,7 +114,9 @@ class BatchSource(Protocol):
 
     def __iter__(self) -> Iterator[dict]: ...
     def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict, allow_other_store: bool = False) -> None:
+        """Restore the position; ``allow_other_store`` (``--force``) continues on data whose fingerprint
+        differs from the one the state was saved on."""
 
 
 @dataclass
@@ -154,11 +156,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed that is a pure function of the integers ``parts`` (e.g. seed, rank, step)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
 _STEP_STREAM, _COMPONENT_STREAM = 0x57E9, 0xC0DE
 
 
@@ -179,14 +176,6 @@ def rng_components(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     load_rng_state_dict."""
     return {name: m for name, m in model.named_modules()
             if all(callable(getattr(m, a, None)) for a in ("seed_rng", "rng_state_dict", "load_rng_state_dict"))}
-
-
-def _load_source_state(source: "BatchSource", state: dict, force: bool) -> None:
-    """Restore the batch source; ``force`` lets a store loader continue on another store."""
-    if force and "allow_other_store" in inspect.signature(source.load_state_dict).parameters:
-        source.load_state_dict(state, allow_other_store=True)
-    else:
-        source.load_state_dict(state)
 
 
 class MetricsLog:
@@ -389,7 +378,7 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         step, samples, skipped = (state["trainer"][k] for k in ("step", "samples", "skipped"))
-        _load_source_state(task.train_batches, rank_state["loader"], force)
+        task.train_batches.load_state_dict(rank_state["loader"], allow_other_store=force)
         ckpt.set_rng_state(rank_state["rng"])
         saved_components = rank_state.get("components")
         if saved_components is None:

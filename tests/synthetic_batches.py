@@ -45,7 +45,7 @@ class SyntheticSource:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, allow_other_store: bool = False) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
