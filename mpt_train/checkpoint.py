@@ -295,16 +295,3 @@ def load_checkpoint(path: Path | str, *, rank: int = 0, map_location: str | torc
         return loaded
     raise CheckpointError(f"{p}: no usable checkpoint, every complete one is damaged [{'; '.join(problems)}]; "
                           f"start afresh with --overwrite")
-
-
-def load(path: Path | str, *, rank: int = 0, map_location: str | torch.device = "cpu",
-         expected_fingerprint: str | None = None, force: bool = False) -> tuple[dict, dict | None]:
-    """(state, rank_state) of :func:`load_checkpoint` (folder, run folder or RUN/latest).
-
-    Refuses a checkpoint written against a different store fingerprint than
-    ``expected_fingerprint`` unless ``force``. rank_state is None when the checkpoint has no
-    file for ``rank`` (e.g. evaluation with another world size).
-    """
-    loaded = load_checkpoint(path, rank=rank, map_location=map_location,
-                             expected_fingerprint=expected_fingerprint, force=force)
-    return loaded.state, loaded.rank_state

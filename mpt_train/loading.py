@@ -118,7 +118,7 @@ def load_checkpoint_run(path: str | Path, backbone: BackboneConfig | None = None
     """(model, the run's resolved config, {} if none) of a trainer checkpoint (folder, run folder or
     RUN/latest), on the CPU. ``backbone``: as for :func:`model_from_blob`. A checkpoint made against another
     store fingerprint than ``expected_fingerprint`` is refused unless ``force``."""
-    state, _ = ckpt.load(path, map_location="cpu", expected_fingerprint=expected_fingerprint, force=force)
+    state = ckpt.load_checkpoint(path, map_location="cpu", expected_fingerprint=expected_fingerprint, force=force).state
     try:
         model = model_from_blob(state["model"], backbone)
     except ChannelOrderMismatch as exc:

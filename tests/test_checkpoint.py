@@ -30,7 +30,8 @@ def test_round_trip_with_rng(tmp_path):
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    state, rank_state = ckpt.load(tmp_path / "latest")
+    loaded = ckpt.load_checkpoint(tmp_path / "latest")
+    state, rank_state = loaded.state, loaded.rank_state
     assert state["step"] == 5 and torch.equal(state["model"]["w"], torch.full((3,), 5.0))
     assert rank_state["loader"] == {"epoch": 1, "batches_done": 7}
     ckpt.set_rng_state(rank_state["rng"])
@@ -73,7 +74,7 @@ def test_crash_mid_write_never_replaces_last_good(tmp_path, monkeypatch, crash_a
         ckpt.save(tmp_path, 2, _state(2), {"rng": 2})
     monkeypatch.undo()
     assert ckpt.latest(tmp_path).name == "step-00000001"
-    state, _ = ckpt.load(tmp_path)
+    state = ckpt.load_checkpoint(tmp_path).state
     assert torch.equal(state["model"]["w"], torch.full((3,), 1.0))
     ckpt.save(tmp_path, 2, _state(2), {"rng": 2})  # a retry of the same step succeeds
     assert ckpt.latest(tmp_path).name == "step-00000002"
@@ -96,15 +97,15 @@ def test_hard_kill_of_a_writing_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 9
     assert ckpt.latest(tmp_path).name == "step-00000001"
-    state, _ = ckpt.load(tmp_path)
+    state = ckpt.load_checkpoint(tmp_path).state
     assert torch.equal(state["model"]["w"], torch.ones(2))
 
 
 def test_fingerprint_mismatch_refused_unless_forced(tmp_path):
     ckpt.save(tmp_path, 1, _state(1), {})
     with pytest.raises(ValueError, match="fingerprint"):
-        ckpt.load(tmp_path, expected_fingerprint="fp-b")
-    state, _ = ckpt.load(tmp_path, expected_fingerprint="fp-b", force=True)
+        ckpt.load_checkpoint(tmp_path, expected_fingerprint="fp-b")
+    state = ckpt.load_checkpoint(tmp_path, expected_fingerprint="fp-b", force=True).state
     assert state["store_fingerprint"] == "fp-a"
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        ckpt.load(tmp_path / "empty")
+        ckpt.load_checkpoint(tmp_path / "empty")

@@ -182,7 +182,7 @@ def test_resume_without_a_usable_checkpoint_says_so(reference, crashed, tmp_path
                                                     r"step-00000006.*rank-0.pt.*--overwrite"):
         train(*build(store, run), resume=True)
     with pytest.raises(ckpt.CheckpointError, match="step-00000006"):  # named explicitly: no fallback
-        ckpt.load(ckpt.step_dir(run, 6))
+        ckpt.load_checkpoint(ckpt.step_dir(run, 6))
 
 
 def test_resume_after_a_kill_during_the_first_checkpoint_write_starts_at_step_0(reference, crashed, tmp_path):
