@@ -135,14 +135,34 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def manifest_splits(manifest: str | Path) -> dict[str, str]:
-    """{subset: split} declared in a data manifest's `sources.amass.subsets` list."""
+def unknown_key_message(key: str, known) -> str:
+    """`unknown key 'x'; did you mean 'y'? known keys: [...]` for a key not in ``known`` (recipes, mixtures)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{hint} known keys: {sorted(known)}"
+
+
+def read_yaml(path: Path, error: type[Exception]) -> Any:
+    """The YAML document in ``path``; a syntax error raises ``error`` naming the file, line and problem."""
     import yaml
 
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{path}: not valid YAML{where}: {problem}") from exc
+
+
+def manifest_splits(manifest: str | Path) -> dict[str, str]:
+    """{subset: split} declared in a data manifest's `sources.amass.subsets` list."""
     path = Path(manifest)
     if not path.is_file():
         raise RecipeError(f"splits.from: manifest {str(path)!r} not found (a relative path is relative to the recipe file)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, RecipeError) or {}
     subsets = (((data.get("sources") or {}).get("amass") or {}).get("subsets")) or []
     return {s["name"]: s.get("split", "train") for s in subsets}
 
@@ -152,14 +172,12 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
 
     A `target_fps` override replaces a recipe's `target_meshes` and vice versa.
     """
-    import yaml
-
     fields: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise RecipeError(f"recipe {str(p)!r} not found")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = read_yaml(p, RecipeError) or {}
         if not isinstance(raw, dict):
             raise RecipeError(f"recipe {p}: top level must be a mapping")
         flat = _flatten(raw)
@@ -169,7 +187,7 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
         splits.update(flat.pop("splits.subsets", None) or {})
         for key, value in flat.items():
             if key not in _RECIPE_KEYS:
-                raise RecipeError(f"recipe {p}: unknown key {key!r}; known keys: {sorted(_RECIPE_KEYS) + ['splits.from', 'splits.subsets']}")
+                raise RecipeError(f"recipe {p}: {unknown_key_message(key, [*_RECIPE_KEYS, 'splits.from', 'splits.subsets'])}")
             fields[_RECIPE_KEYS[key]] = value
         fields["splits"] = splits
     # A sampling flag replaces the recipe's sampling rule, whichever of the two the recipe used.
