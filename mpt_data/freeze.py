@@ -79,7 +79,8 @@ def _set_files_writable(path: Path, writable: bool) -> None:
 
 def _writer_metadata_problems(group) -> list[str]:
     """Metadata the builder always writes, checked before freeze records it (a record holds checksums only):
-    the vertex scale, and each per-mesh array's length, chunking and per-mesh shape against the counts."""
+    the vertex scale (and its CF form), and each per-mesh array's length, chunking, per-mesh shape against the
+    counts and dimension names (when it has them)."""
     attrs = group.attrs
     counts = attrs.get(schema.ATTR_COUNTS, {})
     out = []
@@ -90,6 +91,12 @@ def _writer_metadata_problems(group) -> list[str]:
     scale = vertices.attrs.get(schema.ATTR_SCALE_M)
     if scale != schema.VERTEX_SCALE_M:
         out.append(f"{schema.VERTICES}: attribute {schema.ATTR_SCALE_M!r} is {scale!r}, the builder writes {schema.VERTEX_SCALE_M}")
+    # The CF attributes decode the same integers for xarray: one that disagreed with scale_m would give other
+    # metres there than in MPT. Stores built before they existed have none and freeze as they are.
+    for key, want in schema.VERTEX_CF_ATTRS.items():
+        got = vertices.attrs.get(key, want)
+        if got != want:
+            out.append(f"{schema.VERTICES}: attribute {key!r} is {got!r}, the builder writes {want!r}")
     if attrs.get(schema.ATTR_VERTEX_SCALE_M, schema.VERTEX_SCALE_M) != schema.VERTEX_SCALE_M:
         out.append(f"group: attribute {schema.ATTR_VERTEX_SCALE_M!r} is {attrs.get(schema.ATTR_VERTEX_SCALE_M)!r}, the builder writes {schema.VERTEX_SCALE_M}")
     per_mesh = {schema.VERTICES: (counts.get("vertices"), 3), schema.JOINTS2D: (counts.get("cameras"),),
@@ -102,6 +109,9 @@ def _writer_metadata_problems(group) -> list[str]:
         except KeyError:
             out.append(f"{name}: array missing")
             continue
+        dims = arr.metadata.dimension_names
+        if dims is not None and tuple(dims) != schema.dimension_names(name):
+            out.append(f"{name}: dimension names {list(dims)}, the builder writes {list(schema.dimension_names(name))}")
         if arr.shape[0] != counts.get("meshes") or arr.chunks[0] != attrs.get(schema.ATTR_CHUNK_MESHES):
             out.append(f"{name}: {arr.shape[0]} meshes in chunks of {arr.chunks[0]}, the counts say "
                        f"{counts.get('meshes')} in chunks of {attrs.get(schema.ATTR_CHUNK_MESHES)}")

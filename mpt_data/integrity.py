@@ -3,8 +3,8 @@
 
 `integrity.json` (schema.INTEGRITY_MANIFEST, at the store's root, written by freeze) records what a reader
 must see: the group attributes that give the data its meaning, every sub-group's attributes, each array's
-shape, dtype, axis-0 chunk length and attributes, each chunk's BLAKE2b-128 of decoded bytes, and the
-sequences table's content checksum. It is canonical JSON (sorted keys, no spaces), so the same data and
+shape, dtype, axis-0 chunk length, attributes and dimension names, each chunk's BLAKE2b-128 of decoded
+bytes, and the sequences table's content checksum. It is canonical JSON (sorted keys, no spaces), so the same data and
 metadata give the same bytes, and the fingerprint is the SHA-256 of those bytes: it covers data and
 metadata (vertex scale, shapes, joint sets, counts, recipe hash) but not codecs, shard files or paths.
 
@@ -64,7 +64,8 @@ def store_metadata(group) -> dict[str, Any]:
     """What a reader of `group` sees besides the chunk bytes, in the manifest's layout:
 
     {"group": meaning_attrs(root attributes), "groups": {path: attributes},
-     "arrays": {path: {"shape", "dtype", "chunk_rows" (axis-0 chunk length), "attributes"}}}.
+     "arrays": {path: {"shape", "dtype", "chunk_rows" (axis-0 chunk length), "attributes",
+                       "dimension_names" (only when the array has them)}}}.
     A group opened with consolidated metadata answers from it, as a reader's does.
     """
     import zarr
@@ -78,6 +79,9 @@ def store_metadata(group) -> dict[str, Any]:
         if isinstance(node, zarr.Array):
             arrays[p] = {"shape": list(node.shape), "dtype": str(node.dtype),
                          "chunk_rows": int(node.chunks[0]) if node.ndim else 1, "attributes": dict(node.attrs)}
+            dims = getattr(node.metadata, "dimension_names", None)
+            if dims is not None:  # absent in stores built before arrays had names: their manifests stay the same
+                arrays[p]["dimension_names"] = list(dims)
         else:
             groups[p] = dict(node.attrs)
     return _plain({"group": meaning_attrs(dict(group.attrs)), "groups": groups, "arrays": arrays})
@@ -163,7 +167,7 @@ def metadata_differences(recorded: dict[str, Any], seen: dict[str, Any], label: 
             out.append(f"{p}: array not in {schema.INTEGRITY_MANIFEST}{how}")
             continue
         w, g = want_arrays[p], got_arrays[p]
-        for key in ("shape", "dtype", "chunk_rows"):
+        for key in ("shape", "dtype", "chunk_rows", "dimension_names"):
             if w.get(key) != g.get(key):
                 out.append(f"{p}: {key} reads {_short(g.get(key))}{how}, {schema.INTEGRITY_MANIFEST} records {_short(w.get(key))}")
         attrs_diff(p, w.get("attributes", {}), g.get("attributes", {}))

@@ -1,6 +1,6 @@
-"""The store format (schema 1): array paths and constants shared by writer and reader.
+"""The store format (schema 1): array paths, dimension names and constants shared by writer and reader.
 
-See DESIGN.md, "Store format". This module is pure data; `mpt_train` imports it.
+See DESIGN.md, "Store format". This module is pure data (and one lookup over it); `mpt_train` imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ PIXEL_CENTRE = 0.5
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
 # Array paths inside the Zarr v3 group.
-VERTICES = "meshes/vertices"  # (N, V, 3) int16, attrs: scale_m
+VERTICES = "meshes/vertices"  # (N, V, 3) int16, attrs: scale_m and VERTEX_CF_ATTRS
 JOINTS_GROUP = "meshes/joints"  # meshes/joints/<set>: (N, J, 3) float32
 POSE = "meshes/pose"  # (N, P) float32 axis-angle
 BETAS = "meshes/betas"  # (N, B) float32
@@ -74,6 +74,62 @@ LEVEL_VERTEX_IDS = "vertex_ids"
 LEVEL_FACES = "faces"
 LEVEL_UP_INDEX = "up_index"
 LEVEL_UP_WEIGHT = "up_weight"
+
+# Zarr v3 `dimension_names` of every array the builder writes, so xarray opens any group with named axes
+# (`xarray.open_zarr(store, group="meshes")`, `xarray.open_datatree(store, engine="zarr")`). Within one group a
+# name means one length; a joint axis is named after its joint set (`smpl24_joint`), because the sets of one
+# group differ in size, and a coarse level's own vertices and faces are `level_vertex`/`level_face`.
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    VERTICES: ("mesh", "vertex", "xyz"),
+    POSE: ("mesh", "pose_value"),
+    BETAS: ("mesh", "beta"),
+    SEQUENCE: ("mesh",),
+    FRAME: ("mesh",),
+    SPLIT: ("mesh",),
+    JOINTS2D: ("mesh", "camera", "keypoint", "xy"),
+    VISIBLE: ("mesh", "camera", "keypoint"),
+    CROP: ("mesh", "camera", "crop_value"),  # x0, y0, side
+    CAMERA_K: ("camera", "row", "column"),
+    CAMERA_R: ("camera", "row", "column"),
+    CAMERA_T: ("camera", "xyz"),
+    CAMERA_SIZE: ("camera", "width_height"),
+    TOPOLOGY_TEMPLATE: ("vertex", "xyz"),
+    TOPOLOGY_FACES: ("face", "corner"),
+}
+LEVEL_DIMENSIONS: dict[str, tuple[str, ...]] = {  # arrays inside each TOPOLOGY_LEVEL group
+    LEVEL_VERTEX_IDS: ("level_vertex",),
+    LEVEL_FACES: ("level_face", "corner"),
+    LEVEL_UP_INDEX: ("finer_vertex", "neighbour"),
+    LEVEL_UP_WEIGHT: ("finer_vertex", "neighbour"),
+}
+# CF-convention attributes of VERTICES, so netCDF/xarray readers decode the int16 values to metres themselves
+# (metres = stored * scale_factor; the quantisation has no offset, so no add_offset). MPT's own readers
+# use ATTR_SCALE_M on the raw integers and never read these.
+ATTR_CF_SCALE_FACTOR = "scale_factor"
+ATTR_CF_UNITS = "units"
+VERTEX_CF_ATTRS: dict[str, object] = {ATTR_CF_SCALE_FACTOR: VERTEX_SCALE_M, ATTR_CF_UNITS: "m"}
+
+
+def joint_dimension(joint_set: str) -> str:
+    """The name of a joint set's joint axis, e.g. `smpl24_joint`."""
+    return f"{joint_set}_joint"
+
+
+def dimension_names(path: str) -> tuple[str, ...]:
+    """The `dimension_names` of the array at `path` (a path inside the group); ValueError for a path the
+    format does not define."""
+    if path in DIMENSIONS:
+        return DIMENSIONS[path]
+    head, _, name = path.rpartition("/")
+    if head == JOINTS_GROUP and name:
+        return ("mesh", joint_dimension(name), "xyz")
+    if head == TOPOLOGY_REGRESSORS and name:
+        return (joint_dimension(name), "vertex")
+    level = head.rpartition("/")[2]
+    if head.startswith(f"{TOPOLOGY}/") and level.startswith("level") and level[5:].isdigit() and name in LEVEL_DIMENSIONS:
+        return LEVEL_DIMENSIONS[name]
+    raise ValueError(f"the store format defines no dimension names for an array at {path!r} (see schema.DIMENSIONS)")
+
 
 # Recipe fields that name where the inputs lie, not what is built: left out of the recipe hash and the fingerprint.
 RECIPE_PATH_FIELDS = ("amass_root", "body_model_dir", "h36m_regressor")

@@ -4,7 +4,7 @@ A store is one Zarr v3 group in a local directory (schema 1, paths in `mpt_data.
 
 | path | shape, dtype | meaning |
 | --- | --- | --- |
-| `meshes/vertices` | (N, V, 3) int16, attr `scale_m` = 1e-4 | root-centred vertices, body frame, z up; metres = stored * scale_m |
+| `meshes/vertices` | (N, V, 3) int16, attrs `scale_m` = `scale_factor` = 1e-4, `units` = m | root-centred vertices, body frame, z up; metres = stored * scale_m (CF readers such as xarray decode it through `scale_factor`) |
 | `meshes/joints/<set>` | (N, J, 3) float32 | 3D joints of each joint set (`smpl24`, `coco17`, `h36m17` if a regressor was given), same frame |
 | `meshes/pose` | (N, P) float32 | source axis-angle pose (P = 156, SMPL+H layout) |
 | `meshes/betas` | (N, B) float32 | shape parameters given to the body model (B = the recipe's num_betas) |
@@ -30,6 +30,9 @@ A store is one Zarr v3 group in a local directory (schema 1, paths in `mpt_data.
 Group attributes: `schema`, `tool_version`, `state` (`building` | `complete` | `frozen`), `recipe` (resolved),
 `recipe_hash`, `counts` (meshes, cameras, views, vertices, faces, sequences, skipped, splits), `joint_sets`
 ({name: J}), `heatmap_joint_set`, `chunk_meshes`, `shard_meshes`, `partitions`, `fingerprint` (set by freeze).
+
+Every array carries zarr v3 `dimension_names` (`schema.dimension_names`: `mesh`, `vertex`, `xyz`, `camera`,
+`<set>_joint`, ...), so xarray opens each group as a Dataset and the whole store as a DataTree.
 
 Per-mesh arrays are chunked along axis 0 (`chunk_meshes` meshes per chunk, a loader reads whole chunks) and
 sharded (`shard_meshes` per shard file); one build task owns whole shards, so parallel writers never share a
@@ -221,7 +224,8 @@ def create_store(path: str | Path, layout: StoreLayout, attrs: dict[str, Any]) -
             shards=(layout.shard_meshes, *rest),
             compressors=_compressors(dtype),
             fill_value=0,
-            attributes={schema.ATTR_SCALE_M: schema.VERTEX_SCALE_M} if name == schema.VERTICES else {},
+            attributes={schema.ATTR_SCALE_M: schema.VERTEX_SCALE_M, **schema.VERTEX_CF_ATTRS} if name == schema.VERTICES else {},
+            dimension_names=schema.dimension_names(name),
         )
 
 
@@ -231,6 +235,10 @@ def write_static_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: 
     sums: dict[str, list[str]] = {}
     for name, value in sorted(arrays.items()):
         value = np.ascontiguousarray(value)
+        try:
+            dims = schema.dimension_names(name)
+        except ValueError as err:
+            raise StoreError(str(err)) from err
         arr = group.create_array(
             name,
             shape=value.shape,
@@ -239,6 +247,7 @@ def write_static_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: 
             compressors=_compressors(str(value.dtype)),
             fill_value=0,
             attributes=(attrs or {}).get(name, {}),
+            dimension_names=dims,
             overwrite=True,
         )
         arr[...] = value

@@ -60,7 +60,9 @@ def test_fingerprint_is_the_sha256_of_the_manifest_which_records_metadata_and_ch
     assert integrity.canonical_json(doc) == blob, "the manifest is stored in its canonical form"
     n = doc["group"]["counts"]["meshes"]
     vertices = doc["arrays"][schema.VERTICES]
-    assert vertices["attributes"] == {"scale_m": schema.VERTEX_SCALE_M} and vertices["dtype"] == "int16"
+    assert vertices["attributes"] == {"scale_m": schema.VERTEX_SCALE_M, "scale_factor": schema.VERTEX_SCALE_M,
+                                      "units": "m"} and vertices["dtype"] == "int16"
+    assert vertices["dimension_names"] == ["mesh", "vertex", "xyz"]
     assert vertices["shape"][0] == n and vertices["chunk_rows"] == CHUNK
     assert len(doc["checksums"][schema.VERTICES]) == -(-n // CHUNK)
     assert doc["groups"]["cameras"]["names"] and schema.SEQUENCES_TABLE in doc["files"]
