@@ -336,6 +336,22 @@ def compare_runs_cmd(runs, out):
     click.echo(table)
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="PNG file to write (a file, not a folder).")
+def plot(runs, out):
+    """Training and validation curves of run folders given as RUN or NAME=RUN (overlaid, one legend): the
+    loss and its terms (log scale), and validation PA-MPJPE, MPJPE, MPVE (mm), against samples trained on."""
+    from .plot import PlotError, plot_runs, run_labels
+
+    try:
+        plot_runs(run_labels(runs), out)
+    except PlotError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(out)
+
+
 @main.command("evaluate-images")
 @click.option("--checkpoint", required=True, help="A step-N folder, a run folder or RUN/latest.")
 @click.option("--image-shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),

@@ -39,7 +39,7 @@ DATA_FLOW = {
                  "synth.images", "bench", "cli"],
     "mpt_train": ["store", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "report", "trainer", "pretrain",
-                  "finetune", "posenet", "predict", "bench", "cli"],
+                  "finetune", "posenet", "predict", "plot", "bench", "cli"],
 }
 
 
