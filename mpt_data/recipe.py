@@ -1,5 +1,8 @@
 """Build recipes: the YAML files in `pipelines/` as one frozen BuildConfig, with command-line overrides.
 
+A recipe is named by its file or, for the recipes installed with the package (`pipelines/*.yaml`, shipped as
+the package `mpt_data.pipelines`), by its bare name: `--recipe amass-mpt`.
+
 A recipe names the sources (AMASS root, subsets, frame-rate overrides), the body model, the sampling rule, the
 camera rig, the train/val/test split of subsets, and the store layout. Relative data paths (amass_root,
 body_model.dir, h36m_regressor) resolve against the current directory; `splits.from` (the project's data
@@ -167,16 +170,51 @@ def manifest_splits(manifest: str | Path) -> dict[str, str]:
     return {s["name"]: s.get("split", "train") for s in subsets}
 
 
-def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
-    """Read a recipe YAML into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win.
+# The package that holds the recipes of `pipelines/` once installed (pyproject.toml maps the folder into it).
+RECIPES_PACKAGE = "mpt_data.pipelines"
+RECIPE_SUFFIX = ".yaml"
 
-    A `target_fps` override replaces a recipe's `target_meshes` and vice versa.
+
+def packaged_recipes() -> dict[str, Path]:
+    """{name: file} of the recipes installed with the package (`pipelines/*.yaml`, named without `.yaml`)."""
+    from importlib import resources
+
+    try:
+        root = resources.files(RECIPES_PACKAGE)
+    except ModuleNotFoundError as err:
+        raise RecipeError(f"this installation of mpt has no packaged recipes ({RECIPES_PACKAGE} is missing): "
+                          "reinstall it (pip install -e . in a checkout), or give the path of a recipe file") from err
+    folder = Path(str(root))
+    if not folder.is_dir():  # a zipped install: a recipe needs a real folder, its split manifest lies beside it
+        raise RecipeError(f"the packaged recipes at {root} are not in a folder; give the path of a recipe file")
+    return {f.name[: -len(RECIPE_SUFFIX)]: f for f in sorted(folder.glob(f"*{RECIPE_SUFFIX}"))}
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """The recipe file `recipe` names: an existing file, a path (anything with a folder or a `.yaml`/`.yml`
+    suffix), or the bare name of a packaged recipe (`amass-mpt`). RecipeError naming it otherwise."""
+    p = Path(recipe)
+    if p.is_file():
+        return p
+    text = str(recipe)
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        raise RecipeError(f"recipe {text!r} not found")
+    known = packaged_recipes()
+    if text not in known:
+        raise RecipeError(f"no recipe file or packaged recipe named {text!r}; packaged recipes: "
+                          f"{', '.join(known) or '(none)'} (or give the path of a YAML file)")
+    return known[text]
+
+
+def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
+    """Read a recipe into a BuildConfig; keyword overrides (BuildConfig field names, None = keep) win.
+
+    `path` is a YAML file or the bare name of a packaged recipe (see `find_recipe`). A `target_fps` override
+    replaces a recipe's `target_meshes` and vice versa.
     """
     fields: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"recipe {str(p)!r} not found")
+        p = find_recipe(path)
         raw = read_yaml(p, RecipeError) or {}
         if not isinstance(raw, dict):
             raise RecipeError(f"recipe {p}: top level must be a mapping")
