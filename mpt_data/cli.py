@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import click
 
+from mpt_data.console import CommandGroup, debug_option
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mpt")
-def main() -> None:
+@debug_option
+def main(debug: bool) -> None:
     """MPT data side: turn AMASS motion capture into a frozen store of training pairs.
 
     \b
@@ -44,17 +47,9 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
     for name, path in written.items():
         click.echo(f"{name}: {path}")
 
-def _store_errors():
-    """Turn the data side's expected errors into clean CLI messages (exit status 1)."""
-    from mpt_data.build import RecipeError
-    from mpt_data.fileio import LockError
-    from mpt_data.store import StoreError
-
-    return (RecipeError, StoreError, LockError, FileNotFoundError)
-
-
 @main.command()
-@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe YAML (e.g. pipelines/demo.yaml).")
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="A packaged recipe by name (amass-mpt, demo) or the path of a recipe YAML.")
 @click.option("--out", type=click.Path(file_okay=False), help="Store directory to write.  [default: store]")
 @click.option("--amass-root", type=click.Path(file_okay=False), help="Overrides sources.amass_root.")
 @click.option("--body-models", "body_model_dir", type=click.Path(file_okay=False), help="Overrides body_model.dir.")
@@ -82,21 +77,18 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
 
     \b
       mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
-      mpt-data build --recipe pipelines/amass-mpt.yaml --amass-root /data/amass --body-models /data/smplh
+      mpt-data build --recipe amass-mpt --amass-root /data/amass --body-models /data/smplh
     """
     from mpt_data.build import build_store, load_recipe
 
-    try:
-        cfg = load_recipe(
-            recipe, cameras=int(cameras) if cameras else None, progress=not no_progress,
-            subsets_include=tuple(subsets_include) or None, subsets_exclude=tuple(subsets_exclude) or None,
-            **{k: (None if v is False else v) for k, v in options.items()},
-        )
-        if cfg.out == "store" and options.get("out") is None and recipe is None:
-            click.echo("writing to ./store (use --out to choose)", err=True)
-        path = build_store(cfg)
-    except _store_errors() as err:
-        raise click.ClickException(str(err)) from err
+    cfg = load_recipe(
+        recipe, cameras=int(cameras) if cameras else None, progress=not no_progress,
+        subsets_include=tuple(subsets_include) or None, subsets_exclude=tuple(subsets_exclude) or None,
+        **{k: (None if v is False else v) for k, v in options.items()},
+    )
+    if cfg.out == "store" and options.get("out") is None and recipe is None:
+        click.echo("writing to ./store (use --out to choose)", err=True)
+    path = build_store(cfg)
     click.echo(f"store ready: {path}  (next: mpt-data freeze {path})")
 
 
@@ -118,10 +110,7 @@ def freeze(store, manifest, name):
     if manifest and not Path(manifest).is_file():
         click.echo(f"no manifest at {manifest}: the store is not recorded in one (use --manifest PATH)", err=True)
         manifest = None
-    try:
-        fp = freeze_store(store, manifest or None, name)
-    except _store_errors() as err:
-        raise click.ClickException(str(err)) from err
+    fp = freeze_store(store, manifest or None, name)
     click.echo(f"frozen {store}\nfingerprint {fp}")
 
 
@@ -132,10 +121,7 @@ def verify(store):
     build records (complete), and any symbolic link inside the store."""
     from mpt_data.freeze import verify_store
 
-    try:
-        report = verify_store(store)
-    except _store_errors() as err:
-        raise click.ClickException(str(err)) from err
+    report = verify_store(store)
     for line in report.mismatches:
         click.echo(f"MISMATCH {line}")
     for line in report.checked:
@@ -155,10 +141,7 @@ def info(store, as_json):
 
     from mpt_data.store import format_info, store_info
 
-    try:
-        summary = store_info(store)
-    except _store_errors() as err:
-        raise click.ClickException(str(err)) from err
+    summary = store_info(store)
     click.echo(json.dumps(summary, indent=1, sort_keys=True) if as_json else format_info(summary))
 
 
@@ -170,10 +153,7 @@ def preview(store, mesh_index, out):
     """Draw one mesh in every camera: the 224 crop with its 17 heatmaps (sigma 3), skeleton and mesh."""
     from mpt_data.preview import write_preview
 
-    try:
-        write_preview(store, mesh_index, out)
-    except (*_store_errors(), IndexError) as err:
-        raise click.ClickException(str(err)) from err
+    write_preview(store, mesh_index, out)
     click.echo(f"wrote {out}")
 
 
@@ -239,14 +219,11 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
     Writes OUT/images/{train,val}/*.jpg, OUT/DATASET_{train,val}.npz, OUT/mixture.yaml; then
       mpt-data images --annotations OUT/synth_train.npz --images OUT --out OUT/shards
     """
-    from .synth.images import SynthImagesConfig, SynthImagesError, write_synth_images
+    from .synth.images import SynthImagesConfig, write_synth_images
 
-    try:
-        cfg = SynthImagesConfig(amass_root, body_models, out, train=train, val=val, image_size=image_size, seed=seed,
-                                workers=workers, dataset=dataset, model_type=body_model_type, manifest=manifest or None)
-        summary = write_synth_images(cfg, progress=not no_progress)
-    except (SynthImagesError, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from err
+    cfg = SynthImagesConfig(amass_root, body_models, out, train=train, val=val, image_size=image_size, seed=seed,
+                            workers=workers, dataset=dataset, model_type=body_model_type, manifest=manifest or None)
+    summary = write_synth_images(cfg, progress=not no_progress)
     click.echo(f"wrote {train} train and {val} val images to {out}: {', '.join(summary['files'].values())}"
                f"{', vertex_flip.npy' if summary['vertex_flip'] else ''}, mixture.yaml")
 

@@ -71,7 +71,7 @@ def read_mesh_views(path: str | Path, index: int) -> MeshViews:
     verts = group[schema.VERTICES]
     n = verts.shape[0]
     if not 0 <= index < n:
-        raise IndexError(f"mesh {index} is outside the store's 0..{n - 1}")
+        raise st.StoreError(f"{path}: mesh {index} is outside the store's 0..{n - 1}; give --mesh in that range")
     scale = float(verts.attrs.get(schema.ATTR_SCALE_M, schema.VERTEX_SCALE_M))
     cams = group[schema.CAMERAS].attrs
     return MeshViews(

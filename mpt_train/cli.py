@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import click
 
+from mpt_data.console import CommandGroup, debug_option
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class TrainerGroup(CommandGroup):
+    """`mpt-train`'s group: the data side's expected errors and the trainer's own, each as one line."""
+
+    def expected_errors(self) -> tuple[type[BaseException], ...]:
+        from .backbones import CheckpointMismatch
+        from .checkpoint import CheckpointError
+        from .images import ImageDecodeError, ImageShardError, MixtureError
+        from .loading import ChannelOrderMismatch
+        from .runtime import DeviceError
+        from .trainer import RunFolderError
+
+        return super().expected_errors() + (CheckpointError, RunFolderError, ImageShardError, ImageDecodeError,
+                                            MixtureError, ChannelOrderMismatch, CheckpointMismatch, DeviceError)
+
+
+@click.group(cls=TrainerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mpt")
-def main() -> None:
+@debug_option
+def main(debug: bool) -> None:
     """MPT trainer: pre-train on MoCap heatmaps from a store, fine-tune on images, evaluate.
 
     \b
@@ -25,17 +43,12 @@ def main() -> None:
 
 
 def _run_training(cfg, task, **kw):
-    """`trainer.train`, with the run-folder, lock and checkpoint refusals as one-line CLI errors."""
-    from mpt_data.fileio import LockError
-
-    from .checkpoint import CheckpointError
+    """`trainer.train`, leaving no process group behind whatever happens (errors: see TrainerGroup)."""
     from .runtime import cleanup_distributed
-    from .trainer import RunFolderError, train
+    from .trainer import train
 
     try:
         return train(cfg, task, **kw)
-    except (RunFolderError, LockError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from e
     finally:
         cleanup_distributed()
 

@@ -20,6 +20,7 @@ import torch
 
 from .augment import AugmentConfig
 from .backbones import BackboneConfig
+from .checkpoint import CheckpointError
 from .images import ImageBatches, ImageEvalBatches, ImageStream, image_prepare, keep_units, read_mixture
 from .loading import BackboneMPT, load_checkpoint_model
 from .losses import Criterion, LossConfig
@@ -81,7 +82,7 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
     backbone_cfg = dataclasses.replace(ft.backbone, frozen=ft.freeze_backbone)
     model = load_checkpoint_model(ft.init, backbone_cfg)
     if not isinstance(model, BackboneMPT):
-        raise ValueError(f"{ft.init}: not a transformer checkpoint")
+        raise CheckpointError(f"{ft.init}: not a transformer checkpoint")
     model.backbone.set_frozen(ft.freeze_backbone)
     if ft.scratch_store:
         model.regressor = scratch_regressor(model.regressor, ft.scratch_store, train_cfg.seed)

@@ -66,6 +66,10 @@ class ImageShardError(RuntimeError):
     """An image shard that cannot be read (the message names the file, the row group and what to do)."""
 
 
+class MixtureError(ValueError):
+    """A mixture YAML that cannot work (the message names the file, the key and how to fix it)."""
+
+
 class ImageDecodeError(ValueError):
     """One row's JPEG cannot be decoded; the stream skips such a row and counts it."""
 
@@ -93,27 +97,43 @@ class ImageStreamConfig:
     vertex_flip: str | None = None  # .npy (V,) mirror-vertex map; without it flips drop the mesh label
 
 
+MIXTURE_KEYS = ("datasets", "seed", "vertex_flip")
+MIXTURE_DATASET_KEYS = ("name", "shards", "weight")
+
+
 def read_mixture(path: str | Path, **overrides) -> ImageStreamConfig:
-    """Parse a mixture YAML into a config; clear errors for missing folders or bad weights."""
-    import yaml
+    """Parse a mixture YAML into a config; clear errors (MixtureError) for unknown keys, missing folders or
+    bad weights, as recipes give."""
+    from mpt_data.recipe import read_yaml, unknown_key_message
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mixture file {path} does not exist")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = read_yaml(path, MixtureError) or {}
+    if not isinstance(doc, dict):
+        raise MixtureError(f"{path}: top level must be a mapping with {list(MIXTURE_KEYS)}")
+    for key in doc:
+        if key not in MIXTURE_KEYS:
+            raise MixtureError(f"{path}: {unknown_key_message(str(key), MIXTURE_KEYS)}")
     entries = doc.get("datasets")
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: 'datasets' must be a non-empty list of {{name, shards, weight}}")
+        raise MixtureError(f"{path}: 'datasets' must be a non-empty list of {{name, shards, weight}}")
     out = []
     for e in entries:
+        if not isinstance(e, dict):
+            raise MixtureError(f"{path}: dataset entry {e!r} must be a mapping with {list(MIXTURE_DATASET_KEYS)}")
+        for key in e:
+            if key not in MIXTURE_DATASET_KEYS:
+                raise MixtureError(f"{path}: dataset entry {e.get('name', e)!r}: "
+                                   f"{unknown_key_message(str(key), MIXTURE_DATASET_KEYS)}")
         missing = {"name", "shards"} - set(e)
         if missing:
-            raise ValueError(f"{path}: dataset entry {e} lacks {sorted(missing)}")
+            raise MixtureError(f"{path}: dataset entry {e} lacks {sorted(missing)}")
         folder = Path(e["shards"])
         folder = folder if folder.is_absolute() else path.parent / folder
         weight = float(e.get("weight", 1.0))
         if not weight > 0:
-            raise ValueError(f"{path}: dataset {e['name']} has weight {weight}; weights must be > 0")
+            raise MixtureError(f"{path}: dataset {e['name']} has weight {weight}; weights must be > 0")
         out.append(MixtureEntry(str(e["name"]), str(folder), weight))
     flip = doc.get("vertex_flip")
     if flip is not None:

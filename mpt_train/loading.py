@@ -137,6 +137,6 @@ def no_finetune_model(pretrained: str | Path, backbone: BackboneConfig) -> Backb
     """The paper's "test without fine-tuning": a pre-trained transformer fed by a frozen backbone."""
     model = load_checkpoint_model(pretrained, dataclasses.replace(backbone, frozen=True))
     if not isinstance(model, BackboneMPT):
-        raise ValueError(f"{pretrained}: expected a pre-trained transformer checkpoint")
+        raise ckpt.CheckpointError(f"{pretrained}: expected a pre-trained transformer checkpoint")
     model.backbone.set_frozen(True)
     return model

@@ -135,6 +135,7 @@ def run(cfg: PredictConfig) -> dict:
     """Load, predict, write ``mesh.obj``, ``overlay.png`` and ``prediction.json`` into ``cfg.out``."""
     import cv2
 
+    from .checkpoint import CheckpointError
     from .loading import BackboneMPT, load_checkpoint_model
     from .runtime import choose_device
 
@@ -144,7 +145,7 @@ def run(cfg: PredictConfig) -> dict:
     device = choose_device(cfg.device)
     model = load_checkpoint_model(cfg.checkpoint)
     if not isinstance(model, BackboneMPT):
-        raise ValueError(f"{cfg.checkpoint}: a fine-tuned checkpoint (backbone + transformer) is needed to predict "
+        raise CheckpointError(f"{cfg.checkpoint}: a fine-tuned checkpoint (backbone + transformer) is needed to predict "
                          "from images")
     model.to(device)
     res = predict(model, image, cfg.bbox, device)

@@ -20,16 +20,21 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+class DeviceError(RuntimeError):
+    """A device or precision this machine cannot run (the message says which option to change)."""
+
+
 def choose_device(name: str | torch.device | None = "auto") -> torch.device:
     """"auto" (or None): CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given.
 
-    Raises RuntimeError for a CUDA device on a machine without one.
+    Raises DeviceError for a CUDA device on a machine without one.
     """
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} requested but CUDA is not available")
+        raise DeviceError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu "
+                          "or auto")
     return device
 
 
@@ -38,9 +43,9 @@ def choose_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in PRECISIONS:
-        raise ValueError(f"precision {name!r}: use auto, bf16, fp16 or fp32")
+        raise DeviceError(f"precision {name!r}: use auto, bf16, fp16 or fp32")
     if device.type == "cpu" and name != "fp32":
-        raise ValueError("the CPU path trains in fp32; use --precision fp32 or auto")
+        raise DeviceError("the CPU path trains in fp32; use --precision fp32 or auto")
     return name
 
 
