@@ -1,18 +1,13 @@
 """Body models: read SMPL / SMPL+H files safely, pose them in batches, derive joint sets.
 
-Files. ``load_model_file`` reads ``.npz`` and ``.pkl`` model files. The official SMPL
-``.pkl`` files contain chumpy objects and scipy sparse matrices, and chumpy breaks on
-current numpy; they are read by a restricted unpickler that admits only numpy's array
-reconstruction, scipy's CSC/CSR matrices (rebuilt as dense arrays without importing
-scipy) and chumpy's ``Ch`` (replaced by its underlying array, without chumpy installed).
-Any other global in a pickle is refused with an error naming the file, so a model file
-cannot run code. AMASS's SMPL+H ``model.npz`` files have no hand PCA keys; they load too.
+Files. ``load_model_file`` (from ``mpt_data.model_files``, which reads ``.npz`` and ``.pkl`` files
+without running code) gives the arrays; ``find_model_file`` says where a gender's file is.
 
-Forward. ``lbs`` is linear blend skinning as a free function of explicit tensors (the
-model's own shape directions, pose correctives, skinning weights and kinematic tree), built
-on smplx's ``batch_rodrigues`` / ``batch_rigid_transform``; ``BodyModel.forward`` runs it
-in fixed blocks, root-centres the result and assembles the joint sets from the posed
-vertices and skeleton (``BodyModel.joint_sets_from``). It equals ``smplx.SMPLH(use_pca=False,
+Forward. ``mpt_data.kinematics.lbs`` is linear blend skinning as a free function of explicit
+tensors (the model's own shape directions, pose correctives, skinning weights and kinematic tree,
+composed one tree depth at a time); ``BodyModel.forward`` runs it in fixed blocks of
+``FORWARD_BLOCK`` samples (root-centred by construction) and assembles the joint sets from the
+posed vertices and skeleton (``BodyModel.joint_sets_from``). It equals ``smplx.SMPLH(use_pca=False,
 flat_hand_mean=True)`` driven by the full 156-value AMASS pose (hands included), with two
 differences worth knowing: (1) smplx caps SMPL/SMPL+H files that have fewer than 300 shape
 directions at 10 betas, silently dropping AMASS's betas 10-15; here every shape direction
@@ -45,18 +40,16 @@ and approximately (to skinning accuracy) when posed; the trainer uses these for 
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mpt_data import conventions as cv
+from mpt_data.model_files import ModelFileError, load_model_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: `mpt_data.body`'s file readers work without it
     import torch
@@ -64,194 +57,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `mpt_data.body`'s file 
 GENDERS: tuple[str, ...] = ("male", "female", "neutral")
 MODEL_TYPES: tuple[str, ...] = ("smplh", "smpl")
 REQUIRED_KEYS: tuple[str, ...] = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs")
-FORWARD_BLOCK = 16  # samples per body-model product: every matmul runs at one shape (see forward_torch)
-
-
-class ModelFileError(ValueError):
-    """A body-model file that is missing, unreadable, unsafe or malformed."""
-
-
-# ---------------------------------------------------------------------------------------
-# Restricted unpickling
-
-
-class _PickledSparse:
-    """Stand-in for a pickled scipy CSC/CSR matrix: keeps its state, becomes dense."""
-
-    layout = ""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def dense(self) -> np.ndarray:
-        st = self.state if isinstance(self.state, dict) else {}
-        shape = st.get("_shape", st.get("shape"))
-        if shape is None or not all(k in st for k in ("data", "indices", "indptr")):
-            raise ModelFileError("pickled sparse matrix without data/indices/indptr/shape")
-        data = np.asarray(st["data"])
-        indices = np.asarray(st["indices"], dtype=np.int64)
-        indptr = np.asarray(st["indptr"], dtype=np.int64)
-        out = np.zeros(tuple(int(s) for s in shape), dtype=data.dtype)
-        outer = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
-        if self.layout == "csc":
-            np.add.at(out, (indices, outer), data)
-        else:
-            np.add.at(out, (outer, indices), data)
-        return out
-
-
-class _PickledCsc(_PickledSparse):
-    layout = "csc"
-
-
-class _PickledCsr(_PickledSparse):
-    layout = "csr"
-
-
-class _PickledChumpy:
-    """Stand-in for a chumpy ``Ch``: its underlying value is the ``x`` attribute."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def array(self) -> np.ndarray:
-        if not isinstance(self.state, dict) or "x" not in self.state:
-            raise ModelFileError("pickled chumpy object without an 'x' array")
-        return np.asarray(self.state["x"])
-
-
-_STAND_INS = (_PickledCsc, _PickledCsr, _PickledChumpy)
-
-
-def _safe_reconstructor(cls: type, base: type, state: Any) -> Any:
-    # copyreg._reconstructor restricted to our stand-ins built on plain object.
-    if cls not in _STAND_INS or base is not object:
-        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r} from {base!r}")
-    return object.__new__(cls)
-
-
-def _safe_encode(text: str, encoding: str = "utf-8") -> bytes:
-    # Python 3 pickles of bytes at protocols 0-2 call _codecs.encode(text, "latin1").
-    if encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    core = getattr(np, "_core", None) or np.core  # numpy >= 2 keeps internals in _core
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core", "numpy._core"):
-        allowed[(f"{mod}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
-        allowed[(f"{mod}.multiarray", "scalar")] = core.multiarray.scalar
-        allowed[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
-    return allowed
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **_numpy_globals(),
-    ("_codecs", "encode"): _safe_encode,
-    ("copy_reg", "_reconstructor"): _safe_reconstructor,
-    ("copyreg", "_reconstructor"): _safe_reconstructor,
-    ("__builtin__", "object"): object,
-    ("builtins", "object"): object,
-    ("chumpy.ch", "Ch"): _PickledChumpy,
-    ("chumpy", "Ch"): _PickledChumpy,
-    **{(m, n): _PickledCsc for m in ("scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse")
-       for n in ("csc_matrix", "csc_array")},
-    **{(m, n): _PickledCsr for m in ("scipy.sparse.csr", "scipy.sparse._csr", "scipy.sparse")
-       for n in ("csr_matrix", "csr_array")},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a model file") from None
-
-
-def _plain(value: Any, key: str) -> np.ndarray | None:
-    """A pickled value as an array; None for metadata that is not array-like (dicts)."""
-    if isinstance(value, _PickledSparse):
-        return value.dense()
-    if isinstance(value, _PickledChumpy):
-        return value.array()
-    if isinstance(value, np.ndarray) and value.dtype.hasobject and value.shape == ():
-        return _plain(value.item(), key)
-    if isinstance(value, (dict, type(None))):
-        return None
-    arr = np.asarray(value)
-    if arr.dtype.hasobject:
-        raise ModelFileError(f"key {key!r} holds Python objects, not an array")
-    return arr
-
-
-def _unpickle(stream: io.BufferedIOBase | io.BytesIO, where: str) -> Any:
-    try:
-        return _RestrictedUnpickler(stream, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise ModelFileError(f"{where}: {e}") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise ModelFileError(f"{where}: unreadable pickle ({type(e).__name__}: {e})") from e
-
-
-def _read_npz(path: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with zipfile.ZipFile(path) as zf:
-        for member in zf.namelist():
-            if not member.endswith(".npy"):
-                continue
-            key = member[: -len(".npy")]
-            with zf.open(member) as f:
-                raw = io.BytesIO(f.read())
-            version = np.lib.format.read_magic(raw)
-            if version == (1, 0):
-                dtype = np.lib.format.read_array_header_1_0(raw)[2]
-            elif version == (2, 0):
-                dtype = np.lib.format.read_array_header_2_0(raw)[2]
-            else:
-                raise ModelFileError(f"{path} [{key}]: unsupported .npy format version {version}")
-            if dtype.hasobject:
-                out[key] = _unpickle(raw, f"{path} [{key}]")
-            else:
-                raw.seek(0)
-                out[key] = np.lib.format.read_array(raw, allow_pickle=False)
-    return out
-
-
-def load_model_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of a body-model file (``.npz`` or ``.pkl``), as plain numpy arrays.
-
-    Sparse matrices become dense, chumpy values become their arrays, strings stay 0-d
-    string arrays; non-array metadata (dicts, None) is left out. Raises
-    ``FileNotFoundError`` for a missing file and ``ModelFileError`` (naming the file) for an
-    unreadable one or a pickle that references anything outside the allowed globals.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"body-model file {path} does not exist")
-    try:
-        if path.suffix == ".npz":
-            raw = _read_npz(path)
-        elif path.suffix == ".pkl":
-            with open(path, "rb") as f:
-                raw = _unpickle(f, str(path))
-            if not isinstance(raw, dict):
-                raise ModelFileError(f"{path}: expected a pickled dict, got {type(raw).__name__}")
-        else:
-            raise ModelFileError(f"{path}: unknown model file type (expected .npz or .pkl)")
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ModelFileError(f"{path}: unreadable model file ({e})") from e
-    out = {}
-    for key, value in raw.items():
-        try:
-            arr = _plain(value, key)
-        except ModelFileError as e:
-            raise ModelFileError(f"{path}: {e}") from e
-        if arr is not None:
-            out[str(key)] = arr
-    return out
+FORWARD_BLOCK = 128  # samples per body-model block: every product runs at one shape (see forward_torch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,67 +166,6 @@ def load_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Linear blend skinning
-
-
-def lbs(
-    betas: torch.Tensor,
-    pose: torch.Tensor,
-    v_template: torch.Tensor,
-    shapedirs: torch.Tensor,
-    posedirs: torch.Tensor | None,
-    joints_template: torch.Tensor,
-    joint_shapedirs: torch.Tensor,
-    parents: torch.Tensor,
-    lbs_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear blend skinning of a batch: smplx's ``lbs()`` with the rest joints regressed ahead of time.
-
-    B samples, V vertices, J joints, nb shape coefficients; metres, model axes, float32 on one device.
-
-    betas: (B, nb) shape coefficients.
-    pose: (B, 3 J) axis-angle rotation of each joint relative to its parent, root first (radians).
-    v_template: (V, 3) rest-pose vertices.
-    shapedirs: (nb, 3 V) shape directions, each row a flattened (V, 3) displacement.
-    posedirs: (9 (J - 1), 3 V) pose correctives, rows indexed by the flattened (R_j - I) of joints
-        1..J-1, or None for a model without them (its product would only add zeros).
-    joints_template: (J, 3) rest joints of ``v_template`` (``J_regressor @ v_template``).
-    joint_shapedirs: (nb, 3 J) the joint regressor applied to each shape direction. Rest joints are
-        linear in betas, so regressing the template and directions once replaces smplx's
-        ``J_regressor @ v_shaped`` per batch (a (J, V) product per sample).
-    parents: (J,) int64 parent of each joint, ``parents[0] = -1``.
-    lbs_weights: (V, J) skinning weights, rows summing to 1.
-
-    Returns (vertices (B, V, 3), joints (B, J, 3)): posed, in the model frame (not root-centred).
-    """
-    import torch
-    from smplx.lbs import batch_rigid_transform, batch_rodrigues
-
-    b = pose.shape[0]
-    nv, nj = v_template.shape[0], joints_template.shape[0]
-    v_shaped = (v_template.reshape(1, -1) + betas @ shapedirs).reshape(b, nv, 3)
-    j_rest = (joints_template.reshape(1, -1) + betas @ joint_shapedirs).reshape(b, nj, 3)
-    rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, nj, 3, 3)
-    if posedirs is not None:
-        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        feat = (rot[:, 1:] - ident).reshape(b, -1)
-        v_posed = v_shaped + (feat @ posedirs).reshape(b, nv, 3)
-    else:
-        v_posed = v_shaped
-    joints, rel = batch_rigid_transform(rot, j_rest, parents, dtype=torch.float32)
-    # Blend the joints' 3x4 transforms per vertex as one large matrix product, laid out
-    # (V, B, 4, 3) (columns outermost) so that applying them is four contiguous
-    # multiply-adds over (V, B, 3) rather than batched 3x3 products.
-    rows = rel[:, :, :3, :].transpose(2, 3).permute(1, 0, 2, 3).reshape(nj, b * 12)
-    t = (lbs_weights @ rows).reshape(nv, b, 4, 3)
-    vp = v_posed.permute(1, 0, 2)  # (V, B, 3)
-    verts = t[:, :, 3].clone()
-    for k in range(3):
-        verts.addcmul_(t[:, :, k], vp[:, :, k: k + 1])
-    return verts.permute(1, 0, 2).contiguous(), joints
-
-
-# ---------------------------------------------------------------------------------------
 # The posable model
 
 
@@ -501,27 +246,36 @@ class BodyModel:
         if posedirs.shape != (num_vertices, 3, 9 * (num_joints - 1)):
             raise ModelFileError(f"{model_file}: posedirs {posedirs.shape}, expected ({num_vertices}, 3, {9 * (num_joints - 1)})")
         self.has_pose_correctives = bool(np.any(posedirs != 0))
+        from mpt_data.kinematics import chain_levels
+
+        try:
+            self._levels = chain_levels(parents.tolist())
+        except ValueError as e:
+            raise ModelFileError(f"{model_file}: kintree_table: {e}") from e
 
         shapedirs = shapedirs[:, :, : self.num_betas]
         f32 = dict(dtype=torch.float32, device=self.device)
-        self._v_template = torch.tensor(v_template, **f32)
-        self._shapedirs = torch.tensor(shapedirs.reshape(-1, self.num_betas).T.copy(), **f32)  # (nb, V*3)
+        # Layouts of mpt_data.kinematics.lbs: vertex-major rows (3 V), one column per coefficient.
+        self._v_template = torch.tensor(v_template.reshape(-1, 1), **f32)  # (3 V, 1)
+        self._shapedirs = torch.tensor(shapedirs.reshape(-1, self.num_betas), **f32)  # (3 V, nb)
         # Rest joints are linear in betas: regress template and shape directions once.
         self._j_template = torch.tensor(j_reg @ v_template, **f32)
         self._j_shapedirs = torch.tensor(
             np.einsum("jv,vcb->bjc", j_reg, shapedirs).reshape(self.num_betas, -1), **f32
         )  # (nb, J*3)
-        self._posedirs = torch.tensor(posedirs.reshape(-1, posedirs.shape[2]).T.copy(), **f32)  # (P, V*3)
+        self._posedirs = (torch.tensor(posedirs.reshape(-1, posedirs.shape[2]), **f32)  # (3 V, P)
+                          if self.has_pose_correctives else None)
         self._weights = torch.tensor(weights, **f32)
-        self._parents = torch.tensor(parents, dtype=torch.long, device=self.device)
+        self.block = FORWARD_BLOCK
 
         self._regressors = self._build_regressors(j_reg, dict(face_vertex_ids), h36m_regressor)
+        self._face_rows = [cv.COCO_JOINTS.index(k) for k in cv.COCO_FACE_KEYPOINTS]
         self._face_ids = torch.tensor([face_vertex_ids[k] for k in cv.COCO_FACE_KEYPOINTS], dtype=torch.long,
                                       device=self.device)
-        self._coco_body = _coco_body_weights(self.joint_names)
-        self._smpl24_rows = torch.tensor(_smpl24_rows(self.joint_names), dtype=torch.long, device=self.device)
         self._h36m = None if h36m_regressor is None else torch.tensor(h36m_regressor, **f32)
         self.joint_sets: tuple[str, ...] = ("smpl24", "coco17") + (("h36m17",) if h36m_regressor is not None else ())
+        self._set_sizes = {name: len(cv.JOINT_SETS[name]) for name in self.joint_sets}
+        self._from_skeleton = torch.tensor(self._skeleton_set_matrix(), **f32)  # (24 + 17, J)
 
     @classmethod
     def load(cls, config: BodyModelConfig, gender: str, device: str = "cpu") -> BodyModel:
@@ -557,7 +311,7 @@ class BodyModel:
 
     def template(self) -> np.ndarray:
         """(V, 3) float32 rest-pose vertices with zero betas, root-centred (pelvis at 0)."""
-        v = self._v_template - self._j_template[0]
+        v = self._v_template.reshape(-1, 3) - self._j_template[0]
         return v.cpu().numpy().astype(np.float32)
 
     # -- forward ---------------------------------------------------------------------------
@@ -580,13 +334,14 @@ class BodyModel:
 
         poses: (B, 156) AMASS SMPL+H axis-angle, or (B, 3 * num_joints) in the model's joint order.
         betas: (B, any) shape coefficients, truncated or zero-padded to ``num_betas``.
-        Returns what ``forward`` returns, as tensors.
+        Returns what ``forward`` returns, as tensors (views of buffers padded to whole blocks).
 
-        Runs in blocks of exactly ``FORWARD_BLOCK`` samples, the last one padded with zeros: BLAS
-        picks its kernel and its split across threads by the matrix shape (on MKL, 1-3 rows, or 5-11
-        rows with two threads, round differently from larger batches), so a batch-sized matmul
-        would make a mesh's last bits depend on which other meshes share its batch. With every
-        product at one fixed shape, each sample's result depends on its own inputs only.
+        Runs in blocks of exactly ``self.block`` samples, the last one padded with zeros: BLAS picks
+        its kernel and its split across threads by the matrix shape, and vectorised sin/cos/sqrt
+        take another code path for a tail shorter than a vector, so a batch-sized product would make a
+        mesh's last bits depend on which other meshes share its batch. With every operation at one
+        fixed shape, each sample's result depends on its own inputs only. The block is large because the
+        pose-corrective matrix (38 MB for SMPL+H) is read from memory once per block.
         """
         import torch
 
@@ -595,45 +350,60 @@ class BodyModel:
         if poses.ndim != 2 or betas.ndim != 2 or poses.shape[0] != betas.shape[0]:
             raise ValueError(f"poses (B, P) and betas (B, nb) expected, got {tuple(poses.shape)}, {tuple(betas.shape)}")
         b = poses.shape[0]
-        nb = self.num_betas
-        if betas.shape[1] >= nb:
-            betas = betas[:, :nb]
-        else:
-            betas = torch.cat([betas, betas.new_zeros((b, nb - betas.shape[1]))], dim=1)
+        nb, blk = self.num_betas, self.block
         pose = self._pose_matrix(poses)
-        pad = -b % FORWARD_BLOCK
-        if pad:
-            pose = torch.cat([pose, pose.new_zeros((pad, pose.shape[1]))])
-            betas = torch.cat([betas, betas.new_zeros((pad, nb))])
-        blocks = [self._forward_block(pose[i: i + FORWARD_BLOCK], betas[i: i + FORWARD_BLOCK])
-                  for i in range(0, b + pad, FORWARD_BLOCK)]
-        return {k: torch.cat([blk[k] for blk in blocks])[:b] for k in blocks[0]}
+        n = b + (-b % blk)
+        # Inputs padded to whole blocks (zero pose, zero betas: the rest pose), outputs allocated once.
+        padded_pose = pose.new_zeros((n, pose.shape[1]))
+        padded_pose[:b] = pose
+        padded_betas = pose.new_zeros((n, nb))
+        padded_betas[:b, : min(nb, betas.shape[1])] = betas[:, :nb]
+        sizes = {"vertices": self.num_vertices, "skeleton": self.num_joints, **self._set_sizes}
+        out = {k: pose.new_empty((n, j, 3)) for k, j in sizes.items()}
+        for i in range(0, n, blk):
+            self._forward_block(padded_pose[i: i + blk], padded_betas[i: i + blk],
+                                {k: v[i: i + blk] for k, v in out.items()})
+        return {k: v[:b] for k, v in out.items()}
 
-    def _forward_block(self, pose: torch.Tensor, betas: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One block: pose (FORWARD_BLOCK, 3 * num_joints), betas (FORWARD_BLOCK, num_betas) -> root-centred
-        vertices, skeleton and joint sets."""
-        verts, joints = lbs(betas, pose, self._v_template, self._shapedirs,
-                            self._posedirs if self.has_pose_correctives else None,
-                            self._j_template, self._j_shapedirs, self._parents, self._weights)
-        root = joints[:, :1]
-        verts.sub_(root)
-        joints = joints - root
-        return {"vertices": verts, "skeleton": joints, **self.joint_sets_from(verts, joints)}
+    def _forward_block(self, pose: torch.Tensor, betas: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        """One block: pose (block, 3 * num_joints), betas (block, num_betas) -> root-centred vertices,
+        skeleton and joint sets, written into ``out``'s (block, J, 3) tensors."""
+        from mpt_data.kinematics import lbs
+
+        verts, joints = lbs(betas, pose, self._v_template, self._shapedirs, self._posedirs,
+                            self._j_template, self._j_shapedirs, self._levels, self._weights)
+        out["vertices"].copy_(verts)
+        out["skeleton"].copy_(joints)
+        for name, value in self.joint_sets_from(out["vertices"], joints).items():
+            out[name].copy_(value)
+
+    def _skeleton_set_matrix(self) -> np.ndarray:
+        """(24 + 17, num_joints): the smpl24 and coco17 joints as combinations of the skeleton joints
+        (coco17's face rows are zero: those keypoints are mesh vertices)."""
+        smpl24 = _smpl24_rows(self.joint_names)
+        m = np.zeros((len(cv.SMPL_JOINTS) + len(cv.COCO_JOINTS), self.num_joints), np.float64)
+        m[np.arange(len(smpl24)), smpl24] = 1.0
+        for k, combo in _coco_body_weights(self.joint_names).items():
+            for j, w in combo:
+                m[len(smpl24) + cv.COCO_JOINTS.index(k), j] += w
+        return m
 
     def joint_sets_from(self, vertices: torch.Tensor, skeleton: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each set in ``joint_sets`` (B, J_set, 3) from posed vertices (B, V, 3) and skeleton joints
-        (B, num_joints, 3), same frame and units (see the module docstring for each set's rule)."""
+        (B, num_joints, 3), same frame and units (see the module docstring for each set's rule).
+
+        smpl24 and coco17's body keypoints are one (41, num_joints) matrix applied to the skeleton; the
+        one-hot rows reproduce the skeleton joints exactly. coco17's face keypoints are copied vertices.
+        """
         import torch
 
-        b = vertices.shape[0]
-        out = {"smpl24": skeleton[:, self._smpl24_rows]}
-        coco = torch.empty((b, len(cv.COCO_JOINTS), 3), dtype=vertices.dtype, device=vertices.device)
-        coco[:, : len(cv.COCO_FACE_KEYPOINTS)] = vertices[:, self._face_ids]
-        for k, combo in self._coco_body.items():
-            coco[:, cv.COCO_JOINTS.index(k)] = sum(w * skeleton[:, j] for j, w in combo)
-        out["coco17"] = coco
+        both = torch.matmul(self._from_skeleton, skeleton)  # (B, 41, 3)
+        n24 = len(cv.SMPL_JOINTS)
+        coco = both[:, n24:]
+        coco[:, self._face_rows] = vertices[:, self._face_ids]
+        out = {"smpl24": both[:, :n24], "coco17": coco}
         if self._h36m is not None:
-            out["h36m17"] = torch.einsum("jv,bvc->bjc", self._h36m, vertices)
+            out["h36m17"] = torch.matmul(self._h36m, vertices)
         return out
 
     def forward(self, poses: np.ndarray | torch.Tensor, betas: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:

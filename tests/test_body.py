@@ -60,6 +60,28 @@ def test_forward_matches_plain_smplx():
     assert model.joint_sets == ("smpl24", "coco17")
 
 
+def test_smpl_forward_matches_plain_smplx_over_several_blocks():
+    """SMPL (24 joints) against smplx.SMPL on random poses and shapes, with a batch of two and a half
+    fused blocks (the padded last block included)."""
+    import smplx
+    from smplx.utils import Struct
+
+    data = tiny_body_model(num_joints=24)
+    model = BodyModel(data, FACE_IDS, model_type="smpl", num_betas=10)
+    model.block = 8
+    poses, betas = _random_batch(21, seed=7, scale=0.5)
+    poses = np.ascontiguousarray(poses[:, :72])
+    out = model.forward(poses, betas)
+    ref = smplx.SMPL(model_path="", data_struct=Struct(**data), num_betas=10, batch_size=21,
+                     vertex_ids=SMPLX_VERTEX_IDS)
+    p = torch.from_numpy(poses)
+    r = ref(betas=torch.from_numpy(betas[:, :10]), global_orient=p[:, :3], body_pose=p[:, 3:])
+    root = r.joints[:, :1].detach().numpy()
+    np.testing.assert_allclose(out["vertices"], r.vertices.detach().numpy() - root, atol=1e-5)
+    np.testing.assert_allclose(out["skeleton"], r.joints[:, :24].detach().numpy() - root, atol=1e-5)
+    assert out["vertices"].shape == (21, model.num_vertices, 3)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("correctives", [True, False])
 def test_forward_is_bit_identical_whatever_the_batch_around_a_sample(threads, correctives):
@@ -259,14 +281,17 @@ def test_synthetic_body_models(tmp_path):
     assert smpl.num_joints == 24 and smpl.num_vertices == model.num_vertices
 
 
-def test_lbs_is_smplx_lbs_with_the_rest_joints_regressed_ahead():
-    """The free `lbs` on explicit tensors equals smplx's `lbs()` given the same model arrays."""
+@pytest.mark.parametrize("num_joints", [52, 24])
+def test_lbs_is_smplx_lbs_root_centred(num_joints):
+    """The fused free `lbs` (tree levels, root at the origin, batch-last blend shapes) equals smplx's `lbs()`
+    given the same model arrays, minus smplx's posed root."""
     from smplx.lbs import lbs as smplx_lbs
 
-    from mpt_data.body import lbs
+    from mpt_data.kinematics import chain_levels, lbs
 
-    data = tiny_body_model()
+    data = tiny_body_model(num_joints=num_joints)
     poses, betas = _random_batch(5)
+    poses = np.ascontiguousarray(poses[:, : 3 * num_joints])
 
     def f32(key):
         return torch.tensor(np.asarray(data[key], np.float64), dtype=torch.float32)
@@ -274,13 +299,29 @@ def test_lbs_is_smplx_lbs_with_the_rest_joints_regressed_ahead():
     v_template, shapedirs, j_reg, weights, posedirs = (f32(k) for k in ("v_template", "shapedirs", "J_regressor",
                                                                          "weights", "posedirs"))
     nb = shapedirs.shape[2]
-    posedirs = posedirs.reshape(-1, posedirs.shape[2]).T.contiguous()  # (9 (J - 1), 3 V), smplx's layout too
     parents = torch.tensor(np.asarray(data["kintree_table"], np.int64)[0])
     parents[0] = -1
     b, p = torch.from_numpy(betas[:, :nb]), torch.from_numpy(poses)
-    ref_v, ref_j = smplx_lbs(b, p, v_template, shapedirs, posedirs, j_reg, parents, weights)
-    verts, joints = lbs(b, p, v_template, shapedirs.reshape(-1, nb).T.contiguous(), posedirs, j_reg @ v_template,
-                        torch.einsum("jv,vcb->bjc", j_reg, shapedirs).reshape(nb, -1), parents, weights)
+    ref_v, ref_j = smplx_lbs(b, p, v_template, shapedirs, posedirs.reshape(-1, posedirs.shape[2]).T, j_reg,
+                             parents, weights)
+    root = ref_j[:, :1]
+    verts, joints = lbs(b, p, v_template.reshape(-1, 1), shapedirs.reshape(-1, nb),
+                        posedirs.reshape(-1, posedirs.shape[2]), j_reg @ v_template,
+                        torch.einsum("jv,vcb->bjc", j_reg, shapedirs).reshape(nb, -1),
+                        chain_levels(parents.tolist()), weights)
     assert verts.shape == ref_v.shape and joints.shape == ref_j.shape
-    np.testing.assert_allclose(verts.numpy(), ref_v.numpy(), atol=1e-5)
-    np.testing.assert_allclose(joints.numpy(), ref_j.numpy(), atol=1e-5)
+    np.testing.assert_allclose(verts.numpy(), (ref_v - root).numpy(), atol=1e-5)
+    np.testing.assert_allclose(joints.numpy(), (ref_j - root).numpy(), atol=1e-5)
+    assert np.all(joints[:, 0].numpy() == 0)  # the chain starts at the origin
+
+
+def test_chain_levels_group_joints_by_depth():
+    from mpt_data.kinematics import chain_levels
+
+    levels = chain_levels([-1, 0, 0, 1, 3, 2])
+    assert levels == [([1, 2], [0, 0]), ([3, 5], [1, 2]), ([4], [3])]
+    smplh = chain_levels([-1] + tiny_body_model()["kintree_table"][0].tolist()[1:])
+    assert sum(len(j) for j, _ in smplh) == 51 and len(smplh) < 20  # every joint once, ~16 levels, not 51
+    for bad in ([0, 0], [-1, 5], [-1, 2, 1]):
+        with pytest.raises(ValueError):
+            chain_levels(bad)
