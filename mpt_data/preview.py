@@ -1,10 +1,12 @@
 """`mpt-data preview`: look at one stored mesh through every camera of its store.
 
-Each panel is the camera's 224 x 224 person crop (drawn at `PANEL_SCALE` times that size): the mesh (the stored
-int16 vertices, placed at the rig's subject position and projected with the stored K, R, t and crop), then the 17
-COCO heatmaps the trainer will render from the stored 2D joints (S = exp(-|p - x|^2 / sigma^2), sigma = 3 crop
-pixels, pixel i covering [i, i + 1)), then the skeleton and the joints. The mesh and the heatmaps come from
-different arrays of the store, so a heatmap off its joint on the mesh means an inconsistent store.
+Each camera gets two panels of its 224 x 224 person crop (drawn at `PANEL_SCALE` times that size): the mesh (the
+stored int16 vertices, placed at the rig's subject position and projected with the stored K, R, t and crop) with
+the stored 2D joints and the skeleton, limbs coloured by the subject's side; and below it the 17 COCO heatmaps the
+trainer will render from the stored 2D joints (S = exp(-|p - x|^2 / sigma^2), sigma = 3 crop pixels, pixel i
+covering [i, i + 1)), their maximum colour-mapped over the dimmed mesh. A strip at the bottom keys the colours.
+The mesh and the heatmaps come from different arrays of the store, so a heatmap off its joint on the mesh means
+an inconsistent store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from mpt_data import store as st
 SIGMA = 3.0
 PANEL_SCALE = 2
 PANELS_PER_ROW = 4
+TITLE_PX, LEGEND_PX = 24, 30  # the strips above and below the panels
+HEATMAP_BACKGROUND = 0.45  # the mesh is dimmed under the heatmaps so their colours stand out
+HEATMAP_ALPHA = 0.9  # weight of the colour map where a heatmap is 1 (it fades with the heatmap value)
 
 
 def joint_heatmaps(joints2d: np.ndarray, visible: np.ndarray, size: int = schema.CROP_SIZE,
@@ -97,10 +102,20 @@ def mesh_in_crop(views: MeshViews, c: int) -> tuple[np.ndarray, np.ndarray]:
     return cam, crop_intrinsics(views.K[c], views.crop[c])
 
 
-def render_panel(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> np.ndarray:
-    """(224 * scale, 224 * scale, 3) uint8 BGR picture of camera c: mesh, heatmaps, skeleton, joints."""
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in the top-left corner on a dark band, readable over any panel."""
     import cv2
 
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    img[: h + 10, : w + 10] = (img[: h + 10, : w + 10] * 0.35).astype(np.uint8)
+    cv2.putText(img, text, (5, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def render_panels(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> tuple[np.ndarray, np.ndarray]:
+    """Two (224 * scale, 224 * scale, 3) uint8 BGR pictures of camera c: the mesh with the 2D joints and
+    skeleton, limbs coloured by side (`mpt_data.raster.SIDE_COLOURS`); and the 17 heatmaps (their maximum,
+    colour-mapped) over the dimmed mesh."""
     from mpt_data import raster
 
     size = schema.CROP_SIZE * scale
@@ -109,32 +124,57 @@ def render_panel(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> np.ndarr
     # Raster pixel centres sit at integer coordinates; crop pixel centres at i + 0.5.
     k_panel = np.diag([scale, scale, 1.0]) @ k_crop
     k_panel[:2, 2] -= schema.PIXEL_CENTRE
-    img = raster.render_mesh(canvas, cam, views.faces, k_panel)
-    img = raster.heatmap_overlay(img, joint_heatmaps(views.joints2d[c], views.visible[c]), alpha=0.6)
+    mesh = raster.render_mesh(canvas, cam, views.faces, k_panel)
     pts = views.joints2d[c] * scale - schema.PIXEL_CENTRE
-    img = raster.draw_skeleton(img, pts, views.visible[c], conventions.COCO_SKELETON, color=(0, 255, 0), thickness=1)
-    img = raster.draw_keypoints(img, pts, views.visible[c], color=(255, 255, 255), radius=1)
+    names = conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]
+    joints = raster.draw_pose(mesh, pts, views.visible[c], names, conventions.COCO_SKELETON, thickness=2, radius=3)
+    dim = (mesh * HEATMAP_BACKGROUND).astype(np.uint8)
+    heat = raster.heatmap_overlay(dim, joint_heatmaps(views.joints2d[c], views.visible[c]), alpha=HEATMAP_ALPHA)
     name = views.names[c] if c < len(views.names) else str(c)
-    cv2.putText(img, f"cam {name}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+    return (_label(joints, f"cam {name}: mesh, 2D joints"),
+            _label(heat, f"cam {name}: {len(names)} heatmaps (max)"))
+
+
+def legend_strip(width: int, height: int = LEGEND_PX) -> np.ndarray:
+    """(height, width, 3) uint8 BGR key: the side colours of the skeleton and the heatmap colour scale."""
+    import cv2
+
+    from mpt_data import raster
+
+    strip = np.full((height, width, 3), 0, np.uint8)
+    font, y = cv2.FONT_HERSHEY_SIMPLEX, height // 2
+    x = 6
+    for side, text in (("left", "left"), ("right", "right"), ("centre", "midline")):
+        cv2.rectangle(strip, (x, y - 6), (x + 12, y + 6), raster.SIDE_COLOURS[side], -1)
+        cv2.putText(strip, text, (x + 17, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        x += 22 + cv2.getTextSize(text, font, 0.45, 1)[0][0] + 12
+    cv2.putText(strip, "heatmap 0", (x, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    x += cv2.getTextSize("heatmap 0", font, 0.45, 1)[0][0] + 5
+    bar_w = max(20, min(120, width - x - 20))
+    ramp = np.linspace(0, 255, bar_w).astype(np.uint8)[None, :]
+    bar = cv2.applyColorMap(np.repeat(ramp, 12, axis=0), cv2.COLORMAP_JET)
+    strip[y - 6 : y + 6, x : x + bar_w] = bar[:, : max(0, min(bar_w, width - x))]
+    cv2.putText(strip, "1", (x + bar_w + 4, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
 
 
 def preview_image(path: str | Path, index: int) -> np.ndarray:
-    """All cameras' panels of mesh `index`, PANELS_PER_ROW to a row, with a title strip."""
+    """Every camera as a column of two panels (mesh and joints above, heatmaps below), PANELS_PER_ROW columns
+    to a row, with a title strip above and the colour key below."""
     import cv2
 
     views = read_mesh_views(path, index)
-    panels = [render_panel(views, c) for c in range(views.K.shape[0])]
-    h, w = panels[0].shape[:2]
-    rows = -(-len(panels) // PANELS_PER_ROW)
-    cols = min(len(panels), PANELS_PER_ROW)
-    title = 24
-    sheet = np.zeros((title + rows * h, cols * w, 3), np.uint8)
-    for i, p in enumerate(panels):
+    columns = [np.concatenate(render_panels(views, c), axis=0) for c in range(views.K.shape[0])]
+    h, w = columns[0].shape[:2]
+    rows = -(-len(columns) // PANELS_PER_ROW)
+    cols = min(len(columns), PANELS_PER_ROW)
+    sheet = np.zeros((TITLE_PX + rows * h + LEGEND_PX, cols * w, 3), np.uint8)
+    for i, p in enumerate(columns):
         r, q = divmod(i, PANELS_PER_ROW)
-        sheet[title + r * h : title + (r + 1) * h, q * w : (q + 1) * w] = p
+        sheet[TITLE_PX + r * h : TITLE_PX + (r + 1) * h, q * w : (q + 1) * w] = p
+    sheet[TITLE_PX + rows * h :] = legend_strip(cols * w)
     split = {v: k for k, v in schema.SPLITS.items()}.get(views.split, str(views.split))
-    cv2.putText(sheet, f"{Path(path).name}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g}", (6, 17),
+    cv2.putText(sheet, f"{Path(path).name}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g} px", (6, 17),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet
 

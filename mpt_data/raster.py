@@ -17,6 +17,11 @@ import numpy as np
 
 _SUBPIXEL_BITS = 4  # cv2 fixed-point drawing: coordinates scaled by 2**4
 
+# Skeleton colours by the subject's own side (BGR), the same in every picture: left blue, right orange,
+# the midline (edges joining the two sides, joints on neither) green.
+SIDE_COLOURS: dict[str, tuple[int, int, int]] = {"left": (255, 150, 30), "right": (0, 140, 255),
+                                                 "centre": (60, 200, 60)}
+
 
 def project(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pinhole projection. points_cam (N,3) m camera frame, K (3,3) -> (N,2) pixels."""
@@ -134,6 +139,45 @@ def draw_keypoints(
     for k in np.nonzero(vis & np.isfinite(pts).all(axis=1))[0]:
         cv2.circle(img, (int(round(pts[k, 0])), int(round(pts[k, 1]))), radius,
                    tuple(int(c) for c in color), -1, cv2.LINE_AA)
+    return img
+
+
+def joint_sides(names: Sequence[str]) -> tuple[str, ...]:
+    """"left", "right" or "centre" for each joint name of `mpt_data.conventions` ("left_*" / "right_*" name the
+    subject's own side; nose, pelvis, spine ... are on neither)."""
+    return tuple("left" if n.startswith("left_") else "right" if n.startswith("right_") else "centre" for n in names)
+
+
+def edge_side(sides: Sequence[str], a: int, b: int) -> str:
+    """The side an edge (a, b) is drawn in: a side both ends share or one end has while the other is on the
+    midline (the nose to the left eye is left); an edge joining left and right is "centre"."""
+    ends = {sides[a], sides[b]} - {"centre"}
+    return ends.pop() if len(ends) == 1 else "centre"
+
+
+def draw_pose(
+    canvas: np.ndarray,
+    points: np.ndarray,
+    visible: np.ndarray | None,
+    names: Sequence[str],
+    edges: Sequence[tuple[int, int]],
+    thickness: int = 2,
+    radius: int = 3,
+    colours: dict[str, tuple[int, int, int]] = SIDE_COLOURS,
+) -> np.ndarray:
+    """Skeleton and keypoints coloured by the subject's side (``colours``, see :func:`edge_side`).
+
+    points (K,2) pixels, visible (K,) bool or None (all), names (K,) joint names, edges index pairs; a dot has a
+    dark rim so it shows on light and dark backgrounds. Returns the new image."""
+    img = np.ascontiguousarray(canvas, dtype=np.uint8).copy()
+    sides = joint_sides(names)
+    for a, b in edges:
+        img = draw_skeleton(img, points, visible, [(a, b)], colours[edge_side(sides, a, b)], thickness)
+    vis = np.ones(len(points), bool) if visible is None else np.asarray(visible, bool)
+    for side, colour in colours.items():
+        on = vis & np.array([s == side for s in sides])
+        img = draw_keypoints(img, points, on, (20, 20, 20), radius + 1)
+        img = draw_keypoints(img, points, on, colour, radius)
     return img
 
 
