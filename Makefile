@@ -49,7 +49,7 @@ $(OUT)/synth/synth_config.json: | venv
 $(OUT)/store.frozen: $(OUT)/synth/synth_config.json
 	$(BIN)/mpt-data build --recipe pipelines/demo.yaml --amass-root $(OUT)/synth/amass \
 	  --body-models $(OUT)/synth/body_models --out $(OUT)/store --resume
-	$(BIN)/mpt-data freeze $(OUT)/store --manifest ''
+	$(BIN)/mpt-data freeze $(OUT)/store
 	$(BIN)/mpt-data verify $(OUT)/store
 	$(BIN)/mpt-data info $(OUT)/store
 	$(BIN)/mpt-data preview $(OUT)/store --mesh 0 --out $(OUT)/preview.png

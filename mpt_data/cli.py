@@ -27,6 +27,24 @@ def main(debug: bool) -> None:
     """
 
 
+def _storage_options(ctx, param, values):
+    from mpt_data.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(values)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+STORAGE_OPTION_HELP = ("fsspec option for a store given as a URL (s3://bucket/store), repeatable: "
+                       "endpoint_url=http://host:9000, key=..., secret=..., anon=true, client_kwargs={...} (JSON). "
+                       "Without them the client's standard variables apply (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                       "AWS_ENDPOINT_URL). Credentials are never printed or written.")
+# One option object for every command that names a store (verify, info, preview, copy).
+storage_option = click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+                              callback=_storage_options, help=STORAGE_OPTION_HELP)
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same bytes.")
@@ -86,6 +104,13 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
         subsets_include=tuple(subsets_include) or None, subsets_exclude=tuple(subsets_exclude) or None,
         **{k: (None if v is False else v) for k, v in options.items()},
     )
+    from mpt_data.remote import is_local
+
+    if not is_local(cfg.out):  # atomic renames and the lock file a build relies on do not exist on object storage
+        from mpt_data.integrity import StoreError
+
+        raise StoreError(f"{cfg.out}: mpt-data build writes a local folder; build to a local --out, freeze it, then "
+                         f"`mpt-data copy LOCAL_STORE {cfg.out}` (parallel, resumable, verified)")
     if cfg.out == "store" and options.get("out") is None and recipe is None:
         click.echo("writing to ./store (use --out to choose)", err=True)
     path = build_store(cfg)
@@ -94,34 +119,33 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifest.yaml", show_default=True,
-              help="Manifest whose `stores:` list records the frozen store ('' to skip).")
-@click.option("--name", help="Name of the store in the manifest.  [default: the folder name]")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Also record the frozen store in this YAML file's `stores:` list (e.g. data_manifest.yaml; "
+                   "made if missing, the rest of the file kept). Without it no file outside the store is written.")
+@click.option("--name", help="Name of the store in the --manifest entry.  [default: the folder name]")
 def freeze(store, manifest, name):
     """Seal a complete store: re-hash every chunk against its build record, write integrity.json and the
-    fingerprint (its SHA-256), consolidate metadata, make its files read-only, add a manifest entry.
+    fingerprint (its SHA-256), consolidate metadata, make its files read-only; with --manifest, record it there.
 
     Refuses a store whose data differs from its records or that holds symbolic links. A store frozen by an
     older mpt-data (no integrity.json) is re-checked and re-frozen (its fingerprint changes)."""
-    from pathlib import Path
-
     from mpt_data.freeze import freeze_store
 
-    if manifest and not Path(manifest).is_file():
-        click.echo(f"no manifest at {manifest}: the store is not recorded in one (use --manifest PATH)", err=True)
-        manifest = None
-    fp = freeze_store(store, manifest or None, name)
-    click.echo(f"frozen {store}\nfingerprint {fp}")
+    if name and not manifest:
+        raise click.UsageError("--name names the store's entry in --manifest: give --manifest FILE too")
+    fp = freeze_store(store, manifest, name)
+    click.echo(f"frozen {store}\nfingerprint {fp}" + (f"\nrecorded in {manifest}" if manifest else ""))
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-def verify(store):
+@click.argument("store")
+@storage_option
+def verify(store, storage_options):
     """Re-read every chunk and all metadata; name anything that differs from integrity.json (frozen) or the
-    build records (complete), and any symbolic link inside the store."""
+    build records (complete), and any symbolic link inside the store. STORE is a folder or a URL (s3://...)."""
     from mpt_data.freeze import verify_store
 
-    report = verify_store(store)
+    report = verify_store(store, storage_options)
     for line in report.mismatches:
         click.echo(f"MISMATCH {line}")
     for line in report.checked:
@@ -133,28 +157,62 @@ def verify(store):
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info(store, as_json):
-    """Summarise a store: counts, sizes on disk, recipe, split sizes, fingerprint."""
+@storage_option
+def info(store, as_json, storage_options):
+    """Summarise a store (a folder or a URL): counts, sizes on disk, recipe, split sizes, fingerprint."""
     import json
 
     from mpt_data.store import format_info, store_info
 
-    summary = store_info(store)
+    summary = store_info(store, storage_options)
     click.echo(json.dumps(summary, indent=1, sort_keys=True) if as_json else format_info(summary))
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--mesh", "mesh_index", type=int, default=0, show_default=True, help="Global mesh index.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG to write.")
-def preview(store, mesh_index, out):
+@storage_option
+def preview(store, mesh_index, out, storage_options):
     """Draw one mesh in every camera: the 224 crop with its 17 heatmaps (sigma 3), skeleton and mesh."""
     from mpt_data.preview import write_preview
 
-    write_preview(store, mesh_index, out)
+    write_preview(store, mesh_index, out, storage_options)
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@storage_option
+@click.option("--src-storage-option", "src_options", multiple=True, metavar="KEY=VALUE", callback=_storage_options,
+              help="An option for SRC only (overrides --storage-option there), e.g. another bucket's credentials.")
+@click.option("--dst-storage-option", "dst_options", multiple=True, metavar="KEY=VALUE", callback=_storage_options,
+              help="An option for DST only (overrides --storage-option there).")
+@click.option("--workers", type=int, default=8, show_default=True, help="Files copied at once (threads).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def copy(src, dst, storage_options, src_options, dst_options, workers, no_progress):
+    """Copy a frozen store between two locations (folders or URLs: local <-> s3:// <-> another bucket).
+
+    In parallel; a rerun of an interrupted copy moves only what is missing or wrong; the copy is checked
+    against the source's integrity manifest and fingerprint, and becomes a store only at the end (its root
+    zarr.json is written last). Refuses an unfrozen source and a destination holding another store.
+
+    \b
+      mpt-data copy ./store s3://lab-bucket/mpt/store --storage-option endpoint_url=https://s3.example.org
+      mpt-data copy s3://lab-bucket/mpt/store /nvme/store
+    """
+    from mpt_data.remote import is_local
+    from mpt_data.transfer import CopyConfig, copy_store
+
+    cfg = CopyConfig(src, dst, {} if is_local(src) else {**storage_options, **src_options},
+                     {} if is_local(dst) else {**storage_options, **dst_options}, workers=workers,
+                     progress=not no_progress)
+    report = copy_store(cfg, echo=lambda line: click.echo(line, err=True))
+    click.echo(f"copied {len(report.copied)} file(s), {report.bytes_copied / 1e6:.1f} MB in {report.seconds:.1f} s "
+               f"({report.already_there} already there); verified, fingerprint {report.fingerprint}\n{dst}")
 
 
 @main.command()
