@@ -371,8 +371,7 @@ class BodyModel:
         from mpt_data.kinematics import lbs
 
         verts, joints = lbs(betas, pose, self._v_template, self._shapedirs, self._posedirs,
-                            self._j_template, self._j_shapedirs, self._levels, self._weights)
-        out["vertices"].copy_(verts)
+                            self._j_template, self._j_shapedirs, self._levels, self._weights, out=out["vertices"])
         out["skeleton"].copy_(joints)
         for name, value in self.joint_sets_from(out["vertices"], joints).items():
             out[name].copy_(value)

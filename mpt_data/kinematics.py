@@ -11,11 +11,12 @@ The forward is smplx's ``lbs()`` reorganised for throughput, not a different mod
   one batched (3, 3) @ (3, 4) product, ~16 levels for SMPL+H instead of 52 sequential joints;
 * the chain starts with the root at the origin, so the posed joints and the skinned vertices come out
   root-centred (pelvis at 0) with no subtraction afterwards (rows of the skinning weights sum to one);
-* shape and pose blend shapes are two accumulating matrix products into one (3 V, B) buffer, and the
-  per-vertex blend of the joints' 3x4 transforms is one (V, J) @ (J, 12 B) product followed by four
-  multiply-adds over contiguous (V, 3, B) slabs. Vertices are kept vertex-major and batch-last until the
-  end, because the pose-corrective product, the largest of the forward, reads its (9 (J - 1), 3 V)
-  matrix once per block and is faster with the batch as its short inner dimension.
+* per chunk of ``VERTEX_CHUNK`` vertices, shape and pose blend shapes are two accumulating matrix products
+  into one (3 c, B) buffer, and the per-vertex blend of the joints' 3x4 transforms is one (c, J) @ (J, 12 B)
+  product followed by four multiply-adds over contiguous (c, 3, B) slabs, all in cache; vertices are
+  vertex-major and batch-last until they are copied to the (B, V, 3) output, because the pose-corrective
+  product, the largest of the forward, reads its (3 V, 9 (J - 1)) matrix once per block and is faster with
+  the batch as its short inner dimension.
 
 Results depend on the batch's shape: BLAS and vectorised transcendental functions pick their code path by
 the size of the operands (see ``mpt_data.body.BodyModel.forward_torch``, which always calls ``lbs`` at one
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+VERTEX_CHUNK = 256  # vertices skinned at a time (see lbs)
 
 
 def chain_levels(parents: Sequence[int] | np.ndarray) -> list[tuple[list[int], list[int]]]:
@@ -114,6 +117,7 @@ def lbs(
     joint_shapedirs: torch.Tensor,
     levels: Sequence[tuple[Sequence[int], Sequence[int]]],
     lbs_weights: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear blend skinning of a batch, root-centred: smplx's ``lbs()`` with the joint root at the origin.
 
@@ -129,26 +133,35 @@ def lbs(
     joint_shapedirs: (nb, 3 J) the joint regressor applied to each shape direction.
     levels: ``chain_levels(parents)`` of the model's kinematic tree.
     lbs_weights: (V, J) skinning weights, rows summing to 1.
+    out: (B, V, 3) tensor to write the vertices into, or None for a new one.
 
     Returns (vertices (B, V, 3), joints (B, J, 3)): posed, relative to the posed root joint (joint 0 at 0).
-    The vertices are a transposed view of the batch-last buffer: copy them once, where they are kept.
     """
     b = pose.shape[0]
     nv, nj = lbs_weights.shape
-    # Blend shapes, vertex-major and batch-last: (3 V, B).
-    v_posed = torch.addmm(v_template, shapedirs, betas.T)
     rot = rodrigues(pose.reshape(-1, 3)).reshape(b, nj, 3, 3)
-    if posedirs is not None:
-        v_posed.addmm_(posedirs, pose_features(rot).T)
+    feat_t = pose_features(rot).T if posedirs is not None else None  # (P, B)
     j_rest = (joints_template.reshape(1, -1) + betas @ joint_shapedirs).reshape(b, nj, 3)
     world = compose_chain(rot, j_rest, levels)  # (B, J, 3, 4)
     joints = world[..., 3].clone()
     # Skinning transforms: x -> R (x - rest_j) + t, i.e. [R | t - R rest_j], laid out (J, 4, 3, B) so that the
-    # per-vertex blend is one (V, J) @ (J, 12 B) product whose column k of every 3x4 is a contiguous (3, B) slab.
+    # per-vertex blend is a (V, J) @ (J, 12 B) product whose column k of every 3x4 is a contiguous (3, B) slab.
     world[..., 3] -= torch.matmul(world[..., :3], j_rest[..., None])[..., 0]
-    blended = torch.mm(lbs_weights, world.permute(1, 3, 2, 0).reshape(nj, 12 * b)).reshape(nv, 4, 3, b)
-    vp = v_posed.reshape(nv, 3, 1, b)
-    verts = blended[:, 3] + blended[:, 0] * vp[:, 0]
-    verts += blended[:, 1] * vp[:, 1]
-    verts += blended[:, 2] * vp[:, 2]
-    return verts.reshape(nv * 3, b).T.view(b, nv, 3), joints
+    rows = world.permute(1, 3, 2, 0).reshape(nj, 12 * b)
+    betas_t = betas.T
+    verts = out if out is not None else torch.empty((b, nv, 3), dtype=pose.dtype, device=pose.device)
+    # Vertex chunks keep the blend shapes (3 c, B) and the blended transforms (c, 12 B) in cache: unchunked,
+    # the transforms are 48 bytes per vertex and sample, written and read back from memory.
+    for v0 in range(0, nv, VERTEX_CHUNK):
+        v1 = min(v0 + VERTEX_CHUNK, nv)
+        rows3 = slice(3 * v0, 3 * v1)
+        v_posed = torch.addmm(v_template[rows3], shapedirs[rows3], betas_t)  # (3 c, B)
+        if posedirs is not None:
+            v_posed.addmm_(posedirs[rows3], feat_t)
+        vp = v_posed.reshape(v1 - v0, 3, 1, b)
+        blended = torch.mm(lbs_weights[v0:v1], rows).reshape(v1 - v0, 4, 3, b)
+        x = blended[:, 3] + blended[:, 0] * vp[:, 0]
+        x += blended[:, 1] * vp[:, 1]
+        x += blended[:, 2] * vp[:, 2]
+        verts[:, v0:v1].copy_(x.permute(2, 0, 1))
+    return verts, joints
