@@ -163,3 +163,39 @@ def test_the_smallest_accepted_size_builds_and_smaller_is_refused(models):
     assert res.exit_code == 2 and f"need --vertices >= {sb.MIN_VERTICES}" in res.output
     with pytest.raises(ValueError, match=f"at least {sb.MIN_VERTICES} vertices"):
         sb.BodyConfig(num_vertices=500)
+
+
+def test_mirror_vertex_map_is_an_involution_from_left_to_right(models):
+    from mpt_data.topology import symmetric_vertex_map
+
+    v = pickle.loads((models / "smpl" / "SMPL_NEUTRAL.pkl").read_bytes())["v_template"]
+    flip = symmetric_vertex_map(v, tolerance_m=1e-9)  # the surface is symmetric to rounding, not 1 cm
+    assert flip is not None
+    assert np.array_equal(flip[flip], np.arange(N))
+    moved = flip != np.arange(N)
+    assert np.array_equal(np.sign(v[moved, 0]), -np.sign(v[flip[moved], 0]))  # left <-> right, never same side
+    assert np.all(v[moved, 0] != 0) and np.all(v[~moved, 0] == 0)  # only midline vertices map to themselves
+    assert moved.sum() > 0.9 * N
+    assert np.abs(v[flip] * [-1, 1, 1] - v).max() < 1e-12
+
+
+def test_mirrored_pose_poses_the_mirrored_mesh(models):
+    """smplx with the left-right flipped pose (joints swapped, axis-angle y and z negated) gives the mirror
+    image of the original mesh, vertex i at the mirror of vertex flip[i], for random shapes too."""
+    from mpt_data.topology import symmetric_vertex_map
+    from mpt_train.augment import SMPL_FLIP
+
+    m = _smpl(models)
+    flip = symmetric_vertex_map(m.v_template.numpy(), tolerance_m=1e-9)
+    g = torch.Generator().manual_seed(3)
+    pose = 0.4 * torch.randn(4, 24, 3, generator=g, dtype=torch.float64).float()
+    betas = torch.randn(4, 10, generator=g)
+    mirrored = pose[:, SMPL_FLIP].clone()
+    mirrored[..., 1:] *= -1
+    with torch.no_grad():
+        a = m(global_orient=pose[:, 0], body_pose=pose[:, 1:].reshape(4, -1), betas=betas)
+        b = m(global_orient=mirrored[:, 0], body_pose=mirrored[:, 1:].reshape(4, -1), betas=betas)
+    mirror = torch.tensor([-1.0, 1.0, 1.0])
+    assert torch.allclose(b.vertices, (a.vertices * mirror)[:, flip], atol=1e-5)
+    joints_a = a.joints[:, :24] * mirror
+    assert torch.allclose(b.joints[:, :24], joints_a[:, SMPL_FLIP], atol=1e-5)

@@ -48,6 +48,10 @@ NUM_SHAPE_DIRECTIONS = 16
 FLOOR_Y = -0.985  # template feet rest on this plane (m)
 N_SMPLH = len(cv.SMPLH_JOINTS)  # 52
 _J = {name: i for i, name in enumerate(cv.SMPLH_JOINTS)}
+# Each SMPL+H joint's mirror partner (left <-> right; trunk joints are their own).
+JOINT_MIRROR: tuple[int, ...] = tuple(
+    _J[n.replace("left_", "right_", 1) if n.startswith("left_") else n.replace("right_", "left_", 1)]
+    for n in cv.SMPLH_JOINTS)
 
 
 # Fewest vertices that still enclose every finger joint (to 5 mm): at 1,300 and fewer the decimated
@@ -186,6 +190,8 @@ def design_primitives(pts: dict[str, np.ndarray], rng: np.random.Generator) -> t
     """The solids of the neutral body; ``rng`` varies girths by a few per cent."""
     prims: list[ss.Primitive] = []
     girth = {i: float(np.clip(rng.normal(1.0, 0.03), 0.93, 1.07)) for i in range(N_SMPLH)}
+    for i in range(N_SMPLH):  # a right part has its left partner's girth: the body is mirror-symmetric
+        girth[i] = girth[JOINT_MIRROR[i]] if cv.SMPLH_JOINTS[i].startswith("right_") else girth[i]
 
     def cone(a, b, ra, rb, blend, part):
         g = girth[part]
@@ -272,37 +278,47 @@ def _sizing(x: np.ndarray, pts: dict[str, np.ndarray]) -> np.ndarray:
 
 def build_surface(
     prims: tuple[ss.Primitive, ...], pts: dict[str, np.ndarray], num_vertices: int, grid_step: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Closed, outward-oriented triangle mesh of the implicit body with exactly
-    ``num_vertices`` vertices: (V,3) float64 metres, (F,3) int64."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closed, outward-oriented, mirror-symmetric triangle mesh of the implicit body with exactly
+    ``num_vertices`` vertices: (V,3) float64 metres, (F,3) int64, and the (V,) mirror-vertex map
+    (the vertex at each vertex's mirror image x -> -x; an involution).
+
+    The left half (x >= 0) is polygonised and decimated with its cut on the plane x = 0 held in
+    place, then closed with its mirror image, so the map is exact by construction.
+    """
     factor = 0.28
     mags = tuple(ss.Magnifier(tuple(c), 0.13, factor, 0.30) for c in _hand_centres(pts))
     r1 = 0.13 / factor
     dmax = (1 - factor) * r1
-    lo = np.array([-0.95, FLOOR_Y - 0.03, -0.20])
     hi = np.array([0.95, 0.79, 0.22])
+    lo = np.array([0.0, FLOOR_Y - 0.03, -0.20])
     for c in _hand_centres(pts):
-        lo = np.minimum(lo, c - r1 - 0.03)
+        lo[1:] = np.minimum(lo[1:], c[1:] - r1 - 0.03)
         hi = np.maximum(hi, c + r1 + 0.03)
-    lo[0] -= dmax
     hi[0] += dmax
     axes = [np.arange(lo[k], hi[k] + grid_step, grid_step) for k in range(3)]
     u = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     shape = u.shape[:3]
     x = ss.warp_points(u.reshape(-1, 3), mags)
     f = ss.body_distance_banded(prims, x, band=4 * grid_step).reshape(shape)
-    if (f[0] <= 0).any() or (f[-1] <= 0).any() or (f[:, 0] <= 0).any() or (f[:, -1] <= 0).any() \
-            or (f[:, :, 0] <= 0).any() or (f[:, :, -1] <= 0).any():
+    if (f[-1] <= 0).any() or (f[:, 0] <= 0).any() or (f[:, -1] <= 0).any() \
+            or (f[:, :, 0] <= 0).any() or (f[:, :, -1] <= 0).any():  # f[0] is the cut at x = 0
         raise RuntimeError("synthetic body does not fit its grid")
     verts, faces, _ = ss.marching_tetrahedra(f, x.reshape(*shape, 3))
     verts, faces = ss.largest_component(verts, faces)
-    if len(verts) < int(1.3 * num_vertices):
+    seam = ss.boundary_vertices(faces, len(verts))
+    if not np.all(verts[seam, 0] == 0.0):
+        raise RuntimeError("synthetic body: the half surface's rim is not on the plane x = 0")
+    if 2 * len(verts) - seam.sum() < int(1.3 * num_vertices):
         raise ValueError(
             f"grid step {grid_step} m gives {len(verts)} vertices, too few for {num_vertices}; use a smaller step"
         )
-    verts, faces = ss.decimate_to(verts, faces, num_vertices, _sizing(verts, pts))
-    verts = ss.relax_onto(verts, faces, prims, iterations=8)
-    return verts, faces
+    verts, faces, kept = ss.decimate_to(verts, faces, num_vertices, _sizing(verts, pts), seam=seam)
+    cut = np.zeros(len(verts), bool)
+    cut[kept[seam & (kept >= 0)]] = True
+    verts, faces, pairs = ss.mirror_half(verts, faces, cut)
+    verts = ss.symmetrize(ss.relax_onto(verts, faces, prims, iterations=8), pairs)
+    return verts, faces, pairs
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,12 +492,25 @@ def build_body(config: BodyConfig = BodyConfig()) -> SynthBody:
     rng = np.random.default_rng(config.seed)
     joints, pts = design_joints()
     prims = design_primitives(pts, rng)
-    verts, faces = build_surface(prims, pts, config.num_vertices, config.step())
+    verts, faces, mirror = build_surface(prims, pts, config.num_vertices, config.step())
+    # Weights, regressor and shape directions are made mirror-symmetric as the surface is: vertex i
+    # and joint j behave as vertex mirror[i] and joint JOINT_MIRROR[j] seen in a mirror.
+    jm = np.asarray(JOINT_MIRROR)
     weights = skinning_weights(verts, prims)
+    weights = (weights + weights[mirror][:, jm]) / 2
     regressor = solve_regressor(verts, weights, joints)
+    regressor = (regressor + regressor[jm][:, mirror]) / 2
     shapedirs = shape_directions(verts, weights, pts, rng)
+    shapedirs = (shapedirs + shapedirs[mirror] * ss.MIRROR[None, :, None]) / 2
     templates = {g: _gender_template(verts, shapedirs, g) for g in GENDERS}
     face_ids, smplx_ids = _landmarks(verts, weights, pts)
+    # right-side landmarks are the mirror vertices of the left ones (a flip maps each onto the other)
+    for left, right in (("left_eye", "right_eye"), ("left_ear", "right_ear")):
+        face_ids[right] = int(mirror[face_ids[left]])
+    smplx_ids.update(reye=face_ids["right_eye"], rear=face_ids["right_ear"])
+    for name in ("thumb", "index", "middle", "ring", "pinky", "BigToe", "SmallToe", "Heel"):
+        left = "l" + name if name.islower() else "L" + name
+        smplx_ids[left[0].swapcase().replace("l", "r").replace("L", "R") + name] = int(mirror[smplx_ids[left]])
     comps, means = _hand_pca(rng)
     return SynthBody(
         templates=templates, faces=faces, weights=weights, regressor=regressor,

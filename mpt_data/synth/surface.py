@@ -273,18 +273,25 @@ def largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray,
 
 
 def decimate_to(
-    verts: np.ndarray, faces: np.ndarray, target: int, size: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Collapse edges of a closed manifold mesh, shortest first (length / local ``size``),
-    until exactly ``target`` vertices remain. Collapses that would break the manifold (link
-    condition), flip a face or create a high-valence vertex are refused.
+    verts: np.ndarray, faces: np.ndarray, target: int, size: np.ndarray, seam: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse edges of a manifold mesh, shortest first (length / local ``size``), until exactly
+    ``target`` vertices remain. Collapses that would break the manifold (link condition), flip a
+    face or create a high-valence vertex are refused.
 
     verts (V,3) m, faces (F,3), size (V,) relative edge length wanted at each vertex.
-    Returns compacted (target,3) vertices and faces.
+
+    seam (V,) bool, for the half of a mirror-symmetric surface (see :func:`mirror_half`): the
+    vertices of its open rim, on the mirror plane x = 0. They stay on the plane: a rim edge
+    collapses to its midpoint, an edge from a rim vertex inwards onto the rim vertex, and no
+    collapse may join two rim vertices through the inside. ``target`` then counts the vertices of
+    the mirrored surface, 2 × (vertices) − (rim vertices). Without ``seam`` the mesh must be closed.
+
+    Returns the compacted vertices, faces and the (V,) index of each input vertex in the output
+    (-1 for removed ones).
     """
     V = len(verts)
-    if target > V:
-        raise ValueError(f"cannot decimate {V} vertices up to {target}")
+    rim = [False] * V if seam is None else [bool(x) for x in seam]
     pos = [tuple(v) for v in verts.tolist()]
     sz = size.astype(float).tolist()
     face_list = [list(f) for f in faces.tolist()]
@@ -296,7 +303,9 @@ def decimate_to(
         vfaces[c].add(fi)
     alive = [True] * V
     stamp = [0] * V
-    count = V
+    count = 2 * V - sum(rim) if seam is not None else V  # vertices of the (mirrored) surface
+    if target > count:
+        raise ValueError(f"cannot decimate {count} vertices up to {target}")
 
     def nbrs(v: int) -> set[int]:
         s: set[int] = set()
@@ -335,8 +344,14 @@ def decimate_to(
         c0, a, b, sa, sb = heapq.heappop(heap)
         if not (alive[a] and alive[b]) or stamp[a] != sa or stamp[b] != sb:
             continue
+        if rim[b] and not rim[a]:  # the rim end survives, in place
+            a, b = b, a
+        along_rim = rim[a] and rim[b]
+        # a rim edge removes one vertex of the mirrored surface, any other collapse two
+        if count - (1 if along_rim else (2 if seam is not None else 1)) < target:
+            continue
         shared = vfaces[a] & vfaces[b]
-        if len(shared) != 2:
+        if len(shared) != (1 if along_rim else 2):
             continue
         na, nb = nbrs(a), nbrs(b)
         opposite = set()
@@ -345,7 +360,12 @@ def decimate_to(
         opposite -= {a, b}
         if (na & nb) != opposite or len(na | nb) - 2 > 11:
             continue
-        newp = tuple(0.5 * (pa + pb) for pa, pb in zip(pos[a], pos[b]))
+        if rim[a] and not along_rim and any(rim[w] for w in nb - na - {a}):
+            continue  # the new edge would cut across the inside from rim to rim
+        if rim[a] and not along_rim:
+            newp = pos[a]
+        else:
+            newp = tuple(0.5 * (pa + pb) for pa, pb in zip(pos[a], pos[b]))
         ok = True
         for v in (a, b):
             for fi in vfaces[v] - shared:
@@ -376,14 +396,14 @@ def decimate_to(
         pos[a] = newp
         sz[a] = 0.5 * (sz[a] + sz[b])
         stamp[a] += 1
-        count -= 1
+        count -= 1 if along_rim or seam is None else 2
         for w in nbrs(a):
             heapq.heappush(heap, (cost(a, w), a, w, stamp[a], stamp[w]))
     keep = np.array(alive)
     remap = np.full(V, -1)
     remap[keep] = np.arange(int(keep.sum()))
     out_faces = np.array([face_list[i] for i in range(len(face_list)) if face_alive[i]])
-    return np.array(pos)[keep], remap[out_faces]
+    return np.array(pos)[keep], remap[out_faces], remap
 
 
 # ---------------------------------------------------------------------------------------
@@ -440,3 +460,43 @@ def edge_manifold_report(faces: np.ndarray) -> tuple[int, int]:
     _, counts = np.unique(und, axis=0, return_counts=True)
     _, dcounts = np.unique(directed, axis=0, return_counts=True)
     return int((counts != 2).sum()), int((dcounts != 1).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# Left-right symmetry
+
+MIRROR = np.array([-1.0, 1.0, 1.0])  # x -> -x: the body frame's left-right mirror
+
+
+def symmetrize(verts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(V, 3) vertices made exactly mirror-symmetric under the involution ``pairs``: each vertex
+    moves to the mean of itself and its partner's mirror image, so mirror(out[pairs]) == out
+    (vertices paired with themselves land on the midline, x = 0)."""
+    v = np.asarray(verts, np.float64)
+    return (v + v[pairs] * MIRROR) / 2
+
+
+def boundary_vertices(faces: np.ndarray, num_vertices: int) -> np.ndarray:
+    """(V,) bool: vertices on an edge that only one face uses (the rim of an open mesh)."""
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    und, counts = np.unique(np.sort(directed, axis=1), axis=0, return_counts=True)
+    out = np.zeros(num_vertices, bool)
+    out[und[counts == 1].reshape(-1)] = True
+    return out
+
+
+def mirror_half(verts: np.ndarray, faces: np.ndarray, seam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Close a half surface with its mirror image (x -> -x).
+
+    verts (H, 3), faces (F, 3) of an open surface on the x >= 0 side whose rim ``seam`` (H,) bool
+    lies on the plane x = 0. The mirror copies every vertex but the seam's and reverses the copied
+    faces' orientation; the seam vertices are shared. Returns the closed surface's vertices
+    (2H - S, 3) (the half's first, in order), faces (2F, 3) and the (2H - S,) mirror involution.
+    """
+    n = len(verts)
+    inner = np.flatnonzero(~seam)
+    copy = np.arange(n)
+    copy[inner] = n + np.arange(len(inner))
+    pairs = np.concatenate([copy, inner])
+    full = np.vstack([verts, verts[inner] * MIRROR])
+    return full, np.vstack([faces, copy[faces][:, [0, 2, 1]]]), pairs
