@@ -9,7 +9,11 @@ Prints four figures (a benchmark, not a test; the machine's load average is prin
    loaded (a worker's steady state; the first, cold build is printed too); the write phase alone too;
 3. bytes per mesh on disk against raw float32, for the vertices and for all per-mesh arrays;
 4. the write phase with a 1-worker and a 2-worker local Dask cluster.
-Targets: >= 1,000 meshes/s per core end to end; store <= 0.5 of raw float32.
+With `profile`, the warm build's seconds per stage (start-up, plan; per task: model load, read, forward,
+projection, quantise, compress+write incl. checksums, record). With `scaling`, only the scaling run
+(`run_scaling`): a store large enough that start-up is a small share (20,000 meshes by default) built with 1
+and 2 workers and frozen, with meshes/s of the whole build, the parallel efficiency and the stage breakdown.
+Targets: >= 1,000 meshes/s per core end to end; store <= 0.5 of raw float32; 2-worker efficiency >= 80 %.
 """
 
 from __future__ import annotations
@@ -35,6 +39,70 @@ class BenchConfig:
     cameras: int = 4
     workdir: str | None = None  # scratch folder; a temporary one when None
     repeats: int = 5  # forward passes timed per model
+    profile: bool = False  # print the build's time per stage (forward, projection, quantise, compress+write, ...)
+    scaling: bool = False  # only the scaling run: a large store built with 1 and 2 workers
+    scaling_meshes: int = 20000  # meshes of the scaling store (start-up must be a small share of the run)
+
+
+def stage_lines(result, meshes: int) -> list[str]:
+    """Lines giving a build's seconds per stage and each task stage's share of the task time."""
+    from mpt_data.build import TASK_STAGES
+
+    sec = result.stage_seconds
+    task_total = sum(sec.get(k, 0.0) for k in TASK_STAGES) or float("nan")
+    out = [f"  driver: start-up {sec.get('startup', 0):.2f} s, plan {sec.get('plan', 0):.2f} s, "
+           f"write phase {sec.get('write', 0):.2f} s"]
+    out.append("  tasks (worker seconds): " + ", ".join(
+        f"{k} {sec.get(k, 0):.2f} s ({100 * sec.get(k, 0) / task_total:.0f} %)" for k in TASK_STAGES)
+        + f"; {1e3 * task_total / max(meshes, 1):.3f} ms per mesh")
+    return out
+
+
+def run_scaling(cfg: BenchConfig, work: Path, echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Build a `cfg.scaling_meshes` store with a 1- and a 2-worker local cluster, then freeze it; prints
+    meshes/s of the whole build, the parallel efficiency and where the time goes."""
+    from mpt_data.build import load_recipe, run_build
+    from mpt_data.freeze import freeze_store
+
+    body_dir, amass = _inputs(cfg, work, cfg.scaling_meshes, echo)
+    base = dict(amass_root=str(amass), body_model_dir=str(body_dir), target_meshes=cfg.scaling_meshes,
+                cameras=cfg.cameras, chunk_meshes=32, shard_meshes=512, batch_size=cfg.batch, progress=False)
+    out = work / "scaling-store"
+    figures: dict[str, float] = {}
+    for workers in (1, 2):
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        r = run_build(load_recipe(None, **base, out=str(out), workers=workers))
+        whole = time.perf_counter() - t
+        t = time.perf_counter()
+        freeze_store(out)
+        freeze = time.perf_counter() - t
+        figures[f"scaling_meshes_per_s_{workers}_workers"] = r.meshes / whole
+        figures[f"scaling_startup_share_{workers}_workers"] = r.stage_seconds["startup"] / whole
+        echo(f"scaling, {workers} worker(s): {r.meshes} meshes x {cfg.cameras} cameras in {whole:.1f} s = "
+             f"{r.meshes / whole:,.0f} meshes/s (start-up {100 * r.stage_seconds['startup'] / whole:.1f} % of the "
+             f"build); freeze {freeze:.1f} s")
+        for line in stage_lines(r, r.meshes):
+            echo(line)
+    eff = figures["scaling_meshes_per_s_2_workers"] / (2 * figures["scaling_meshes_per_s_1_workers"])
+    figures["parallel_efficiency_2_workers"] = eff
+    echo(f"parallel efficiency, 2 workers: {100 * eff:.0f} % (meshes/s with 2 / twice meshes/s with 1)")
+    return figures
+
+
+def _inputs(cfg: BenchConfig, work: Path, meshes: int, echo: Callable[[str], None]) -> tuple[Path, Path]:
+    """The synthetic body-model folder and AMASS root in `work`, written when missing."""
+    from mpt_data.synth.body import write_body_models
+    from mpt_data.synth.motion import write_motions
+
+    body_dir, amass = work / "body_models", work / f"amass-{meshes}"
+    if not (body_dir / "vertex_ids.json").exists():
+        echo(f"writing a {cfg.num_vertices}-vertex synthetic body model ...")
+        write_body_models(body_dir, seed=0, num_vertices=cfg.num_vertices)
+    if not amass.exists():
+        # 4 s per sequence at 60-120 fps; enough sequences to hold the requested meshes at full rate.
+        write_motions(amass, seed=0, num_sequences=max(7, meshes // 300 + 1), seconds=4.0)
+    return body_dir, amass
 
 
 def _forward_rates(body_dir: Path, batch: int, repeats: int) -> tuple[float, float, int]:
@@ -91,21 +159,15 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict[str
 
     from mpt_data.build import load_recipe, manifest_splits, run_build
     from mpt_data.store import store_info
-    from mpt_data.synth.body import write_body_models
-    from mpt_data.synth.motion import write_motions
 
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="mpt-bench-"))
     figures: dict[str, float] = {}
     try:
         load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
         echo(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        body_dir, amass = work / "body_models", work / "amass"
-        if not (body_dir / "vertex_ids.json").exists():
-            echo(f"writing a {cfg.num_vertices}-vertex synthetic body model ...")
-            write_body_models(body_dir, seed=0, num_vertices=cfg.num_vertices)
-        if not amass.exists():
-            # 4 s per sequence at 60-120 fps; enough sequences to hold the requested meshes at full rate.
-            write_motions(amass, seed=0, num_sequences=max(7, cfg.meshes // 300 + 1), seconds=4.0)
+        if cfg.scaling:
+            return run_scaling(cfg, work, echo)
+        body_dir, amass = _inputs(cfg, work, cfg.meshes, echo)
 
         ours, ref, nb = _forward_rates(body_dir, cfg.batch, cfg.repeats)
         figures.update(forward_meshes_per_s=ours, smplx_meshes_per_s=ref)
@@ -133,6 +195,11 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict[str
         echo(f"end to end, 1 core, {n} meshes x {cfg.cameras} cameras, {cfg.num_vertices} vertices: "
              f"{n / warm:,.0f} meshes/s (whole build {warm:.2f} s, model cached); write phase "
              f"{n / warm_r.write_seconds:,.0f} meshes/s; first build with the model load {n / cold:,.0f} meshes/s")
+        if cfg.profile:
+            echo("where the time goes (warm build, 1 core):")
+            for line in stage_lines(warm_r, n):
+                echo(line)
+            figures.update({f"seconds_{k}": v for k, v in warm_r.stage_seconds.items()})
 
         info = store_info(out)
         group = zarr.open_group(str(out), mode="r")

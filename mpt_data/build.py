@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +66,48 @@ class TaskContext:
     recipe_hash: str
     batch_size: int
     torch_threads: int | None  # 1 inside cluster workers (one process per core); None: leave as is
+    device: str = "cpu"  # "cpu" or "cuda": where the body-model forward runs (see _task_device)
 
+
+# Stages of a partition task; each process sums its tasks' seconds per stage here (like the model cache, per
+# process), and the driver reports the sums in BuildResult.stage_seconds. Timings never enter a record, whose
+# bytes must not depend on them.
+TASK_STAGES = ("model_load", "read", "forward", "project", "quantise", "compress_write", "record")
+_STAGE_SECONDS: dict[str, float] = dict.fromkeys(TASK_STAGES, 0.0)
 
 _MODEL_CACHE: dict[tuple, Any] = {}
 
 
-def _body_model(ctx: TaskContext, gender: str):
-    """The body model for `gender`, built once per process and kept for later tasks."""
-    key = (ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor)
+def _task_device(ctx: TaskContext) -> str:
+    """The torch device of this process: the CPU, or one GPU per Dask worker, picked by the worker's index
+    (its name in a LocalCluster) modulo the visible GPUs; GPU 0 outside a cluster."""
+    if ctx.device == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise st.StoreError("--device cuda: no CUDA device is visible in this worker process")
+    index = 0
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else 0
+    except ValueError:  # not inside a Dask worker
+        index = 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def _body_model(ctx: TaskContext, gender: str, times: dict[str, float] | None = None):
+    """The body model for `gender`, built once per process (per worker, not per task) and kept for later tasks."""
+    device = _task_device(ctx)
+    key = (ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor, device)
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = _load_body_model(ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor)
+        t = time.perf_counter()
+        _MODEL_CACHE[key] = _load_body_model(ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas,
+                                             ctx.h36m_regressor, device)
+        if times is not None:
+            times["model_load"] += time.perf_counter() - t
     return _MODEL_CACHE[key]
 
 
@@ -90,6 +122,14 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(ctx.torch_threads)
+    times = _STAGE_SECONDS
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[stage] += now - clock
+        clock = now
     n = part.stop - part.start
     lay = ctx.layout
     arrays = {name: np.zeros((n, *rest), dtype=dtype) for name, (rest, dtype) in st.mesh_array_specs(lay).items()}
@@ -106,13 +146,16 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             raise st.StoreError(f"{seg.path} no longer reads as it did in the plan ({err}); restart the build") from err
         frames = np.asarray(seg.frames, dtype=np.int64)
         lo = seg.mesh_start - part.start
-        model = _body_model(ctx, seg.gender)
+        lap("read")
+        model = _body_model(ctx, seg.gender, times)
+        clock = time.perf_counter()
         betas = _fit_betas(motion.betas, ctx.num_betas)
         for b in range(0, frames.shape[0], ctx.batch_size):
             fr = frames[b : b + ctx.batch_size]
             sl = slice(lo + b, lo + b + fr.shape[0])
             poses = motion.poses[fr]
             verts, joints = _forward(model, poses, betas)
+            lap("forward")
             try:
                 arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
             except st.StoreError as err:
@@ -122,6 +165,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
                                     f"(move it out of the AMASS root or --exclude its subset) and rebuild") from err
             for name, j in joints.items():
                 arrays[f"{schema.JOINTS_GROUP}/{name}"][sl] = j
+            lap("quantise")
             j2d, vis, crop = _project_views(rig, joints[conventions.HEATMAP_JOINT_SET], verts)
             arrays[schema.JOINTS2D][sl] = j2d
             arrays[schema.VISIBLE][sl] = vis
@@ -131,9 +175,11 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             arrays[schema.SEQUENCE][sl] = seg.row
             arrays[schema.FRAME][sl] = fr
             arrays[schema.SPLIT][sl] = seg.split
+            lap("project")
         rel = os.path.relpath(seg.path, ctx.amass_root)
         sources.append({"path": Path(rel).as_posix(), "size": size, "meshes": int(frames.shape[0])})
     sums = st.write_mesh_block(ctx.out, part.start, arrays, lay.chunk_meshes)
+    lap("compress_write")
     record = {
         "partition": part.index,
         "start": part.start,
@@ -145,7 +191,15 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         "tool_version": __version__,
     }
     atomic_write_json(st.partition_record_path(ctx.out, part.index), record)
+    lap("record")
     return record
+
+
+def partition_task(ctx: TaskContext, part: Partition) -> tuple[dict[str, Any], dict[str, float]]:
+    """The cluster task: `run_partition`'s record and the seconds it spent in each of `TASK_STAGES`."""
+    before = dict(_STAGE_SECONDS)
+    record = run_partition(ctx, part)
+    return record, {k: _STAGE_SECONDS[k] - before[k] for k in TASK_STAGES}
 
 
 def _fit_betas(betas: np.ndarray, num: int) -> np.ndarray:
@@ -220,6 +274,9 @@ class BuildResult:
     skipped_files: int
     plan_seconds: float
     write_seconds: float
+    # Where the time went: "startup" (cluster start), "plan", "write" on the driver's clock, and each of
+    # TASK_STAGES summed over the partition tasks (worker seconds, so with N workers up to N x write).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build_store(config: BuildConfig) -> Path:
@@ -266,8 +323,15 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
     elif out.exists() and any(out.iterdir()):
         raise st.StoreError(f"{out} exists and is not an MPT store; choose another --out")
 
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                              "build on the CPU (the default) or on a machine with a GPU")
     t0 = time.perf_counter()
     client, cluster = _connect(config)
+    t_startup = time.perf_counter() - t0
     try:
         files = _selected_files(config)
         overrides = dict(config.fps_overrides)
@@ -300,7 +364,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             out=str(out), amass_root=config.amass_root, fps_overrides=config.fps_overrides,
             body_model_dir=config.body_model_dir, body_model_type=config.body_model_type, num_betas=model_info["num_betas"],
             h36m_regressor=config.h36m_regressor, cameras=config.cameras, layout=layout, recipe_hash=rhash,
-            batch_size=config.batch_size, torch_threads=None if client is None else 1,
+            batch_size=config.batch_size, torch_threads=None if client is None else 1, device=config.device,
         )
         arrays = sorted(st.mesh_array_specs(layout))
         todo = [p for p in parts if not st.record_is_valid(
@@ -309,7 +373,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
         if len(todo) < len(parts):
             _log(f"resume: {len(parts) - len(todo)} of {len(parts)} partitions already complete")
         t_plan = time.perf_counter() - t0
-        _run_partitions(client, ctx, todo, config.progress)
+        stages = _run_partitions(client, ctx, todo, config.progress)
         st.open_store(out, "r+").attrs[schema.ATTR_STATE] = schema.STATE_COMPLETE
         t_write = time.perf_counter() - t0 - t_plan
     finally:
@@ -319,7 +383,8 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             cluster.close()
     _summary(rows, n, config.cameras, time.perf_counter() - t0)
     return BuildResult(path=out, meshes=n, partitions=len(parts), written=tuple(p.index for p in todo),
-                       skipped_files=sum(r["status"] != "ok" for r in rows), plan_seconds=t_plan, write_seconds=t_write)
+                       skipped_files=sum(r["status"] != "ok" for r in rows), plan_seconds=t_plan, write_seconds=t_write,
+                       stage_seconds={"startup": t_startup, "plan": t_plan - t_startup, "write": t_write, **stages})
 
 
 def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, rows: list[dict], table: bytes,
@@ -350,26 +415,32 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     atomic_write_json(out / st.STATIC_RECORD, {"checksums": sums, "recipe_hash": rhash})
 
 
-def _run_partitions(client, ctx: TaskContext, todo: list[Partition], progress: bool) -> None:
+def _run_partitions(client, ctx: TaskContext, todo: list[Partition], progress: bool) -> dict[str, float]:
+    """Run the partition tasks; returns their seconds per stage (`TASK_STAGES`), summed over tasks."""
     bar = _progress(len(todo), "partitions", progress)
     try:
         if client is None:
+            before = dict(_STAGE_SECONDS)
             for p in todo:
                 run_partition(ctx, p)
                 bar.update(1)
-            return
+            return {k: _STAGE_SECONDS[k] - before[k] for k in TASK_STAGES}
         from distributed import as_completed
 
         ctx_future = client.scatter(ctx, broadcast=True)
-        futures = [client.submit(run_partition, ctx_future, p, key=f"mpt-partition-{ctx.recipe_hash[:12]}-{p.index:06d}",
+        futures = [client.submit(partition_task, ctx_future, p, key=f"mpt-partition-{ctx.recipe_hash[:12]}-{p.index:06d}",
                                  pure=False) for p in todo]
+        stages = dict.fromkeys(TASK_STAGES, 0.0)
         try:
             for fut in as_completed(futures):
-                fut.result()  # re-raises a task's exception here, naming the partition's error
+                _, seconds = fut.result()  # re-raises a task's exception here, naming the partition's error
+                for k, v in seconds.items():
+                    stages[k] += v
                 bar.update(1)
         except BaseException:
             client.cancel(futures)
             raise
+        return stages
     finally:
         bar.close()
 
@@ -393,10 +464,11 @@ def _body_config(model_dir: str, model_type: str, num_betas: int, h36m: str | No
     return BodyModelConfig(model_dir=model_dir, model_type=model_type, num_betas=num_betas, h36m_regressor=h36m)
 
 
-def _load_body_model(model_dir: str, model_type: str, gender: str, num_betas: int, h36m: str | None):
+def _load_body_model(model_dir: str, model_type: str, gender: str, num_betas: int, h36m: str | None,
+                     device: str = "cpu"):
     from mpt_data.body import BodyModel
 
-    return BodyModel.load(_body_config(model_dir, model_type, num_betas, h36m), gender)
+    return BodyModel.load(_body_config(model_dir, model_type, num_betas, h36m), gender, device)
 
 
 def _forward(model, poses: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from mpt_data.console import CommandGroup, debug_option
+from mpt_data.console import DEVICES, CommandGroup, debug_option
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,6 +86,9 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
 @click.option("--scheduler", help="Address of an existing dask.distributed scheduler (tcp://host:8786).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted build: redo only partitions without a valid record.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing unfrozen store at --out first.")
+@click.option("--device", type=click.Choice(DEVICES),
+              help="Where the body-model forward runs: cpu (default) or cuda (one GPU per worker, by worker index); "
+                   "auto: cuda when this machine has a GPU.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **options):
     """Build a sharded Zarr store of meshes and 2D views from AMASS (recipe values, overridden by flags).
@@ -99,6 +102,10 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
     """
     from mpt_data.build import build_store, load_recipe
 
+    if options.get("device") == "auto":
+        import torch
+
+        options["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = load_recipe(
         recipe, cameras=int(cameras) if cameras else None, progress=not no_progress,
         subsets_include=tuple(subsets_include) or None, subsets_exclude=tuple(subsets_exclude) or None,
@@ -173,7 +180,7 @@ def info(store, as_json, storage_options):
 @main.command()
 @click.argument("store")
 @click.option("--mesh", "mesh_index", type=int, default=0, show_default=True, help="Global mesh index.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG to write.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
 @storage_option
 def preview(store, mesh_index, out, storage_options):
     """Draw one mesh in every camera: the 224 crop with its 17 heatmaps (sigma 3), skeleton and mesh."""
@@ -217,14 +224,18 @@ def copy(src, dst, storage_options, src_options, dst_options, workers, no_progre
 
 @main.command()
 @click.option("--meshes", type=int, default=2048, show_default=True, help="Meshes per end-to-end run.")
-@click.option("--batch", type=int, default=512, show_default=True, help="Body-model batch size.")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="Meshes per body-model forward.")
 @click.option("--vertices", type=int, default=6890, show_default=True, help="Vertices of the synthetic model.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch folder (default: a temporary one).")
-def bench(meshes, batch, vertices, workdir):
+@click.option("--profile", is_flag=True, help="Also print the build's seconds per stage.")
+@click.option("--scaling", is_flag=True, help="Only the scaling run: a large store built with 1 and 2 workers.")
+@click.option("--scaling-meshes", type=int, default=20000, show_default=True, help="Meshes of the scaling store.")
+def bench(meshes, batch_size, vertices, workdir, profile, scaling, scaling_meshes):
     """Body-model forward vs plain smplx, end-to-end meshes/s per worker core, bytes per mesh, 1 vs 2 workers."""
     from mpt_data.bench import BenchConfig, run_bench
 
-    run_bench(BenchConfig(meshes=meshes, batch=batch, num_vertices=vertices, workdir=workdir), echo=click.echo)
+    run_bench(BenchConfig(meshes=meshes, batch=batch_size, num_vertices=vertices, workdir=workdir, profile=profile,
+                          scaling=scaling, scaling_meshes=scaling_meshes), echo=click.echo)
 
 @main.command()
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -235,9 +246,9 @@ def bench(meshes, batch, vertices, workdir):
 @click.option("--dataset", default="", help="Dataset name (default: the .npz file name).")
 @click.option("--context", default=1.5, show_default=True, help="Stored crop side / person box side.")
 @click.option("--crop-px", default=336, show_default=True, help="Stored crop side in pixels.")
-@click.option("--rows-per-shard", default=512, show_default=True)
+@click.option("--rows-per-shard", default=512, show_default=True, help="Persons per Parquet shard file.")
 @click.option("--rows-per-group", default=32, show_default=True, help="Parquet row group: the trainer's read unit.")
-@click.option("--jpeg-quality", default=92, show_default=True)
+@click.option("--jpeg-quality", default=92, show_default=True, help="JPEG quality of the stored crops (0-100).")
 def images(annotations, image_root, out, dataset, context, crop_px, rows_per_shard, rows_per_group, jpeg_quality):
     """Ingest a SPIN-format image dataset into Parquet shards of JPEG person crops and labels.
 
@@ -258,17 +269,20 @@ def images(annotations, image_root, out, dataset, context, crop_px, rows_per_sha
               help="AMASS-format motions (e.g. demo_out/synth/amass).")
 @click.option("--body-models", required=True, type=click.Path(exists=True, file_okay=False),
               help="Body model folder; use the store's, so the mesh matches the pre-trained model.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--train", default=2000, show_default=True, help="Training images.")
-@click.option("--val", default=200, show_default=True, help="Held-out images (from AMASS's val subsets).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: images/, the annotation .npz files, mixture.yaml.")
+@click.option("--train-images", "train", default=2000, show_default=True, help="Training images.")
+@click.option("--val-images", "val", default=200, show_default=True,
+              help="Held-out images (from AMASS's val subsets).")
 @click.option("--image-size", default=256, show_default=True, help="Picture side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed: same seed, same bytes.")
 @click.option("--workers", default=1, show_default=True, help="Processes (same output whatever the number).")
 @click.option("--dataset", default="synth", show_default=True, help="Annotation file stem: DATASET_train.npz.")
-@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), default="smplh", show_default=True)
-@click.option("--manifest", default="data_manifest.yaml", show_default=True,
-              help="Manifest whose AMASS subset split picks the val motions ('' for every tenth file).")
-@click.option("--no-progress", is_flag=True)
+@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), default="smplh", show_default=True,
+              help="Which model files of --body-models pose the bodies.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifest.yaml", show_default=True,
+              help="Data manifest whose AMASS subset split picks the val motions ('' for every tenth file).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 def synth_images(amass_root, body_models, out, train, val, image_size, seed, workers, dataset, body_model_type,
                  manifest, no_progress):
     """Render a synthetic SPIN-format image dataset of the synthetic bodies and motions.

@@ -61,8 +61,9 @@ class BuildConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    device: str = "cpu"  # where the body-model forward runs: "cpu" or "cuda" (one GPU per worker)
 
-    RUNTIME_FIELDS = ("out", "workers", "scheduler", "resume", "overwrite", "progress")
+    RUNTIME_FIELDS = ("out", "workers", "scheduler", "resume", "overwrite", "progress", "device")
     PATH_FIELDS = schema.RECIPE_PATH_FIELDS
 
     def recipe(self) -> dict[str, Any]:
@@ -104,6 +105,8 @@ class BuildConfig:
                 raise RecipeError(f"sources.fps_overrides[{subset!r}] must be > 0, got {fps}")
         if self.h36m_regressor and not Path(self.h36m_regressor).is_file():
             raise RecipeError(f"body_model.h36m_regressor {self.h36m_regressor!r} does not exist: give the path of J_regressor_h36m.npy or remove the key")
+        if self.device not in ("cpu", "cuda"):
+            raise RecipeError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.workers is not None and self.workers < 0:
             raise RecipeError(f"workers must be >= 0, got {self.workers}")
 
