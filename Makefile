@@ -62,7 +62,7 @@ $(OUT)/pretrain.done: $(OUT)/store.frozen
 	$(BIN)/mpt-train pretrain --shards $(OUT)/store --preset tiny --out $(OUT)/pretrain \
 	  --steps $(PRETRAIN_STEPS) --workers 1 --resume
 	$(BIN)/mpt-train evaluate --checkpoint $(OUT)/pretrain/latest --shards $(OUT)/store --split val \
-	  --json $(OUT)/pretrain_eval.json --picture $(OUT)/pretrain_val.png
+	  --json-out $(OUT)/pretrain_eval.json --picture $(OUT)/pretrain_val.png
 	touch $@
 
 # --- fine-tuning on synthetic images: a small 2D pose network, then pre-trained vs from scratch ---
@@ -74,7 +74,7 @@ demo-finetune: $(OUT)/finetune.done
 
 $(OUT)/images.done: $(OUT)/synth/synth_config.json
 	$(BIN)/mpt-data synth-images --amass-root $(OUT)/synth/amass --body-models $(OUT)/synth/body_models \
-	  --out $(OUT)/images --train 1000 --val 100 --workers 2
+	  --out $(OUT)/images --train-images 1000 --val-images 100 --workers 2
 	$(BIN)/mpt-data images --annotations $(OUT)/images/synth_train.npz --images $(OUT)/images \
 	  --out $(OUT)/images/shards --dataset synth_train
 	$(BIN)/mpt-data images --annotations $(OUT)/images/synth_val.npz --images $(OUT)/images \

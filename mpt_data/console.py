@@ -14,6 +14,10 @@ import warnings
 import click
 
 DEBUG_ENV = "MPT_DEBUG"
+# --device and --precision choices of every command of both tools (mpt_train.runtime's, repeated here so that
+# --help needs no torch; tests/test_cli_options.py checks every command uses them).
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _PROJECT_PACKAGES = ("mpt_data", "mpt_train")
 
 debug_option = click.option(

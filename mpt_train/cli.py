@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from mpt_data.console import CommandGroup, debug_option
+from mpt_data.console import DEVICES, PRECISIONS, CommandGroup, debug_option
 
 
 class TrainerGroup(CommandGroup):
@@ -63,10 +63,26 @@ def _stack(options):
 
 
 # Shared option groups: declared once, validated the same way in every command.
-DEVICES = ("auto", "cpu", "cuda")  # mpt_train.runtime.DEVICES, repeated so that --help needs no torch
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                              help="auto: CUDA when present, else the CPU.")
+def _storage_options(ctx, param, values):
+    from mpt_data.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(values)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+# Where the store named by --shards lies and how it is read: fsspec options for a URL, and a local chunk cache.
+store_options = _stack([
+    click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=_storage_options,
+                 help="fsspec option for a --shards URL (s3://bucket/store), repeatable: endpoint_url=..., key=..., "
+                      "secret=..., client_kwargs={...} (JSON). Without them AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                      "AWS_ENDPOINT_URL apply. Never written to logs, checkpoints or the run's config."),
+    click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                 help="Local read-through cache of the store's chunks (each checked against its checksum)."),
+])
 runtime_options = _stack([
     device_option,
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
@@ -100,6 +116,30 @@ loop_options = _stack([
 ])
 
 
+epochs_option = click.option(
+    "--epochs", type=float, default=None,
+    help="Train for this many epochs instead of --steps: passes over the store's train split (pretrain) or over "
+         "the mixture's images, after --fraction (finetune, train-pose).")
+
+
+def _steps_for_epochs(cfg, epochs: float | None, samples_per_epoch: int, world: int, what: str):
+    """``cfg`` with the steps that make ``epochs`` passes over ``samples_per_epoch`` samples (all ``world``
+    ranks together; each step takes batch_size per rank), or ``cfg`` itself when no --epochs was given."""
+    import dataclasses
+
+    if epochs is None:
+        return cfg
+    if samples_per_epoch < cfg.batch_size * world:
+        raise click.UsageError(f"{what}: {samples_per_epoch} samples, fewer than one batch of {cfg.batch_size} "
+                               f"on each of {world} rank(s)")
+    return dataclasses.replace(cfg, steps=max(1, round(epochs * samples_per_epoch / (cfg.batch_size * world))))
+
+
+def _image_rows(task) -> int:
+    """Rows of the image mixture a task trains on (after --fraction): an image epoch."""
+    return sum(rows for dataset in task.train_batches.stream.datasets for _, _, rows in dataset.units)
+
+
 def _train_config(preset, out: str, options: dict):
     """``preset(out=out, ...)`` with the loop options that were given (see loop_options)."""
     given = {k: options[k] for k in _LOOP_FIELDS if options[k] is not None}
@@ -117,11 +157,13 @@ def _given(**fields):
 
 @main.command()
 @click.option("--shards", required=True, help="Store path or fsspec URL (a frozen MPT store).")
-@click.option("--out", default="runs/pretrain", show_default=True, help="Run folder: checkpoints, metrics.jsonl.")
+@store_options
+@click.option("--out", default="runs/pretrain", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl.")
 @click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", show_default=True,
               help="paper (3x4 layers, hidden 1024/256/64, patch 8, MHM 0.3, lr 2e-4) or tiny (same structure, "
                    "small; patch 16, MHM 0.1, lr 2e-3).")
-@click.option("--epochs", type=float, default=None, help="Epochs over the train split (alternative to --steps).")
+@epochs_option
 @loop_options
 @click.option("--patch", type=int, default=None, help="Heatmap patch side in px (paper 8, tiny 16).")
 @click.option("--mask-ratio", type=float, default=None,
@@ -132,8 +174,8 @@ def _given(**fields):
 @click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17).")
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
-def pretrain(shards, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm_ratio, joint_set, force,
-             allow_unfrozen, **loop):
+def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm_ratio,
+             joint_set, force, allow_unfrozen, **loop):
     """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
 
     \b
@@ -159,7 +201,8 @@ def pretrain(shards, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm
     inputs_cfg = inputs_preset(**_given(patch=patch, mask_ratio=mask_ratio, use_mhm=False if no_mhm else None,
                                         use_heatmaps=False if coords else None))
     cfg = _train_config(train_preset, out, loop | {"steps": loop["steps"] or 1})
-    loader_cfg = LoaderConfig(shards=shards, num_workers=loop["workers"], allow_unfrozen=allow_unfrozen)
+    loader_cfg = LoaderConfig(shards=shards, num_workers=loop["workers"], allow_unfrozen=allow_unfrozen,
+                              storage_options=storage_options, cache_dir=cache_dir)
     task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg)
     if epochs is not None:
         per_epoch = task.train_batches.num_batches(0)
@@ -173,32 +216,45 @@ def pretrain(shards, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm
         click.echo(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
 
 
+def _figures_table(rows: dict[str, dict[str, float]]) -> str:
+    """Rows of figures (mm) as a text table whose columns line up whatever the names' lengths."""
+    names = sorted({k for r in rows.values() for k in r if k != "samples"})
+    cells = [[""] + names] + [[row] + [f"{r.get(n, float('nan')):.1f}" for n in names] for row, r in rows.items()]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
 @main.command()
 @click.option("--checkpoint", required=True, help="Checkpoint folder, run folder, or RUN/latest.")
 @click.option("--shards", required=True, help="Store path or fsspec URL.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True,
+              help="Store split to score.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Samples per forward pass.")
 @click.option("--mask-ratio", type=float, default=0.3, show_default=True,
               help="Ratio of joints removed for the missing-joints evaluation.")
 @click.option("--max-batches", type=int, default=0, show_default=True, help="0: the whole split.")
 @click.option("--no-baseline", is_flag=True, help="Skip the mean-pose baseline.")
 @device_option
-@click.option("--json", "json_out", default=None, help="Also write the figures to this JSON file.")
-@click.option("--picture", default=None, help="Also write predicted vs true meshes of a few samples to this PNG.")
-@click.option("--allow-unfrozen", is_flag=True)
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures to this JSON file.")
+@click.option("--picture", default=None, type=click.Path(dir_okay=False),
+              help="Also write a PNG file of varied samples: input heatmaps, predicted and true meshes, PA-MPJPE.")
+@click.option("--picture-samples", type=click.IntRange(1, 64), default=6, show_default=True,
+              help="Samples (columns) in the --picture, spread over the split's sequences and cameras.")
+@click.option("--picture-seed", type=int, default=0, show_default=True, help="Seed of the --picture's sample draw.")
+@click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 @click.option("--force", is_flag=True, help="Evaluate even if the store fingerprint differs from training.")
 def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_baseline, device, json_out,
-             picture, allow_unfrozen, force):
+             picture, picture_samples, picture_seed, allow_unfrozen, force):
     """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
     from .evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
                               max_batches=max_batches, baseline=not no_baseline, device=device,
-                              allow_unfrozen=allow_unfrozen, force=force, picture=picture)
-    names = sorted({k for r in res.values() for k in r if k != "samples"})
-    click.echo(f"{'':16s}" + "".join(f"{n:>18s}" for n in names))
-    for row, r in res.items():
-        click.echo(f"{row:16s}" + "".join(f"{r.get(n, float('nan')):18.1f}" for n in names))
+                              allow_unfrozen=allow_unfrozen, force=force, picture=picture,
+                              picture_samples=picture_samples, picture_seed=picture_seed)
+    click.echo(_figures_table(res))
     if json_out:
         from mpt_data.fileio import atomic_write_json
 
@@ -206,12 +262,14 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
 
 
 @main.command()
-@click.option("--shards", default=None, help="A local store for the loader benchmark (optional).")
+@click.option("--shards", default=None, help="A store for the loader benchmark (optional): a folder, or a URL, "
+              "which is then also timed through --cache-dir (or a temporary cache) and from a local copy.")
+@store_options
 @click.option("--batch-size", type=int, default=None, help="Paper-step batch (default: 64 on CUDA, 2 on CPU).")
 @click.option("--steps", type=int, default=None, help="Timed paper steps (default: 20 on CUDA, 2 on CPU).")
 @device_option
 @click.option("--compile", "compile_", is_flag=True, help="Time the step under torch.compile.")
-def bench(shards, batch_size, steps, device, compile_):
+def bench(shards, storage_options, cache_dir, batch_size, steps, device, compile_):
     """Heatmap render + MHM, loader samples/s, and a `paper` training step in samples/s and TFLOP/s.
 
     On a GPU the step runs in bf16 and is compared with the device's measured bf16 matmul rate
@@ -222,7 +280,12 @@ def bench(shards, batch_size, steps, device, compile_):
     step = b.bench_paper_step(batch_size=batch_size, steps=steps, device=device, compile=compile_)
     render = b.bench_inputs(batch_size=step["batch_size"], device=device)
     click.echo(b.format_result(render))
-    if shards:
+    from mpt_data.remote import is_local
+
+    if shards and not is_local(shards):
+        for result in b.bench_remote_loader(shards, storage_options, cache_dir=cache_dir):
+            click.echo(b.format_result(result))
+    elif shards:
         click.echo(b.format_result(b.bench_loader(shards, num_workers=1)))
         click.echo(b.format_result(b.bench_chunk_checks(shards)))
     click.echo(f"paper step on {step['device']} {step['dtype']}: {step['samples_per_s']:,.1f} samples/s, "
@@ -267,28 +330,33 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Mixture YAML.")
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder(s) for validation (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, config.json.")
 @backbone_options
 @click.option("--freeze-backbone", is_flag=True, help="Keep the 2D network fixed (the paper's Table 4).")
 @click.option("--scratch-store", default=None, help="Re-initialise the transformer on this store's topology "
               "(the from-scratch baseline).")
 @click.option("--fraction", default=1.0, show_default=True, help="Share of each dataset's data to train on.")
-@click.option("--no-augment", is_flag=True)
+@click.option("--no-augment", is_flag=True, help="No image augmentation (flip, scale, rotation, colour).")
+@epochs_option
 @loop_options
 def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
-             fraction, no_augment, **loop):
+             fraction, no_augment, epochs, **loop):
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
     from .losses import LossConfig
     from .trainer import TrainConfig
 
+    if loop["steps"] is not None and epochs is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
     tc = _train_config(TrainConfig.finetune, out, loop)
     ft = FinetuneConfig(init=init, data=data, val=tuple(val),
                         backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                         freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=loop["workers"],
                         augment=not no_augment, fraction=fraction)
-    res = _run_training(tc, build_finetune_task(tc, ft, LossConfig()), resume=loop["resume"],
-                        overwrite=loop["overwrite"])
+    task = build_finetune_task(tc, ft, LossConfig())
+    tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
+    res = _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
     click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
@@ -296,12 +364,14 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Mixture YAML.")
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder(s) to score the trained network on (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, pose_network.pth, pose_eval.json.")
 @backbone_options
 @click.option("--sigma", default=3.0, show_default=True, help="Target Gaussian width, px at 224 (pre-training's).")
-@click.option("--no-augment", is_flag=True)
+@click.option("--no-augment", is_flag=True, help="No image augmentation (flip, scale, rotation, colour).")
+@epochs_option
 @loop_options
-def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigma, no_augment, **loop):
+def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigma, no_augment, epochs, **loop):
     """Train a 2D pose backbone on image shards with a heatmap MSE loss (same loop as pretrain).
 
     Writes OUT/pose_network.pth (public key names) for `finetune --backbone-checkpoint`. Use it
@@ -311,10 +381,13 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
     from .posenet import PoseNetConfig, build_posenet_task, evaluate_pose_network, export_pose_network
     from .trainer import TrainConfig
 
+    if loop["steps"] is not None and epochs is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
     tc = _train_config(TrainConfig.pose_network, out, loop)
     pc = PoseNetConfig(data=data, val=tuple(val), backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                        sigma=sigma, workers=loop["workers"], augment=not no_augment)
     task = build_posenet_task(tc, pc)
+    tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
     path = export_pose_network(task.model, out)
     click.echo(f"pose network: {path}")
@@ -328,7 +401,7 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
 
 @main.command("compare-runs")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown table; FILE.json beside it.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown file to write the table to; FILE.json beside it.")
 def compare_runs_cmd(runs, out):
     """Tabulate the final validation metrics (mm) of training runs given as NAME=RUN_DIR."""
     from pathlib import Path
@@ -366,56 +439,89 @@ def plot(runs, out):
 
 
 @main.command("evaluate-images")
-@click.option("--checkpoint", required=True, help="A step-N folder, a run folder or RUN/latest.")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+              help="[NAME=]CHECKPOINT: a fine-tuned model to score (a step-N folder, a run folder or RUN/latest); "
+                   "repeatable, one table row each. With --no-finetune: a pre-trained transformer.")
 @click.option("--image-shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test), as written by "
                    "`mpt-data images` (repeatable).")
 @click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "train-metrics"]), default="h36m-p2",
-              show_default=True)
+              show_default=True, help="Human3.6M protocol 2, 3DPW, or the training loop's MPJPE / PA-MPJPE / MPVE.")
 @click.option("--no-finetune", is_flag=True, help="CHECKPOINT is a pre-trained transformer: put the frozen "
               "off-the-shelf backbone in front of it (test without fine-tuning).")
 @backbone_options
+@click.option("--pretrained", default=None, help="Pre-trained checkpoint for the no-fine-tune and oracle rows "
+              "(default: the one the first fine-tuned CHECKPOINT started from).")
+@click.option("--train-data", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Mixture YAML whose images give the mean-pose row (default: the fine-tuning run's).")
+@click.option("--no-baselines", is_flag=True, help="Score only the given checkpoints (no mean-pose, no-fine-tune "
+              "or oracle rows).")
 @click.option("--h36m-regressor", default=None, type=click.Path(exists=True, dir_okay=False),
               help="J_regressor_h36m.npy (17, V) when the model carries none.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--max-batches", default=0, show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Also write the table to this markdown FILE, and its figures to FILE with a .json suffix.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
+@click.option("--max-batches", default=0, show_default=True, help="Score only this many batches per row (0: all).")
 @device_option
-def evaluate_images(checkpoint, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint,
-                    h36m_regressor, batch_size, max_batches, device):
-    """Score a model on image shards: Human3.6M protocol 2 (MPJPE, PA-MPJPE on 14 joints) or 3DPW
-    (MPVE, MPJPE, PA-MPJPE), in mm. See mpt_train/protocols.py for the exact rules."""
+def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint,
+                    pretrained, train_data, no_baselines, h36m_regressor, out, batch_size, max_batches, device):
+    """Score models on image shards, with the baselines they must beat: Human3.6M protocol 2 (MPJPE,
+    PA-MPJPE on 14 joints), 3DPW (MPVE, MPJPE, PA-MPJPE) or the training metrics, in mm.
+
+    \b
+    Rows besides the given models (see mpt_train/baselines.py):
+      mean pose     one constant pose, the Procrustes mean of the training images' 3D labels
+      no fine-tune  the pre-trained transformer behind the unchanged 2D network
+      oracle        the pre-trained transformer fed heatmaps of the ground-truth 2D joints
+    Exact rules of the protocols: mpt_train/protocols.py.
+    """
+    import dataclasses
+    from pathlib import Path
+
     import numpy as np
     import torch
 
-    from .evaluate import evaluate_model
-    from .images import ImageEvalBatches, image_prepare
-    from .loading import BackboneMPT, load_checkpoint_model, no_finetune_model
-    from .protocols import evaluate_protocol
+    from mpt_data.fileio import atomic_write_json, atomic_write_text
+
+    from .baselines import BaselineSources, Row, baseline_rows, models_under_test, results_table, score_rows
+    from .images import image_prepare
+    from .loading import no_finetune_model
     from .runtime import choose_device
 
     dev = choose_device(device)
+    named = {}
+    for item in checkpoints:
+        name, sep, path = item.partition("=")
+        named[name if sep else ("model" if len(checkpoints) == 1 else item)] = path if sep else item
     if no_finetune:
-        model = no_finetune_model(checkpoint, _backbone_config(backbone, depth, width, backbone_checkpoint, True))
+        bcfg = _backbone_config(backbone, depth, width, backbone_checkpoint, True)
+        models = {name: no_finetune_model(path, bcfg) for name, path in named.items()}
+        sources = BaselineSources(pretrained=next(iter(named.values())))  # its oracle row; it is its own no-fine-tune
     else:
-        model = load_checkpoint_model(checkpoint)
-        if not isinstance(model, BackboneMPT):
-            raise click.UsageError(f"{checkpoint} is a pre-trained transformer; add --no-finetune and a backbone")
-    model.to(dev)
-    batches = ImageEvalBatches(list(folders), batch_size, model.cfg.level_sizes[-1])
-    prepare = image_prepare(dev)
-    if protocol == "train-metrics":
-        res = evaluate_model(model, batches, prepare, device=dev, max_batches=max_batches)
-    else:
-        reg = torch.from_numpy(np.load(h36m_regressor)).float() if h36m_regressor else None
-        res = evaluate_protocol(model, batches, prepare, protocol, reg, dev, max_batches)
-    click.echo(f"{protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        models, sources = models_under_test(named)
+    sources = dataclasses.replace(sources, **{k: v for k, v in (("pretrained", pretrained), ("train_data", train_data))
+                                              if v is not None})
+    like = next(iter(models.values()))
+    rows = {} if no_baselines else baseline_rows(sources, like, dev, batch_size=batch_size)
+    rows.update({name: Row(m.to(dev), image_prepare(dev)) for name, m in models.items()})
+    reg = torch.from_numpy(np.load(h36m_regressor)).float() if h36m_regressor else None
+    results = score_rows(rows, list(folders), protocol, dev, h36m_regressor=reg, batch_size=batch_size,
+                         max_batches=max_batches, progress=lambda name: click.echo(f"scoring {name} ...", err=True))
+    table = results_table(results)
+    click.echo(f"{protocol} on {', '.join(folders)}:")
+    click.echo(table, nl=False)
+    if out:
+        atomic_write_text(out, f"{protocol} on {', '.join(folders)}, mm\n\n{table}")
+        atomic_write_json(Path(out).with_suffix(".json"), results, indent=2)
 
 
 @main.command()
 @click.option("--checkpoint", required=True, help="A fine-tuned checkpoint: a step-N folder, a run folder or RUN/latest.")
-@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Picture of one person (any format OpenCV reads: JPEG, PNG, ...).")
 @click.option("--bbox", default=None, help="Person box x,y,w,h in pixels; default: the whole image is the crop.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for mesh.obj, overlay.png and prediction.json.")
 @device_option
 def predict(checkpoint, image, bbox, out, device):
     """Reconstruct the mesh of the person in IMAGE: writes mesh.obj, overlay.png, prediction.json."""

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from mpt_data.console import PRECISIONS  # the CLIs' choices, kept where --help finds them without torch
 
 
 class DeviceError(RuntimeError):

@@ -242,7 +242,7 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch, no_debug_en
     """An unexpected exception type escapes the group (the process prints its traceback), announced as a bug."""
     import mpt_data.store as store_module
 
-    def broken(path):
+    def broken(*args, **kwargs):
         raise KeyError("counts")
 
     monkeypatch.setattr(store_module, "store_info", broken)

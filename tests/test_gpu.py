@@ -72,7 +72,7 @@ def test_cuda_pretrain_resumes_and_its_checkpoint_evaluates_on_cpu(reference_sto
     for g, w in zip(got[3:], want[3:]):
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-2), g["step"]
     res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "latest"), "--shards", store,
-                                    "--json", str(tmp_path / "e.json"), "--device", "cpu"])
+                                    "--json-out", str(tmp_path / "e.json"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["clean"]["samples"] == 30 * 4 and figures["clean"]["pa_mpjpe"] > 0  # val meshes x cameras

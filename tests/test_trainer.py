@@ -106,7 +106,7 @@ def test_pretrain_and_evaluate_commands_on_a_store(reference_store, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["num_input_tokens"] == 64 and cfg["store_fingerprint"] == open_store(store).fingerprint
     res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "latest"), "--shards", store,
-                                    "--json", str(tmp_path / "e.json"), "--device", "cpu",
+                                    "--json-out", str(tmp_path / "e.json"), "--device", "cpu",
                                     "--picture", str(tmp_path / "cmp.png")])
     assert res.exit_code == 0, res.output
     figures = json.loads((tmp_path / "e.json").read_text())
