@@ -73,7 +73,11 @@ def crop_affine(crop_px: int, context: float, p: AugmentParams, out_size: int) -
     """
     box = crop_px / context
     k = out_size / (box * p.scale)
-    c = (crop_px - 1) / 2 + np.asarray(p.shift) * box
+    # The person box's centre sits at crop_px / 2 of the stored crop (mpt_data.images.image_to_crop maps
+    # the annotation's centre there); it goes to the output's centre, (out_size - 1) / 2 with pixel
+    # centres at integers, i.e. out_size / 2 in the store's convention (centres at i + 0.5): the crop
+    # rule of the store path, so the same person box gives the same 2D joints on both paths.
+    c = crop_px / 2 + np.asarray(p.shift) * box
     rot = _rotation2(p.rotation_deg)
     lin = k * rot
     t = (out_size - 1) / 2 - lin @ c

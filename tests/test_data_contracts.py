@@ -33,12 +33,12 @@ def test_mpt_data_imports_nothing_from_mpt_train():
 # Each package's modules in data-flow order: contracts first, then the stages a sample passes through, then the
 # tasks and tools built on them. A module may import only modules before it (the README's code map follows it).
 DATA_FLOW = {
-    "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "raster", "topology", "amass",
-                 "sampling", "recipe", "plan", "model_files", "kinematics", "body", "cameras", "store", "build", "freeze", "preview", "images",
+    "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "remote", "raster", "topology", "amass",
+                 "sampling", "recipe", "plan", "model_files", "kinematics", "body", "cameras", "store", "build", "freeze", "transfer", "preview", "images",
                  "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
                  "synth.images", "bench", "console", "cli"],
     "mpt_train": ["store", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
-                  "checkpoint", "runtime", "loading", "evaluate", "images", "report", "trainer", "pretrain",
+                  "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
                   "finetune", "posenet", "predict", "plot", "bench", "cli"],
 }
 
