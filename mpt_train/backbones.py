@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpt_data.conventions import COCO_JOINTS
-from mpt_data.schema import CROP_SIZE
+from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
 NUM_JOINTS = len(COCO_JOINTS)
 BN_MOMENTUM = 0.1
@@ -424,6 +424,19 @@ class PoseFeatureMaps(nn.Module):
         if maps.shape[-2:] != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return maps
+
+
+def argmax_joints(maps: torch.Tensor, crop: int | None = None) -> torch.Tensor:
+    """The 2D joints a pose network's heatmaps point at (pose-network evaluation, `predict`'s overlay).
+
+    (B, K, H, W) maps → (B, K, 2) x, y of each map's maximum, pixel centres at integers; in the
+    pixels of a ``crop``-side image the square maps span when given (else map pixels)."""
+    b, k, h, w = maps.shape
+    idx = maps.reshape(b, k, h * w).argmax(-1)
+    xy = torch.stack([idx % w, idx // w], dim=-1).float()
+    if crop is not None and crop != w:
+        xy = (xy + PIXEL_CENTRE) * (crop / w) - PIXEL_CENTRE
+    return xy
 
 
 # ------------------------------------------------------------------------------------------

@@ -140,13 +140,15 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
                         mask_ratio: float = 0.3, max_batches: int = 0, baseline: bool = True,
                         baseline_batches: int = 50, num_workers: int = 0, device: str = "auto",
                         allow_unfrozen: bool = False, force: bool = False,
-                        picture: str | None = None) -> dict[str, dict[str, float]]:
+                        picture: str | None = None, picture_samples: int = 6,
+                        picture_seed: int = 0) -> dict[str, dict[str, float]]:
     """Score a pre-trained checkpoint on a store split.
 
     Returns {"clean": metrics, "missing_joints": metrics with MHM-style removed joints
     (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose" and "mean_camera_frame":
     the baselines of :func:`mean_pose`, one prediction for every input}. Metrics in mm.
-    ``picture``: also write predicted vs true meshes of the first samples to this PNG.
+    ``picture``: also write the input heatmaps, predicted and true meshes of ``picture_samples`` varied
+    samples drawn with ``picture_seed`` to this PNG (:func:`comparison_picture`).
     """
     import dataclasses
 
@@ -183,48 +185,118 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
             base = MeanPoseModel(model, mj.to(dev), mv.to(dev))
             out[name] = evaluate_model(base, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)
     if picture:
-        comparison_picture(model, PairLoader(loader_cfg), clean, picture, device=dev)
+        comparison_picture(model, PairLoader(loader_cfg), clean, picture, device=dev, num=picture_samples,
+                           seed=picture_seed)
     return out
+
+
+def varied_samples(pairs: Iterable[tuple[int, int]], num: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``num`` varied (mesh, camera) pairs of a split, drawn with ``seed``: the pairs sorted by mesh are cut
+    into ``num`` equal runs (a store's meshes follow their sequences, so the runs hold different poses) and
+    one pair is drawn from each, on the cameras in turn from a random start. Returned in mesh order."""
+    import numpy as np
+
+    pairs = sorted(set((int(m), int(c)) for m, c in pairs))
+    if not pairs:
+        return []
+    rng = np.random.default_rng(seed)
+    cameras = sorted({c for _, c in pairs})
+    start = int(rng.integers(len(cameras)))
+    chosen = []
+    for i, run in enumerate(np.array_split(np.arange(len(pairs)), min(num, len(pairs)))):
+        want = cameras[(start + i) % len(cameras)]
+        on_camera = [j for j in run if pairs[j][1] == want]
+        chosen.append(pairs[int(rng.choice(on_camera if on_camera else run))])
+    return chosen
+
+
+PICTURE_ROWS = ("input heatmaps", "prediction", "ground truth")
 
 
 @torch.no_grad()
 def comparison_picture(model: torch.nn.Module, batches: Iterable[dict], prepare: Prepare, out_png: str, *,
-                       num: int = 4, device: torch.device | str = "cpu", size: int = 224) -> str:
-    """Write a PNG: one row per held-out sample, true mesh (left, grey-blue) and predicted mesh
-    (right, orange), both in the view's camera frame placed 3 m in front of a pinhole camera."""
+                       num: int = 6, device: torch.device | str = "cpu", size: int = 224, seed: int = 0
+                       ) -> list[tuple[int, int, float]]:
+    """Write a PNG of ``num`` varied held-out samples (:func:`varied_samples`), one column each: the input
+    heatmaps the model saw (their maximum, colour-mapped; the 2D skeleton faint grey beneath, for reading
+    the pose), the predicted mesh (orange) with the sample's PA-MPJPE (mm, the model's joint set), and the
+    true mesh (grey-blue); both meshes in the view's camera frame, root 3 m in front of the same pinhole.
+    Rows are labelled on the left. ``batches`` is iterated twice (the pairs, then the chosen samples), so each
+    iteration must be a whole pass over the split's store batches, which carry ``mesh`` and ``camera``. Returns the drawn samples as
+    (mesh, camera, PA-MPJPE mm), left to right."""
     import cv2
     import numpy as np
 
-    from mpt_data.raster import render_mesh  # cv2 + numpy only
+    from mpt_data import conventions, raster  # cv2 + numpy only
+
+    from .metrics import pa_mpjpe
 
     inner = model.module if hasattr(model, "module") else model
     was_training = inner.training
     inner.eval()
     faces = inner.faces.cpu().numpy()
     k = np.array([[size * 1.3, 0, size / 2], [0, size * 1.3, size / 2], [0, 0, 1]])
-    rows: list = []
+    pairs = [p for b in batches for p in zip(b["mesh"].tolist(), b["camera"].tolist())]
+    wanted = varied_samples(pairs, num, seed)
+    columns: dict[tuple[int, int], np.ndarray] = {}
+    drawn: dict[tuple[int, int], float] = {}
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def text(img, s, y, scale=0.45):
+        cv2.putText(img, s, (6, y), font, scale, (0, 0, 0), 3, cv2.LINE_AA)  # dark rim: readable on any tile
+        cv2.putText(img, s, (6, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
     try:
         for batch in batches:
+            rows = [i for i, p in enumerate(zip(batch["mesh"].tolist(), batch["camera"].tolist()))
+                    if p in wanted and p not in columns]
+            if not rows:
+                continue
             inputs, targets = prepare(batch)
             pred = inner(inputs)
-            for i in range(inputs.shape[0]):
-                if len(rows) >= num:
-                    break
-                tiles = []
-                for verts, colour in ((targets["vertices"][i], (200, 170, 140)), (pred["vertices"][i], (80, 150, 230))):
+            errors = pa_mpjpe(pred["joints"].float(), targets["joints3d"].float()) * 1000.0
+            maps = inputs.heatmaps().float() if hasattr(inputs, "heatmaps") else None
+            for i in rows:
+                key = (int(batch["mesh"][i]), int(batch["camera"][i]))
+                # 2D joints from [-1, 1] crop units (pixel centres at i + 0.5) to the tile's integer-centred pixels
+                j2d = ((targets["joints2d"][i].float().cpu().numpy() + 1) * size / 2 - 0.5)
+                vis = targets["visible"][i].cpu().numpy()
+                tile = raster.draw_skeleton(np.zeros((size, size, 3), np.uint8), j2d, vis, conventions.COCO_SKELETON,
+                                            color=(90, 90, 90), thickness=1)
+                if maps is not None:
+                    tile = raster.heatmap_overlay(tile, maps[i].cpu().numpy(), alpha=1.0)
+                else:  # 2D coordinates fed instead of heatmaps: the joints themselves
+                    tile = raster.draw_pose(tile, j2d, vis, conventions.COCO_JOINTS, conventions.COCO_SKELETON, 1, 2)
+                text(tile, f"mesh {key[0]}, camera {key[1]}", 16)
+                meshes = []
+                for verts, colour in ((pred["vertices"][i], (80, 150, 230)), (targets["vertices"][i], (200, 170, 140))):
                     v = verts.float().cpu().numpy() + np.array([0.0, 0.0, 3.0])
                     canvas = np.full((size, size, 3), 255, np.uint8)
-                    tiles.append(render_mesh(canvas, v, faces, k, color=colour, cull_back=False))
-                rows.append(np.concatenate(tiles, axis=1))
-            if len(rows) >= num:
+                    meshes.append(raster.render_mesh(canvas, v, faces, k, color=colour, cull_back=False))
+                cv2.putText(meshes[0], f"PA-MPJPE {float(errors[i]):.1f} mm", (6, size - 10), font, 0.5, (0, 0, 0), 1,
+                            cv2.LINE_AA)
+                columns[key] = np.concatenate([tile, *meshes], axis=0)
+                drawn[key] = float(errors[i])
+            if len(columns) == len(wanted):
                 break
     finally:
         inner.train(was_training)
-    if not rows:
+    if not columns:
         raise ValueError("comparison picture: no samples")
-    img = np.concatenate(rows, axis=0)
-    cv2.putText(img, "truth", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, "prediction", (size + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    if not cv2.imwrite(str(out_png), img):
-        raise OSError(f"{out_png}: could not write the picture")
-    return str(out_png)
+    label_w = 130
+    labels = np.full((len(PICTURE_ROWS) * size, label_w, 3), 235, np.uint8)
+    for r, name in enumerate(PICTURE_ROWS):
+        for j, word in enumerate(name.split()):
+            cv2.putText(labels, word, (8, r * size + size // 2 + 18 * j - 4), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    img = np.concatenate([labels, *[columns[p] for p in wanted if p in columns]], axis=1)
+    for c in range(1, len(columns) + 1):  # thin separators between the samples and between the rows
+        img[:, label_w + c * size - 1] = 180
+    for r in range(1, len(PICTURE_ROWS)):
+        img[r * size - 1] = 180
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{out_png}: could not encode the picture")
+    from mpt_data.fileio import atomic_write_bytes
+
+    atomic_write_bytes(out_png, png.tobytes())
+    return [(m, c, drawn[(m, c)]) for m, c in wanted if (m, c) in drawn]

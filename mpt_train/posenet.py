@@ -28,7 +28,7 @@ from torch import nn
 from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
 from .augment import AugmentConfig
-from .backbones import BackboneConfig, PoseFeatureMaps
+from .backbones import BackboneConfig, PoseFeatureMaps, argmax_joints
 from .images import ImageBatches, ImageStream, read_mixture
 from .inputs import render_heatmaps
 from .runtime import Runtime
@@ -119,17 +119,6 @@ def export_pose_network(model: PoseFeatureMaps, run_dir: str | Path) -> Path:
 
     state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
     return atomic_write(Path(run_dir) / POSE_NETWORK_FILE, lambda f: torch.save(state, f))
-
-
-def argmax_joints(maps: torch.Tensor, crop: int | None = None) -> torch.Tensor:
-    """(B, K, H, W) maps → (B, K, 2) x, y of each map's maximum, pixel centres at integers; in the
-    pixels of a ``crop``-side image the square maps span when given (else map pixels)."""
-    b, k, h, w = maps.shape
-    idx = maps.reshape(b, k, h * w).argmax(-1)
-    xy = torch.stack([idx % w, idx // w], dim=-1).float()
-    if crop is not None and crop != w:
-        xy = (xy + PIXEL_CENTRE) * (crop / w) - PIXEL_CENTRE
-    return xy
 
 
 @torch.no_grad()

@@ -10,7 +10,14 @@ SimpleBaseline backbone sees the crop's BGR channels exactly as OpenCV read them
 The model's weak-perspective camera (s, tx, ty) maps camera-frame metres to normalised crop
 coordinates; for the overlay it is turned into a perspective camera with a long focal length
 f (5000 px at 224 px, as is customary) placed at depth f / (112·s), so the rendered mesh
-lands where the model's 2D re-projection puts it.
+lands where the model's 2D re-projection puts it. The overlay also draws the crop box and the 2D
+keypoints the model saw: the maximum of each of the backbone's 17 heatmaps, mapped into the image.
+
+Mesh files. The model predicts root-centred vertices in the camera frame (x right, y down, z forward,
+metres). ``mesh.obj`` holds them in a y-up, right-handed frame, the camera frame turned 180° about its
+x axis (x right, y up, z towards the camera: ``OBJ_FROM_CAMERA``), so Blender's and trimesh's default
+Y-up import shows the body upright, facing the viewer; ``mesh_camera.obj`` holds the camera-frame
+vertices as predicted. The turn is a rotation, so the faces keep their outward winding.
 """
 
 from __future__ import annotations
@@ -24,8 +31,18 @@ import torch
 from mpt_data.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpt_data.schema import CROP_SIZE, PIXEL_CENTRE
 
+from .backbones import argmax_joints
+
 BOX_MARGIN = 1.2
 FOCAL_PX = 5000.0  # at CROP_SIZE
+# camera frame (x right, y down, z forward) → the OBJ frame (x right, y up, z towards the camera): 180° about x
+OBJ_FROM_CAMERA = np.diag([1.0, -1.0, -1.0])
+MESH_FILE, MESH_CAMERA_FILE = "mesh.obj", "mesh_camera.obj"
+MESH_FRAMES = {  # each file's axes, written into its header and into prediction.json
+    MESH_FILE: "y-up frame: x right, y up, z towards the camera (the camera frame turned 180 degrees about x)",
+    MESH_CAMERA_FILE: "camera frame: x right, y down, z forward",
+}
+BOX_COLOUR = (0, 255, 255)  # BGR yellow: the crop box on the overlay
 
 
 @dataclass(frozen=True)
@@ -86,12 +103,31 @@ def perspective_from_weak(camera: np.ndarray, box: tuple[float, float, float], s
     return K, t
 
 
-def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
-    """Wavefront OBJ: ``v x y z`` per vertex (metres), ``f a b c`` 1-based per triangle; atomic."""
-    lines = [f"# MPT mesh: {len(vertices)} vertices, {len(faces)} faces, metres, camera frame (x right, y down)"]
+def crop_to_image(points: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+    """Crop pixels (..., 2) → image pixels (..., 2) for the crop ``box`` = (x0, y0, side) resized to ``size``;
+    pixel centres at integers in both (the inverse of `mpt_data.images.image_to_crop` and of :func:`cut`)."""
+    x0, y0, side = box
+    return np.asarray(points, np.float64) * (side / size) + np.array([x0, y0])
+
+
+def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, frame: str) -> None:
+    """Wavefront OBJ: ``v x y z`` per vertex (metres, root-centred), ``f a b c`` 1-based per triangle; atomic.
+    ``frame`` describes the vertices' axes in the header comment."""
+    lines = [f"# MPT mesh: {len(vertices)} vertices, {len(faces)} faces, metres, root-centred, {frame}"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in np.asarray(faces, np.int64)]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_meshes(out: str | Path, vertices_camera: np.ndarray, faces: np.ndarray) -> tuple[Path, Path]:
+    """``out/mesh.obj`` in the y-up frame (``OBJ_FROM_CAMERA`` applied) and ``out/mesh_camera.obj`` as given.
+
+    vertices_camera: (V, 3) metres, camera frame (x right, y down, z forward); faces (F, 3)."""
+    out = Path(out)
+    v = np.asarray(vertices_camera, np.float64)
+    write_obj(out / MESH_FILE, v @ OBJ_FROM_CAMERA.T, faces, MESH_FRAMES[MESH_FILE])
+    write_obj(out / MESH_CAMERA_FILE, v, faces, MESH_FRAMES[MESH_CAMERA_FILE])
+    return out / MESH_FILE, out / MESH_CAMERA_FILE
 
 
 def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +143,10 @@ def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image_bgr: np.ndarray, bbox=None, device: str | torch.device = "cpu") -> dict:
-    """Run a BackboneMPT-like model on one (H, W, 3) uint8 BGR image (as OpenCV reads it); returns
-    numpy arrays and the crop box. The model gets the crop as RGB in [0, 1] (its backbone reorders)."""
+    """Run a BackboneMPT-like model on one (H, W, 3) uint8 BGR image (as OpenCV reads it); returns numpy
+    arrays (camera-frame vertices and joints, camera, faces), the crop box and the crop, and ``keypoints``
+    (17, 2): the maximum of each of the backbone's heatmaps in image pixels. The model gets the crop as RGB in
+    [0, 1] (its backbone reorders)."""
     import cv2
 
     h, w = image_bgr.shape[:2]
@@ -118,21 +156,59 @@ def predict(model: torch.nn.Module, image_bgr: np.ndarray, bbox=None, device: st
     x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)[None].to(device)
     model.eval()
     out = model(x)
+    keypoints_crop = argmax_joints(out["maps"].float(), CROP_SIZE)[0].cpu().numpy()
     return {"vertices": out["vertices"][0].float().cpu().numpy(), "joints": out["joints"][0].float().cpu().numpy(),
             "camera": out["camera"][0].float().cpu().numpy(), "faces": model.regressor.faces.cpu().numpy(),
-            "box": box, "crop": crop}
+            "box": box, "crop": crop, "keypoints": crop_to_image(keypoints_crop, box)}
+
+
+def _caption(img: np.ndarray, text: str) -> np.ndarray:
+    """``text`` on a dark band across the top of ``img``, sized to the picture's width."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = 0.45
+    while scale > 0.25 and cv2.getTextSize(text, font, scale, 1)[0][0] > img.shape[1] - 8:
+        scale -= 0.05
+    h = cv2.getTextSize(text, font, scale, 1)[0][1] + 8
+    img[:h] = (img[:h] * 0.3).astype(np.uint8)
+    cv2.putText(img, text, (4, h - 4), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def draw_crop_box(image_bgr: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+    """The square crop ``box`` = (x0, y0, side) outlined on the image through the image pixels nearest the
+    centres of the crop's outer pixels (crop pixel 0 is image x0, crop pixel size - 1 is x0 + side·(size-1)/size)."""
+    import cv2
+
+    img = np.ascontiguousarray(image_bgr).copy()
+    corners = np.round(crop_to_image(np.array([[0.0, 0.0], [size - 1.0, size - 1.0]]), box, size)).astype(int)
+    cv2.rectangle(img, tuple(corners[0].tolist()), tuple(corners[1].tolist()), BOX_COLOUR,
+                  max(1, round(max(img.shape[:2]) / 300)), cv2.LINE_8)
+    return img
 
 
 def overlay(image_bgr: np.ndarray, result: dict) -> np.ndarray:
-    """The predicted mesh drawn over the image with mpt_data.raster."""
-    from mpt_data.raster import render_mesh
+    """(H, 2W, 3) picture: left, the image with the crop box and the 2D keypoints the model saw (heatmap
+    maxima, limbs coloured by side as in `mpt_data.raster.SIDE_COLOURS`); right, the predicted mesh over the
+    image inside the same box."""
+    from mpt_data import conventions
+    from mpt_data.raster import draw_pose, render_mesh
 
     K, t = perspective_from_weak(result["camera"], result["box"])
-    return render_mesh(image_bgr, result["vertices"] + t, result["faces"], K, color=(150, 180, 230))
+    size = max(image_bgr.shape[:2])
+    seen = draw_pose(draw_crop_box(image_bgr, result["box"]), result["keypoints"], None,
+                     conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET], conventions.COCO_SKELETON,
+                     thickness=max(1, round(size / 250)), radius=max(2, round(size / 120)))
+    mesh = render_mesh(draw_crop_box(image_bgr, result["box"]), result["vertices"] + t, result["faces"], K,
+                       color=(150, 180, 230))
+    return np.concatenate([_caption(seen, "crop box, 2D keypoints (heatmap peaks)"),
+                           _caption(mesh, "predicted mesh")], axis=1)
 
 
 def run(cfg: PredictConfig) -> dict:
-    """Load, predict, write ``mesh.obj``, ``overlay.png`` and ``prediction.json`` into ``cfg.out``."""
+    """Load, predict, write ``mesh.obj`` (y up), ``mesh_camera.obj`` (camera frame), ``overlay.png`` and
+    ``prediction.json`` into ``cfg.out``."""
     import cv2
 
     from .checkpoint import CheckpointError
@@ -151,13 +227,15 @@ def run(cfg: PredictConfig) -> dict:
     res = predict(model, image, cfg.bbox, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_obj(out / "mesh.obj", res["vertices"], res["faces"])
+    write_meshes(out, res["vertices"], res["faces"])
     pic = overlay(image, res)
-    ok, png = cv2.imencode(".png", np.concatenate([image, pic], axis=1))
+    ok, png = cv2.imencode(".png", pic)
     if not ok:
         raise OSError(f"{out / 'overlay.png'}: PNG encoding failed")
     atomic_write_bytes(out / "overlay.png", png.tobytes())
     info = {"image": cfg.image, "bbox": cfg.bbox, "crop_box": list(res["box"]), "camera": res["camera"].tolist(),
-            "joints3d_coco17": res["joints"].tolist(), "num_vertices": int(len(res["vertices"]))}
+            "joints3d_coco17": res["joints"].tolist(),  # camera frame, root-centred, metres
+            "keypoints2d_coco17": res["keypoints"].tolist(),  # image pixels: the backbone's heatmap maxima
+            "num_vertices": int(len(res["vertices"])), "mesh_frames": MESH_FRAMES}
     atomic_write_json(out / "prediction.json", info, indent=2)
     return info

@@ -104,6 +104,9 @@ def test_backbone_mpt_round_trip_and_predict_writes_obj(tmp_path):
     info = run(PredictConfig(str(tmp_path / "run"), str(tmp_path / "person.png"), str(tmp_path / "pred")))
     verts, faces = read_obj(tmp_path / "pred" / "mesh.obj")
     assert verts.shape == (V, 3) == (info["num_vertices"], 3)
+    camera_verts, _ = read_obj(tmp_path / "pred" / "mesh_camera.obj")  # the same mesh, y and z flipped
+    np.testing.assert_allclose(verts, camera_verts * [1, -1, -1], atol=1e-6)
+    assert np.array(info["keypoints2d_coco17"]).shape == (17, 2)
     assert faces.shape == (V - 2, 3) and faces.min() == 0 and faces.max() == V - 1
     assert info["crop_box"] == [-0.5, -25.5, 200.0]  # whole image (pixel centres at integers): longer side
     pic = cv2.imread(str(tmp_path / "pred" / "overlay.png"))

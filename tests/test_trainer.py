@@ -116,7 +116,8 @@ def test_pretrain_and_evaluate_commands_on_a_store(reference_store, tmp_path):
     assert figures["missing_joints"]["mpjpe"] != figures["clean"]["mpjpe"]
     import cv2
     img = cv2.imread(str(tmp_path / "cmp.png"))
-    assert img.shape == (4 * 224, 2 * 224, 3) and (img < 250).any()
+    # rows: input heatmaps, prediction, truth; a label column, then 6 samples (the val split has 120)
+    assert img.shape == (3 * 224, 130 + 6 * 224, 3) and (img < 250).any()
 
 
 def test_tiny_preset_built_in_python_equals_the_cli_run(tmp_path, reference_store):
