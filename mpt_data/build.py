@@ -298,6 +298,7 @@ def run_build(config: BuildConfig) -> BuildResult:
     the holder, and a lock left by a dead process on this host is taken over.
     """
     config.validate()
+    config = config.with_absolute_paths()  # workers resolve paths in their own current directory
     with st.store_lock(config.out):
         return _run_build_locked(config)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,15 @@ class BuildConfig:
         d["subsets_include"] = list(self.subsets_include)
         d["subsets_exclude"] = list(self.subsets_exclude)
         return d
+
+    def with_absolute_paths(self) -> BuildConfig:
+        """The same config with its input paths and `out` made absolute against the current directory. The
+        build's tasks open these paths in Dask worker processes, whose current directory is their own (on a
+        cluster, another machine's): a relative path would name another place there."""
+        def absolute(p: str | None) -> str | None:
+            return os.path.abspath(p) if p else p
+
+        return dataclasses.replace(self, **{f: absolute(getattr(self, f)) for f in (*self.PATH_FIELDS, "out")})
 
     def validate(self) -> None:
         """Raise RecipeError naming the first field that cannot work."""
