@@ -82,3 +82,43 @@ def test_comparison_picture_shows_varied_samples_with_their_pa_mpjpe(reference_s
         heat = col[:224]
         assert ((heat[..., 2].astype(int) > 150) & (heat[..., 0] < 80)).sum() > 20  # hot heatmap pixels
         assert (col[224:448] < 200).any(-1).mean() > 0.01 and (col[448:] < 200).any(-1).mean() > 0.01  # meshes
+
+
+def test_body_sheet_key_names_the_colours_and_every_row_and_column():
+    from mpt_data.synth import picture as sp
+
+    tile = 150  # the key's swatches need about 400 px
+    columns = [np.full((3 * tile, tile, 3), 245, np.uint8) for _ in range(3)]
+    sheet = sp.sheet_with_key(columns, ("rest", "walk", "run"), ("neutral", "male", "female"))
+    assert sheet.shape == (sp.HEADER_PX + 3 * tile + sp.LEGEND_PX, sp.LABEL_PX + 3 * tile, 3)
+    np.testing.assert_array_equal(sheet[sp.HEADER_PX + 1 : sp.HEADER_PX + tile, sp.LABEL_PX :], 245)  # tiles kept
+    key = sheet[-sp.LEGEND_PX :]
+    for colour in sp._GENDER_COLOURS.values():  # a swatch of each body colour
+        assert (key == colour).all(-1).sum() >= 14 * 14
+    dark = (sheet < 100).all(-1)
+    for r in range(3):  # a row name beside each row
+        assert dark[sp.HEADER_PX + r * tile : sp.HEADER_PX + (r + 1) * tile, : sp.LABEL_PX].sum() > 20
+    for c in range(3):  # a title over each column
+        assert dark[: sp.HEADER_PX, sp.LABEL_PX + c * tile : sp.LABEL_PX + (c + 1) * tile].sum() > 20
+
+
+def test_body_sheet_bodies_wear_the_colour_their_title_names(build_inputs):
+    from mpt_data.synth import motion as sm
+    from mpt_data.synth import picture as sp
+
+    tile = 120
+    sheet = sp.pose_sheet(build_inputs.body_dir, seed=0, tile=tile)
+    columns = 1 + len(sm.MOTIONS)
+    assert sheet.shape == (sp.HEADER_PX + 3 * tile + sp.LEGEND_PX, sp.LABEL_PX + columns * tile, 3)
+    genders = ["neutral", "male", "female", "neutral", "male", "female", "neutral", "male"]
+    for c, gender in enumerate(genders):
+        block = sheet[sp.HEADER_PX : sp.HEADER_PX + 3 * tile, sp.LABEL_PX + c * tile : sp.LABEL_PX + (c + 1) * tile]
+        px = block.reshape(-1, 3).astype(np.float64)
+        # shaded body pixels are the model's colour times a brightness: same direction in colour space;
+        # the two background greys are not
+        grey = np.ptp(px, axis=1) < 20
+        body = px[~grey & (px.sum(1) > 60)]
+        assert len(body) > 300, (c, gender)
+        want = np.array(sp._GENDER_COLOURS[gender], np.float64)
+        cos = body @ want / (np.linalg.norm(body, axis=1) * np.linalg.norm(want))
+        assert np.median(cos) > 0.995, (c, gender, np.median(cos))

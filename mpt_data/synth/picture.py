@@ -22,6 +22,9 @@ from mpt_data.synth import body as sb
 from mpt_data.synth import motion as sm
 
 _GENDER_COLOURS = {"neutral": (150, 170, 200), "male": (200, 160, 120), "female": (140, 120, 210)}  # BGR
+# The sheet's rows: where the eye sits, as (name, weight of the body's facing direction, weight of its left side).
+VIEW_ROWS: tuple[tuple[str, float, float], ...] = (("front", 1.0, 0.15), ("side", 0.0, 1.0), ("behind", -1.0, 0.3))
+LABEL_PX, HEADER_PX, LEGEND_PX = 80, 26, 30  # the row-label column, the column-title strip, the key below
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ def _key_frame(kind: str, arrays: dict[str, np.ndarray]) -> int:
 
 
 def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) -> np.ndarray:
-    """(3*tile, 8*tile, 3) uint8 BGR picture: rest pose and the 7 motions (columns) from the
-    front, side and back (rows), each body posed through ``smplx.SMPLH``."""
+    """(HEADER_PX + 3*tile + LEGEND_PX, LABEL_PX + 8*tile, 3) uint8 BGR picture: the rest pose and one key
+    frame of each of the 7 motions (columns, titled) seen from the front, the side and behind (rows,
+    labelled), each body posed through ``smplx.SMPLH`` and coloured by its model's gender (the key below)."""
     import smplx
     import torch
 
@@ -94,7 +98,8 @@ def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) ->
         side = np.cross(np.array([0.0, 0.0, 1.0]), facing)
         centre = 0.5 * (verts.min(axis=0) + verts.max(axis=0))
         tiles = []
-        for eye_dir in (facing + 0.15 * side, side, -facing + 0.3 * side):
+        for _, along, across in VIEW_ROWS:
+            eye_dir = along * facing + across * side
             eye = centre + 4.0 * eye_dir / np.linalg.norm(eye_dir) + np.array([0, 0, 0.6])
             R, _ = raster.look_at(eye, centre, (0, 0, 1))
             K, t = raster.fit_camera(verts, R, (tile, tile), fill=0.85)
@@ -102,12 +107,39 @@ def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) ->
             canvas[tile * 3 // 4:] = (215, 225, 230)
             img = raster.render_mesh(canvas, verts @ R.T + t, faces, K, color=_GENDER_COLOURS[gender])
             tiles.append(img)
-        label = np.concatenate(tiles, axis=0)
-        import cv2
+        columns.append(np.concatenate(tiles, axis=0))
+    return sheet_with_key(columns, ("rest",) + sm.MOTIONS, genders)
 
-        cv2.putText(label, kind, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (40, 40, 40), 1, cv2.LINE_AA)
-        columns.append(label)
-    return np.concatenate(columns, axis=1)
+
+def sheet_with_key(columns: list[np.ndarray], titles: tuple[str, ...], genders: tuple[str, ...]) -> np.ndarray:
+    """The columns (each (3*tile, tile, 3) uint8 BGR, one tile per VIEW_ROWS row) side by side, with each
+    column's title and body-model gender above it, the row names in a column on the left, and a key below
+    that names the body colours (`_GENDER_COLOURS`) and what the columns and rows show."""
+    import cv2
+
+    font, ink, paper = cv2.FONT_HERSHEY_SIMPLEX, (40, 40, 40), (255, 255, 255)
+    tile = columns[0].shape[1]
+    body = np.concatenate(columns, axis=1)
+    h, w = body.shape[:2]
+    sheet = np.full((HEADER_PX + h + LEGEND_PX, LABEL_PX + w, 3), paper, np.uint8)
+    sheet[HEADER_PX : HEADER_PX + h, LABEL_PX:] = body
+    for c, (title, gender) in enumerate(zip(titles, genders)):
+        cv2.putText(sheet, f"{title} ({gender})", (LABEL_PX + c * tile + 6, HEADER_PX - 8), font, 0.5, ink, 1,
+                    cv2.LINE_AA)
+    for r, (name, _, _) in enumerate(VIEW_ROWS):
+        cv2.putText(sheet, name, (8, HEADER_PX + r * (h // len(VIEW_ROWS)) + h // (2 * len(VIEW_ROWS)) + 5), font,
+                    0.55, ink, 1, cv2.LINE_AA)
+        sheet[HEADER_PX + r * (h // len(VIEW_ROWS)), LABEL_PX:] = 200  # a rule above each row
+    y, x = HEADER_PX + h + LEGEND_PX // 2, 8
+    cv2.putText(sheet, "body model:", (x, y + 5), font, 0.5, ink, 1, cv2.LINE_AA)
+    x += cv2.getTextSize("body model:", font, 0.5, 1)[0][0] + 10
+    for gender, colour in _GENDER_COLOURS.items():
+        cv2.rectangle(sheet, (x, y - 7), (x + 14, y + 7), colour, -1)
+        cv2.putText(sheet, gender, (x + 19, y + 5), font, 0.5, ink, 1, cv2.LINE_AA)
+        x += 19 + cv2.getTextSize(gender, font, 0.5, 1)[0][0] + 16
+    note = "columns: the rest pose, then one key frame of each synthetic motion; rows: the same body from three sides"
+    cv2.putText(sheet, note, (x + 14, y + 5), font, 0.5, ink, 1, cv2.LINE_AA)
+    return sheet
 
 
 def write_synthetic_inputs(config: SynthConfig) -> dict[str, Path]:
