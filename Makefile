@@ -63,6 +63,7 @@ $(OUT)/pretrain.done: $(OUT)/store.frozen
 	  --steps $(PRETRAIN_STEPS) --workers 1 --resume
 	$(BIN)/mpt-train evaluate --checkpoint $(OUT)/pretrain/latest --shards $(OUT)/store --split val \
 	  --json-out $(OUT)/pretrain_eval.json --picture $(OUT)/pretrain_val.png
+	$(BIN)/mpt-train plot $(OUT)/pretrain --out $(OUT)/pretrain_curves.png
 	touch $@
 
 # --- fine-tuning on synthetic images: a small 2D pose network, then pre-trained vs from scratch ---
@@ -94,6 +95,8 @@ $(OUT)/finetune.done: $(OUT)/pretrain.done $(OUT)/posenet.done
 	  --out $(OUT)/scratch1pct --resume
 	$(BIN)/mpt-train compare-runs pretrained=$(OUT)/ft scratch=$(OUT)/scratch pretrained_1pct=$(OUT)/ft1pct \
 	  scratch_1pct=$(OUT)/scratch1pct --out $(OUT)/finetune_results.md
+	$(BIN)/mpt-train plot pretrained=$(OUT)/ft scratch=$(OUT)/scratch pretrained_1pct=$(OUT)/ft1pct \
+	  scratch_1pct=$(OUT)/scratch1pct --out $(OUT)/finetune_curves.png
 	@# one held-out image, cropped as training crops are (the annotation's box, 1.2 margin)
 	$(BIN)/mpt-train predict --checkpoint $(OUT)/ft1pct --image $(OUT)/images/images/val/000003.jpg --out $(OUT)/predict \
 	  --bbox $$($(BIN)/python -c "import numpy as np; a = np.load('$(OUT)/images/synth_val.npz'); \
