@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml
 	  else $(BIN)/python -m pip install -q "torch==2.13.0" 2>/dev/null || \
 	       $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi; \
 	fi
-	@$(BIN)/python -m pip install -q -e ".[dev]"
+	@$(BIN)/python -m pip install -q -e ".[dev,s3]"
 	@touch $@
 
 venv: $(BIN)/.installed

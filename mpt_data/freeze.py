@@ -14,6 +14,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from mpt_data import schema
 from mpt_data.fileio import atomic_write_bytes, atomic_write_text
 from mpt_data.integrity import (SEQUENCES_KEY, StoreError, chunk_digest, integrity_manifest, manifest_fingerprint,
                                 metadata_differences, parse_manifest, read_integrity_manifest, store_metadata)
+from mpt_data.remote import Location
 from mpt_data.store import (_mesh_array_paths, collect_checksums, open_store, partition_record_path, read_table_checksum,
-                            store_lock)
+                            store_lock, table_checksum)
 
 
 def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
@@ -272,7 +274,21 @@ class VerifyReport:
         return not self.mismatches and fp_ok
 
 
-def verify_store(path: str | Path) -> VerifyReport:
+def _sequences_checksum(loc: Location) -> str:
+    """`read_table_checksum` of the store's sequences table, local or remote."""
+    if loc.local:
+        return read_table_checksum(loc.path / schema.SEQUENCES_TABLE)
+    import io
+
+    import pyarrow.parquet as pq
+
+    blob = loc.read_bytes(schema.SEQUENCES_TABLE)
+    if blob is None:
+        raise FileNotFoundError(f"{loc.url}/{schema.SEQUENCES_TABLE}")
+    return table_checksum(pq.read_table(io.BytesIO(blob)).to_pylist())
+
+
+def verify_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> VerifyReport:
     """Re-read every chunk and all metadata through zarr and name each difference.
 
     A frozen store is checked against its `integrity.json`: every chunk's checksum, every array's shape,
@@ -281,20 +297,31 @@ def verify_store(path: str | Path) -> VerifyReport:
     fingerprint, and the fingerprint is recomputed from what was read. A complete store not yet frozen is
     checked against its completion records (chunks) and the builder's metadata rules; its computed
     fingerprint is the one freeze would write. Symbolic links inside the store are reported either way.
+    `path` may be an fsspec URL (s3://...) reached with `storage_options`; such a store must be frozen (a store
+    on object storage is a `mpt-data copy` of a frozen one).
     """
-    path = Path(path)
-    group = open_store(path)
+    loc = Location(str(path), dict(storage_options or {}))
+    if loc.local:
+        path = loc.path
+        group = open_store(path)
+    else:
+        path = loc.url
+        group = loc.open_group()
     stored = group.attrs.get(schema.ATTR_FINGERPRINT)
     report = VerifyReport(str(path), stored, None)
-    report.mismatches += symlink_problems(path)
-    report.checked.append("no symbolic links inside the store folder")
+    if loc.local:
+        report.mismatches += symlink_problems(path)
+        report.checked.append("no symbolic links inside the store folder")
+    elif group.attrs.get(schema.ATTR_STATE) != schema.STATE_FROZEN:
+        raise StoreError(f"{loc.url} is in state {group.attrs.get(schema.ATTR_STATE)!r}: only a frozen store is "
+                         "verified on object storage (build and freeze locally, then `mpt-data copy`)")
     blob = read_integrity_manifest(group)
     frozen = group.attrs.get(schema.ATTR_STATE) == schema.STATE_FROZEN
     recorded = None
     if frozen and blob is not None:
         recorded = parse_manifest(blob, str(path))
         expected = dict(recorded.get("checksums", {}))
-        if schema.SEQUENCES_TABLE in recorded.get("files", {}) or (path / schema.SEQUENCES_TABLE).exists():
+        if schema.SEQUENCES_TABLE in recorded.get("files", {}) or (loc.local and (path / schema.SEQUENCES_TABLE).exists()):
             expected[SEQUENCES_KEY] = [recorded.get("files", {}).get(schema.SEQUENCES_TABLE)]
         if manifest_fingerprint(blob) != stored:
             report.mismatches.append(f"{schema.INTEGRITY_MANIFEST}: its SHA-256 {manifest_fingerprint(blob)} is not the "
@@ -312,7 +339,9 @@ def verify_store(path: str | Path) -> VerifyReport:
     for name in sorted(set(expected) | set(metadata["arrays"])):
         if name == SEQUENCES_KEY:
             try:
-                got = [read_table_checksum(path / schema.SEQUENCES_TABLE)]
+                got = [_sequences_checksum(loc)]
+            except StoreError:
+                raise
             except Exception as err:  # missing or unreadable: reported, and the arrays are still checked
                 got = [f"unreadable ({type(err).__name__})"]
             if got != expected[name]:
@@ -341,7 +370,8 @@ def verify_store(path: str | Path) -> VerifyReport:
         consolidated = group.metadata.consolidated_metadata is not None
         report.mismatches += metadata_differences(recorded, metadata, "consolidated metadata" if consolidated else "")
         if consolidated:
-            report.mismatches += metadata_differences(recorded, store_metadata(_open_plain(path)), "per-array zarr.json")
+            plain = _open_plain(path) if loc.local else loc.open_group(use_consolidated=False)
+            report.mismatches += metadata_differences(recorded, store_metadata(plain), "per-array zarr.json")
         report.checked.append(f"shape, dtype, chunking and attributes of {len(metadata['arrays'])} arrays and "
                               f"attributes of the root and {len(metadata['groups'])} groups against {schema.INTEGRITY_MANIFEST}"
                               + (", read through the consolidated metadata and each array's zarr.json" if consolidated else ""))

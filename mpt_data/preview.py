@@ -70,9 +70,9 @@ class MeshViews:
     split: int
 
 
-def read_mesh_views(path: str | Path, index: int) -> MeshViews:
-    """Read mesh `index` and the camera rig of a store."""
-    group = st.open_store(path)
+def read_mesh_views(path: str | Path, index: int, storage_options: dict | None = None) -> MeshViews:
+    """Read mesh `index` and the camera rig of a store (a folder, or an fsspec URL with its storage options)."""
+    group = st.open_store(path, storage_options=storage_options)
     verts = group[schema.VERTICES]
     n = verts.shape[0]
     if not 0 <= index < n:
@@ -158,12 +158,12 @@ def legend_strip(width: int, height: int = LEGEND_PX) -> np.ndarray:
     return strip
 
 
-def preview_image(path: str | Path, index: int) -> np.ndarray:
+def preview_image(path: str | Path, index: int, storage_options: dict | None = None) -> np.ndarray:
     """Every camera as a column of two panels (mesh and joints above, heatmaps below), PANELS_PER_ROW columns
     to a row, with a title strip above and the colour key below."""
     import cv2
 
-    views = read_mesh_views(path, index)
+    views = read_mesh_views(path, index, storage_options)
     columns = [np.concatenate(render_panels(views, c), axis=0) for c in range(views.K.shape[0])]
     h, w = columns[0].shape[:2]
     rows = -(-len(columns) // PANELS_PER_ROW)
@@ -174,17 +174,18 @@ def preview_image(path: str | Path, index: int) -> np.ndarray:
         sheet[TITLE_PX + r * h : TITLE_PX + (r + 1) * h, q * w : (q + 1) * w] = p
     sheet[TITLE_PX + rows * h :] = legend_strip(cols * w)
     split = {v: k for k, v in schema.SPLITS.items()}.get(views.split, str(views.split))
-    cv2.putText(sheet, f"{Path(path).name}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g} px", (6, 17),
+    cv2.putText(sheet, f"{str(path).rstrip('/').rsplit('/', 1)[-1]}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g} px", (6, 17),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet
 
 
-def write_preview(path: str | Path, index: int, out: str | Path) -> Path:
+def write_preview(path: str | Path, index: int, out: str | Path, storage_options: dict | None = None) -> Path:
     """Write `preview_image` as a PNG; returns the file."""
     import cv2
 
+    image = preview_image(path, index, storage_options)  # read before anything is written
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), preview_image(path, index)):
+    if not cv2.imwrite(str(out), image):
         raise OSError(f"could not write {out}")
     return out

@@ -61,6 +61,7 @@ import numpy as np
 from mpt_data import __version__, schema
 from mpt_data.fileio import FolderLock
 from mpt_data.integrity import StoreError, chunk_digest
+from mpt_data.remote import Location, is_local, local_path
 
 BUILD_DIR = "_build"
 STATIC_RECORD = "_build/static.json"
@@ -181,11 +182,19 @@ def store_lock(path: str | Path) -> FolderLock:
     return FolderLock(path.parent / f".{path.name}.lock", f"store {path}")
 
 
-def open_store(path: str | Path, mode: str = "r"):
-    """Open the store's root group. mode 'r' reads; 'r+' writes and refuses a frozen store."""
+def open_store(path: str | Path, mode: str = "r", storage_options: dict[str, Any] | None = None):
+    """Open the store's root group. mode 'r' reads; 'r+' writes and refuses a frozen store.
+
+    `path` may be an fsspec URL (s3://...) reached with `storage_options`, read-only: a store is built and frozen
+    in a local folder and then copied to object storage (`mpt-data copy`)."""
     import zarr
 
-    path = Path(path)
+    if not is_local(path):
+        if mode != "r":
+            raise StoreError(f"{path}: a store on object storage is read-only here; build and freeze it in a local "
+                             "folder, then `mpt-data copy` it there")
+        return Location(str(path), dict(storage_options or {})).open_group()
+    path = local_path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path} is not an MPT store (no zarr.json); build one with `mpt-data build`")
     with warnings.catch_warnings():
@@ -356,16 +365,26 @@ def _dir_size(p: Path) -> int:
     return total
 
 
-def store_info(path: str | Path) -> dict[str, Any]:
-    """Counts, sizes on disk per array, recipe, split sizes, state and fingerprint of a store."""
-    path = Path(path)
-    group = open_store(path)
+def store_info(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, sizes on disk (or in the bucket) per array, recipe, split sizes, state and fingerprint of a store."""
+    group = open_store(path, storage_options=storage_options)
     attrs = dict(group.attrs)
     sizes = {}
-    for name in _mesh_array_paths(group) + [schema.CAMERAS, schema.TOPOLOGY, schema.SEQUENCES_TABLE]:
-        p = path / name
-        if p.exists():
-            sizes[name] = _dir_size(p)
+    names = _mesh_array_paths(group) + [schema.CAMERAS, schema.TOPOLOGY, schema.SEQUENCES_TABLE]
+    if is_local(path):
+        path = local_path(path)
+        for name in names:
+            p = path / name
+            if p.exists():
+                sizes[name] = _dir_size(p)
+        total, has_manifest = _dir_size(path), (path / schema.INTEGRITY_MANIFEST).is_file()
+    else:
+        files = Location(str(path), dict(storage_options or {})).files()
+        for name in names:
+            inside = [size for rel, size in files.items() if rel == name or rel.startswith(name + "/")]
+            if inside:
+                sizes[name] = sum(inside)
+        total, has_manifest = sum(files.values()), schema.INTEGRITY_MANIFEST in files
     counts = attrs.get(schema.ATTR_COUNTS, {})
     n = max(counts.get("meshes", 0), 1)
     v = counts.get("vertices", 0)
@@ -379,13 +398,13 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "counts": counts,
         "joint_sets": attrs.get(schema.ATTR_JOINT_SETS),
         "sizes_bytes": sizes,
-        "total_bytes": _dir_size(path),
+        "total_bytes": total,
         "vertex_bytes_per_mesh": sizes.get(schema.VERTICES, 0) / n,
         "vertex_raw_float32_bytes_per_mesh": raw / n,
         "recipe": attrs.get(schema.ATTR_RECIPE),
         "chunk_meshes": attrs.get(schema.ATTR_CHUNK_MESHES),
         "shard_meshes": attrs.get(schema.ATTR_SHARD_MESHES),
-        "integrity_manifest": (path / schema.INTEGRITY_MANIFEST).is_file(),
+        "integrity_manifest": has_manifest,
     }
 
 

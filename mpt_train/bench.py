@@ -124,6 +124,29 @@ def bench_loader(
     }
 
 
+def bench_remote_loader(shards: str, storage_options: dict[str, Any], cache_dir: str | None = None,
+                        num_workers: int = 1, batch_size: int = 256, batches: int = 40) -> list[dict[str, Any]]:
+    """Loader samples/s per worker from a store on object storage, four ways, each a `bench_loader` result with a
+    "source": straight from the store; through a local read cache while it fills (`cache_dir`, or a temporary
+    folder), then with it filled (the same batches again); and from a local copy made with `mpt-data copy`."""
+    import tempfile
+
+    from mpt_data.transfer import CopyConfig, copy_store
+
+    def run(source: str, url: str, **overrides: Any) -> dict[str, Any]:
+        result = bench_loader(url, num_workers=num_workers, batch_size=batch_size, batches=batches, **overrides)
+        return result | {"source": source}
+
+    with tempfile.TemporaryDirectory(prefix="mpt-bench-") as tmp:
+        cache = cache_dir or f"{tmp}/cache"
+        out = [run("object storage, no cache", shards, storage_options=storage_options),
+               run("object storage, filling the cache", shards, storage_options=storage_options, cache_dir=cache),
+               run("object storage, cache filled", shards, storage_options=storage_options, cache_dir=cache)]
+        copy_store(CopyConfig(shards, f"{tmp}/store", storage_options, {}, progress=False))
+        out.append(run("local disk (a copy)", f"{tmp}/store"))
+    return out
+
+
 def bench_chunk_checks(shards: str, rounds: int = 3, allow_unfrozen: bool = False) -> dict[str, Any]:
     """The cost of the per-chunk checksum checks of `StoreReader.read_chunk`, over every chunk of a store.
 
@@ -171,7 +194,8 @@ def format_result(result: dict[str, Any]) -> str:
                 f"and decode, {result['check_ms_per_chunk']:.2f} ms to check it against integrity.json = "
                 f"{100 * result['check_share']:.1f} % of a checked read")
     if result["what"] == "loader":
-        return (f"loader: {result['samples_per_s']:,.0f} samples/s with {result['num_workers']} worker(s) = "
+        return (f"loader{' from ' + result['source'] if 'source' in result else ''}: "
+                f"{result['samples_per_s']:,.0f} samples/s with {result['num_workers']} worker(s) = "
                 f"{result['samples_per_s_per_worker']:,.0f} per worker (batch {result['batch_size']}, "
                 f"{result['batches']} batches) [{result['store']}]")
     return (f"{result['what']} on {result['device']} {result['dtype']}: {result['samples_per_s']:,.0f} samples/s, "

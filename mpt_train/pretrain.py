@@ -81,11 +81,7 @@ def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg: Input
         prepare=pretrain_prepare(inputs_cfg, runtime.device, runtime.precision),
         val_batches=(lambda: PairLoader(val_cfg)) if has_val else None,
         config={"model": model_cfg.to_dict(), "inputs": dataclasses.asdict(inputs_cfg),
-                "loss": loss_cfg.to_dict(), "loader": _plain(dataclasses.asdict(loader_cfg))},
+                "loss": loss_cfg.to_dict(), "loader": loader_cfg.to_dict()},
         store_fingerprint=train_loader.fingerprint,
         runtime=runtime,
     )
-
-
-def _plain(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -12,21 +12,28 @@ decoded bytes) and compared with the manifest, so a flipped byte or a missing sh
 read as zeros) stops training with a StoreError naming the URL, array and chunk. A frozen store without a
 manifest (frozen by an older mpt-data) is refused with a message to re-freeze it. A store opened with
 allow_unfrozen has no manifest yet and is read unchecked (`verified` is False).
+
+Remote stores: `open_store(url, storage_options=...)` reads any fsspec URL (s3:// needs the `s3` extra). The
+loader reads a window of chunks with `read_chunks`, which requests every array of every chunk at once through
+zarr's async API, so on object storage the round trips overlap. `cache_dir` adds a local read-through cache of
+decoded chunks (`ChunkCache`), each entry checked against the same manifest digest as a fresh read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
 
 from mpt_data import schema
 from mpt_data import integrity
+from mpt_data.fileio import atomic_write
 from mpt_data.integrity import StoreError
-
+from mpt_data.remote import Location
 
 
 @dataclass(frozen=True)
@@ -44,15 +51,40 @@ class Cameras:
     size: np.ndarray
 
 
-def _open_group(url_or_path: str) -> zarr.Group:
-    """Open a Zarr group read-only from a local path or any fsspec URL (s3://, gs://, ...)."""
-    try:
-        return zarr.open_group(store=str(url_or_path), mode="r")
-    except FileNotFoundError as exc:
-        raise StoreError(f"{url_or_path}: no Zarr store found ({exc})") from exc
-    except Exception as exc:
-        # zarr raises several types for a non-group path; name the path either way.
-        raise StoreError(f"{url_or_path}: cannot open as a Zarr v3 group: {type(exc).__name__}: {exc}") from exc
+def _open_group(location: Location) -> zarr.Group:
+    """Open a Zarr group read-only from a local path or any fsspec URL (s3://, gs://, ...) with its storage
+    options; a missing store, bucket or endpoint, or absent credentials, is one StoreError naming the URL."""
+    return location.open_group()
+
+
+class ChunkCache:
+    """A local read-through cache of decoded chunks: `root/<fingerprint>/<array path>/<chunk>.npy`.
+
+    Keyed by the store's fingerprint, so two stores never share entries and a changed store never reads stale
+    ones. Entries are written atomically (temporary file + rename), so loader workers and ranks sharing the folder
+    never see half a file; the reader checks every entry against the manifest's chunk digest before using it and
+    replaces one that fails (counted in `evictions`). Counters are per process: hits, misses, evictions.
+    """
+
+    def __init__(self, root: str | Path, fingerprint: str | None) -> None:
+        self.root = Path(root) / str(fingerprint)
+        self.hits = self.misses = self.evictions = 0
+
+    def _file(self, path: str, chunk: int) -> Path:
+        return self.root / path / f"{chunk}.npy"
+
+    def get(self, path: str, chunk: int) -> np.ndarray | None:
+        """The cached chunk, or None when absent or unreadable (it is then read from the store again)."""
+        try:
+            values = np.load(self._file(path, chunk), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return values
+
+    def put(self, path: str, chunk: int, values: np.ndarray) -> None:
+        atomic_write(self._file(path, chunk), lambda f: np.save(f, np.ascontiguousarray(values), allow_pickle=False))
 
 
 class StoreReader:
@@ -63,10 +95,12 @@ class StoreReader:
     joint_sets (names of meshes/joints/<set>), num_vertices V, num_heatmap_joints K.
     """
 
-    def __init__(self, url_or_path: str, allow_unfrozen: bool = False) -> None:
+    def __init__(self, url_or_path: str, allow_unfrozen: bool = False,
+                 storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None) -> None:
         self.url = str(url_or_path)
         self.allow_unfrozen = allow_unfrozen
-        group = _open_group(self.url)
+        self.location = Location(self.url, dict(storage_options or {}))
+        group = _open_group(self.location)
         attrs = dict(group.attrs)
         schema_number = attrs.get(schema.ATTR_SCHEMA)
         if schema_number != schema.SCHEMA_VERSION:
@@ -92,6 +126,10 @@ class StoreReader:
         self.verified = state == schema.STATE_FROZEN
         if self.verified:
             self._load_manifest(group)
+        if cache_dir is not None and not self.verified:
+            raise StoreError(f"{self.url}: a read cache (--cache-dir) needs a frozen store: its chunk checksums "
+                             "are what a cached chunk is checked against")
+        self.cache = ChunkCache(cache_dir, self.fingerprint) if cache_dir is not None else None
 
         vertices = self._array(schema.VERTICES)
         if vertices.ndim != 3 or vertices.shape[2] != 3:
@@ -177,15 +215,56 @@ class StoreReader:
 
     def _read(self, path: str, region: slice, chunk: int, what: str) -> np.ndarray:
         """`path`[region] as stored, checked against chunk `chunk`'s digest; read errors name the chunk too."""
-        try:
-            values = np.asarray(self._array(path)[region])
-        except StoreError:
-            raise
-        except Exception as exc:  # a damaged shard can fail to decode: name where, keep the cause
-            raise StoreError(f"{self.url}: {path} chunk {chunk} ({what}) cannot be read: "
-                             f"{type(exc).__name__}: {exc}; run `mpt-data verify {self.url}`") from exc
-        self._check(path, values, chunk, what)
-        return values
+        return self._fetch([(path, region, chunk, what)])[0]
+
+    def _fetch(self, requests: list[tuple[str, slice, int, str]]) -> list[np.ndarray]:
+        """Each (path, region, chunk, what) as stored, checked against its chunk's digest.
+
+        Chunks found in the read cache (and matching their digest) come from it; all others are requested at once
+        (zarr's async reads over one event loop: on object storage the requests overlap instead of paying one
+        round trip each), checked, and written to the cache. A cached chunk that fails its check is read again
+        from the store and replaced."""
+        from zarr.core.sync import sync
+
+        out: list[np.ndarray | None] = [None] * len(requests)
+        if self.cache is not None:
+            for n, (path, _, chunk, _) in enumerate(requests):
+                values = self.cache.get(path, chunk)
+                if values is not None and (not self.verified or self._matches(path, values, chunk)):
+                    out[n] = values
+                elif values is not None:
+                    self.cache.evictions += 1
+        missing = [n for n, v in enumerate(out) if v is None]
+        if missing:
+            arrays = {requests[n][0]: self._array(requests[n][0]).async_array for n in missing}
+
+            async def gather():
+                import asyncio
+
+                return await asyncio.gather(*(arrays[requests[n][0]].getitem(requests[n][1]) for n in missing),
+                                            return_exceptions=True)
+
+            try:
+                got = sync(gather())
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise self.location.error(exc, "read chunks") from exc
+            for n, values in zip(missing, got):
+                path, _, chunk, what = requests[n]
+                if isinstance(values, BaseException):  # a damaged shard can fail to decode: name where
+                    raise StoreError(f"{self.url}: {path} chunk {chunk} ({what}) cannot be read: "
+                                     f"{type(values).__name__}: {values}; run `mpt-data verify {self.url}`") from values
+                values = np.asarray(values)
+                self._check(path, values, chunk, what)
+                if self.cache is not None:
+                    self.cache.put(path, chunk, values)
+                out[n] = values
+        return out  # type: ignore[return-value]
+
+    def _matches(self, path: str, values: np.ndarray, chunk: int) -> bool:
+        want = self._digests.get(path)
+        return want is not None and integrity.chunk_digest(values) == want[16 * chunk : 16 * chunk + 16]
 
     # -- pickling: zarr handles (and fsspec sessions) are re-opened in each worker process.
     def __getstate__(self) -> dict[str, Any]:
@@ -200,7 +279,7 @@ class StoreReader:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = _open_group(self.url)
+            self._group = _open_group(self.location)
         return self._group
 
     def _array(self, path: str) -> zarr.Array:
@@ -281,6 +360,16 @@ class StoreReader:
         vertices: bool = True,
     ) -> dict[str, np.ndarray]:
         """Read mesh chunk i (n <= chunk_size meshes) as numpy arrays, each checked against its checksum.
+        The same as `read_chunks([i], ...)[0]`; see there for the arrays returned."""
+        return self.read_chunks([i], joint_sets=joint_sets, vertices=vertices)[0]
+
+    def read_chunks(
+        self,
+        chunks: list[int] | tuple[int, ...],
+        joint_sets: tuple[str, ...] | None = None,
+        vertices: bool = True,
+    ) -> list[dict[str, np.ndarray]]:
+        """Read several mesh chunks with all their arrays requested at once, each checked against its checksum.
 
         Returns "mesh" (n,) int64 mesh indices; "vertices" (n, V, 3) float32 metres,
         root-centred body frame (dequantised with the array's scale_m; omitted when
@@ -288,25 +377,31 @@ class StoreReader:
         requested set (default: all); "joints2d" (n, C, K, 2) float32 crop pixels;
         "visible" (n, C, K) bool; "split" (n,) int8.
         """
-        start, stop = self.chunk_range(i)
-        region = slice(start, stop)
         sets = self.joint_sets if joint_sets is None else joint_sets
         for name in sets:
             if name not in self.joint_sets:
                 raise StoreError(f"{self.url}: no joint set {name!r}; the store has {list(self.joint_sets)}")
-        what = f"meshes {start}..{stop - 1}"
-        out: dict[str, np.ndarray] = {"mesh": np.arange(start, stop, dtype=np.int64)}
-        if vertices:
-            raw = self._read(schema.VERTICES, region, i, what)
-            out["vertices"] = np.multiply(raw, np.float32(self.vertex_scale_m), dtype=np.float32)
-        for name in sets:
-            out[f"joints/{name}"] = np.asarray(
-                self._read(f"{schema.JOINTS_GROUP}/{name}", region, i, what), dtype=np.float32
-            )
-        out["joints2d"] = np.asarray(self._read(schema.JOINTS2D, region, i, what), dtype=np.float32)
-        out["visible"] = np.asarray(self._read(schema.VISIBLE, region, i, what), dtype=bool)
-        out["split"] = self.split[region].copy()
-        return out
+        paths = ([schema.VERTICES] if vertices else []) + [f"{schema.JOINTS_GROUP}/{name}" for name in sets] \
+            + [schema.JOINTS2D, schema.VISIBLE]
+        requests = []
+        for i in chunks:
+            start, stop = self.chunk_range(i)
+            requests += [(p, slice(start, stop), i, f"meshes {start}..{stop - 1}") for p in paths]
+        values = iter(self._fetch(requests))
+        result = []
+        for i in chunks:
+            start, stop = self.chunk_range(i)
+            got = dict(zip(paths, (next(values) for _ in paths)))
+            out: dict[str, np.ndarray] = {"mesh": np.arange(start, stop, dtype=np.int64)}
+            if vertices:
+                out["vertices"] = np.multiply(got[schema.VERTICES], np.float32(self.vertex_scale_m), dtype=np.float32)
+            for name in sets:
+                out[f"joints/{name}"] = np.asarray(got[f"{schema.JOINTS_GROUP}/{name}"], dtype=np.float32)
+            out["joints2d"] = np.asarray(got[schema.JOINTS2D], dtype=np.float32)
+            out["visible"] = np.asarray(got[schema.VISIBLE], dtype=bool)
+            out["split"] = self.split[start:stop].copy()
+            result.append(out)
+        return result
 
     def describe(self) -> str:
         """One line: URL, counts, chunking and fingerprint (for logs)."""
@@ -318,11 +413,14 @@ class StoreReader:
         )
 
 
-def open_store(url_or_path: str, allow_unfrozen: bool = False) -> StoreReader:
-    """Open a store read-only from a local path or an fsspec URL.
+def open_store(url_or_path: str, allow_unfrozen: bool = False, storage_options: Mapping[str, Any] | None = None,
+               cache_dir: str | None = None) -> StoreReader:
+    """Open a store read-only from a local path or an fsspec URL (with its fsspec `storage_options`), optionally
+    reading through a local chunk cache in `cache_dir` (see `ChunkCache`).
 
     Refuses (StoreError) a store of another schema number, and a store whose state is
     not "frozen" unless allow_unfrozen: training on a store that may still change would
     make runs irreproducible and its fingerprint meaningless.
     """
-    return StoreReader(url_or_path, allow_unfrozen=allow_unfrozen)
+    return StoreReader(url_or_path, allow_unfrozen=allow_unfrozen, storage_options=storage_options,
+                       cache_dir=cache_dir)
