@@ -227,15 +227,17 @@ def copy(src, dst, storage_options, src_options, dst_options, workers, no_progre
 @click.option("--batch-size", type=int, default=512, show_default=True, help="Meshes per body-model forward.")
 @click.option("--vertices", type=int, default=6890, show_default=True, help="Vertices of the synthetic model.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch folder (default: a temporary one).")
+@click.option("--cameras", type=click.Choice(["1", "2", "4", "8"]), default="8", show_default=True,
+              help="Virtual cameras per mesh.")
 @click.option("--profile", is_flag=True, help="Also print the build's seconds per stage.")
 @click.option("--scaling", is_flag=True, help="Only the scaling run: a large store built with 1 and 2 workers.")
 @click.option("--scaling-meshes", type=int, default=20000, show_default=True, help="Meshes of the scaling store.")
-def bench(meshes, batch_size, vertices, workdir, profile, scaling, scaling_meshes):
+def bench(meshes, batch_size, vertices, workdir, cameras, profile, scaling, scaling_meshes):
     """Body-model forward vs plain smplx, end-to-end meshes/s per worker core, bytes per mesh, 1 vs 2 workers."""
     from mpt_data.bench import BenchConfig, run_bench
 
-    run_bench(BenchConfig(meshes=meshes, batch=batch_size, num_vertices=vertices, workdir=workdir, profile=profile,
-                          scaling=scaling, scaling_meshes=scaling_meshes), echo=click.echo)
+    run_bench(BenchConfig(meshes=meshes, batch=batch_size, num_vertices=vertices, workdir=workdir, cameras=int(cameras),
+                          profile=profile, scaling=scaling, scaling_meshes=scaling_meshes), echo=click.echo)
 
 @main.command()
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
