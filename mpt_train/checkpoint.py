@@ -264,6 +264,16 @@ def _load_folder(folder: Path, rank: int, map_location, expected_fingerprint: st
     return Loaded(folder, state, rank_state)
 
 
+def load_rank_state(folder: Path | str, rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s state from a checkpoint folder that :func:`load_checkpoint` returned (so
+    already verified against its marker). An elastic resume gives every new rank rank 0's loader
+    position: training loaders of all ranks stand at the same one."""
+    path = Path(folder) / f"rank-{rank}.pt"
+    if not path.is_file():
+        raise DamagedCheckpoint(f"{path}: missing")
+    return _torch_load(path, "cpu")
+
+
 def load_checkpoint(path: Path | str, *, rank: int = 0, map_location: str | torch.device = "cpu",
                     expected_fingerprint: str | None = None, force: bool = False) -> Loaded:
     """Load a checkpoint: a step-N folder as given, or the newest usable one of a run folder.

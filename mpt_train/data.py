@@ -1,13 +1,15 @@
 """Streaming (mesh, camera) pairs from a store: sharded per rank and worker, shuffled, resumable.
 
-Data order is a pure function of (seed, epoch, layout): each epoch permutes the store's
-chunks that hold meshes of the split, deals them round-robin to the world_size x
-num_workers "slots" (so ranks and workers read disjoint chunks), and within a slot
-shuffles all pairs of `shuffle_buffer_chunks` consecutive chunks together (a block
-shuffle buffer). Each slot batches its own pairs; torch's DataLoader interleaves the
-workers' batches round-robin, which this module reproduces exactly to skip to any batch
-on resume without reading the skipped data. Everything needed for that plan (which
-meshes of which chunk belong to the split) is metadata read once at open.
+The epoch's order of pairs is a pure function of (seed, epoch) (:mod:`mpt_train.order`): the
+chunks that hold meshes of the split in a seeded permutation, the pairs of each window of
+`shuffle_buffer_chunks` consecutive chunks shuffled together (a block shuffle buffer). The
+world_size x num_workers "slots" each take a contiguous span of it, so a slot reads whole
+windows (neighbouring slots share at most the window on their border), and every rank makes
+the same number of full batches. Each slot batches its own pairs; torch's DataLoader
+interleaves the workers' batches round-robin, which this module reproduces exactly to skip to
+any batch on resume without reading the skipped data. Everything needed for that plan (which
+meshes of which chunk belong to the split) is metadata read once at open. A state saved on one
+layout resumes on another (elastic resume, see :class:`PairLoader`).
 
 Per-sample randomness for the device-side augmentation derives from the integer "key"
 each sample carries: a hash of (seed, epoch, pair index), independent of the layout.
@@ -15,18 +17,21 @@ each sample carries: a hash of (seed, epoch, pair index), independent of the lay
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mpt_data import schema
-from mpt_data.remote import redact_options
+from mpt_train.order import (Layout, Segment, chunk_order, eval_spans, remainder, resumed_batch_size, size, take,
+                             train_spans, window_offsets, window_pair_order, window_pieces, worker_batches)
 from mpt_train.store import StoreReader, open_store
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the epoch order of mpt_train.order and the epoch's earlier segments ("earlier")
+# Layout fields a state may change on resume (elastic resume); every other one must match.
+_ELASTIC = ("world_size", "num_workers", "batch_size")
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -45,8 +50,7 @@ class LoaderConfig:
     shuffle_buffer_chunks: chunks whose pairs are shuffled together (memory: this many chunks).
     joint_set: 3D joint set emitted as "joints3d"; extra_joint_sets are emitted as
     "joints3d_<set>". cameras: subset of camera indices (None: all).
-    allow_unfrozen: accept a store that is not frozen. storage_options: fsspec options for a remote `shards`
-    (endpoint, credentials); cache_dir: local read-through chunk cache. rank, world_size: used when
+    allow_unfrozen: accept a store that is not frozen. rank, world_size: used when
     torch.distributed is not initialised (otherwise taken from it).
     pin_memory: None = pin when CUDA is available. prefetch_factor: batches per worker in flight.
     """
@@ -68,10 +72,6 @@ class LoaderConfig:
     world_size: int = 1
     pin_memory: bool | None = None
     prefetch_factor: int = 4
-    # fsspec options to reach `shards` (may hold credentials: never written down, see to_dict) and a local
-    # read-through chunk cache (mpt_train.store.ChunkCache).
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in schema.SPLITS:
@@ -90,13 +90,6 @@ class LoaderConfig:
     def for_eval(self, split: str = "val") -> "LoaderConfig":
         """The same store and layout as a finite, deterministic pass over every pair of `split`."""
         return replace(self, split=split, shuffle=False, drop_last=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-able data to write into checkpoints and run configs: tuples as lists, and the
-        storage options with every credential replaced (`mpt_data.remote.redact_options`)."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-        out["storage_options"] = redact_options(self.storage_options)
-        return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -128,23 +121,6 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, *stream])
-
-
-def chunk_order(chunk_ids: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The epoch's order of the chunks that hold pairs of the split: a seeded permutation."""
-    chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
-    if not shuffle:
-        return chunk_ids
-    return chunk_ids[_rng(seed, epoch, 0).permutation(len(chunk_ids))]
-
-
-def slot_chunks(order: np.ndarray, slot: int, num_slots: int) -> np.ndarray:
-    """Chunks of one (rank, worker) slot: every num_slots-th chunk of the epoch's order."""
-    return order[slot::num_slots]
-
-
 def interleave(batch_counts: list[int]) -> list[tuple[int, int]]:
     """The order in which torch's DataLoader returns worker batches: round-robin over workers,
     skipping workers that have run out. Returns [(worker, batch of that worker), ...]."""
@@ -152,13 +128,6 @@ def interleave(batch_counts: list[int]) -> list[tuple[int, int]]:
     for r in range(max(batch_counts, default=0)):
         out += [(w, r) for w, n in enumerate(batch_counts) if r < n]
     return out
-
-
-@dataclass(frozen=True)
-class _Window:
-    chunks: tuple[int, ...]  # chunk ids read together
-    start: int  # offset of the window's first pair in the slot's pair sequence
-    order: np.ndarray  # (n, 2) int64: (row within the window's selected meshes, camera position)
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,6 +157,7 @@ class PairStream(IterableDataset):
         self.world_size = world_size
         self.epoch = 0
         self.skip_batches = 0
+        self.earlier: tuple[Segment, ...] = ()  # segments of `epoch` run on other layouts (mpt_train.order)
         self.worker_offset = 0
         self.split_value = schema.SPLITS[config.split]
         for name in (config.joint_set, *config.extra_joint_sets):
@@ -212,71 +182,78 @@ class PairStream(IterableDataset):
         return int(self.chunk_counts.sum()) * len(self.cameras)
 
     # -- plan
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.world_size, self.num_workers, self.config.batch_size)
+
     def _chunk_order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
             self._orders.clear()  # one epoch at a time
             self._orders[epoch] = chunk_order(self.chunk_ids, self.config.seed, epoch, self.config.shuffle)
         return self._orders[epoch]
 
-    def _worker_batches(self, epoch: int, rank: int) -> list[int]:
-        """Batches each worker of `rank` makes in `epoch`."""
-        order = self._chunk_order(epoch)
-        slots = self.world_size * self.num_workers
-        b, out = self.config.batch_size, []
-        for w in range(self.num_workers):
-            n = int(self.chunk_counts[slot_chunks(order, rank * self.num_workers + w, slots)].sum())
-            n *= len(self.cameras)
-            out.append(n // b if self.config.drop_last else -(-n // b))
-        return out
+    def _window_offsets(self, epoch: int) -> np.ndarray:
+        per_chunk = self.chunk_counts[self._chunk_order(epoch)] * len(self.cameras)
+        return window_offsets(per_chunk, self.config.shuffle_buffer_chunks)
 
-    def rank_plan(self, epoch: int) -> list[tuple[int, int]]:
-        """[(worker, worker batch)] in the order this rank yields its batches in `epoch`."""
-        plan = interleave(self._worker_batches(epoch, self.rank))
+    def _remainder(self, epoch: int, earlier: tuple[Segment, ...]) -> np.ndarray:
+        """The pairs of `epoch` not consumed by its `earlier` segments (intervals of the epoch order)."""
+        return remainder(self.num_pairs, earlier)
+
+    def _spans(self, epoch: int, earlier: tuple[Segment, ...]) -> tuple[np.ndarray, list[int]]:
+        """(spans, batches per worker of this rank): every slot's [start, stop) in the remainder."""
+        n, lay, b = size(self._remainder(epoch, earlier)), self.layout, self.config.batch_size
         if self.config.drop_last:
-            # DDP: every rank must take the same number of steps.
-            shortest = min(sum(self._worker_batches(epoch, r)) for r in range(self.world_size))
-            plan = plan[:shortest]
-        return plan
+            per_rank, spans = train_spans(n, lay)
+            return spans, worker_batches(per_rank, lay.num_workers)
+        spans = eval_spans(n, lay)
+        mine = spans[self.rank * lay.num_workers : (self.rank + 1) * lay.num_workers]
+        return spans, [-(-int(hi - lo) // b) for lo, hi in mine]
 
-    def num_batches(self, epoch: int) -> int:
-        """Batches this rank yields in `epoch` (from metadata alone)."""
-        return len(self.rank_plan(epoch))
+    def rank_plan(self, epoch: int, earlier: tuple[Segment, ...] = ()) -> list[tuple[int, int]]:
+        """[(worker, worker batch)] in the order this rank yields its batches in `epoch` after the
+        `earlier` segments. With drop_last every rank makes the same number of full batches."""
+        return interleave(self._spans(epoch, earlier)[1])
 
-    def _windows(self, epoch: int, slot: int) -> list[_Window]:
-        cfg = self.config
-        chunks = slot_chunks(self._chunk_order(epoch), slot, self.world_size * self.num_workers)
-        windows, start, n_cams = [], 0, len(self.cameras)
-        for w0 in range(0, len(chunks), cfg.shuffle_buffer_chunks):
-            group = tuple(int(c) for c in chunks[w0 : w0 + cfg.shuffle_buffer_chunks])
-            rows = int(self.chunk_counts[list(group)].sum())
-            pairs = np.stack(np.meshgrid(np.arange(rows), np.arange(n_cams), indexing="ij"), -1).reshape(-1, 2)
-            if cfg.shuffle:
-                pairs = pairs[_rng(cfg.seed, epoch, 1, slot, w0).permutation(len(pairs))]
-            windows.append(_Window(group, start, pairs))
-            start += len(pairs)
-        return windows
+    def num_batches(self, epoch: int, earlier: tuple[Segment, ...] = ()) -> int:
+        """Batches this rank yields in `epoch` after the `earlier` segments (from metadata alone)."""
+        return len(self.rank_plan(epoch, earlier))
 
-    def for_epoch(self, epoch: int, skip_batches: int = 0) -> "PairStream":
-        """A copy that streams `epoch` starting after its first `skip_batches` batches."""
-        if skip_batches < 0 or skip_batches > self.num_batches(epoch):
-            raise ValueError(f"skip_batches {skip_batches} outside 0..{self.num_batches(epoch)} for epoch {epoch}")
+    def slot_pieces(self, epoch: int, earlier: tuple[Segment, ...], slot: int) -> list[tuple[int, int, int]]:
+        """The pair sequence of `slot` as [(window, first, stop)] runs of window positions, in order."""
+        spans, _ = self._spans(epoch, earlier)
+        lo, hi = (int(x) for x in spans[slot])
+        return window_pieces(take(self._remainder(epoch, earlier), lo, hi), self._window_offsets(epoch))
+
+    def window_chunks(self, epoch: int, window: int) -> tuple[int, ...]:
+        """The chunk ids of `window` of `epoch`, read together."""
+        w = self.config.shuffle_buffer_chunks
+        return tuple(int(c) for c in self._chunk_order(epoch)[window * w : (window + 1) * w])
+
+    def for_epoch(self, epoch: int, skip_batches: int = 0, earlier: tuple[Segment, ...] = ()) -> "PairStream":
+        """A copy that streams `epoch` after its `earlier` segments, starting after the first
+        `skip_batches` batches of the current one."""
+        total = self.num_batches(epoch, earlier)
+        if skip_batches < 0 or skip_batches > total:
+            raise ValueError(f"skip_batches {skip_batches} outside 0..{total} for epoch {epoch}")
         other = object.__new__(PairStream)
         other.__dict__.update(self.__dict__)
         other._orders = {}
-        other.epoch, other.skip_batches = epoch, skip_batches
+        other.epoch, other.skip_batches, other.earlier = epoch, skip_batches, tuple(earlier)
         # torch's DataLoader always asks worker process 0 first; the plan's next batch may
         # belong to another worker, so process i plays worker (i + offset) mod W. Round-robin
         # over the workers that still have batches is then the plan's own continuation.
-        plan = self.rank_plan(epoch)
+        plan = self.rank_plan(epoch, earlier)
         other.worker_offset = plan[skip_batches][0] if skip_batches < len(plan) else 0
         return other
 
     # -- reading
-    def _load_window(self, window: _Window) -> dict[str, np.ndarray]:
+    def _load_window(self, chunks: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """The split's meshes of a window's `chunks`, in chunk order (rows of the window's pair order)."""
         sets = (self.config.joint_set, *self.config.extra_joint_sets)
         parts = []
-        # The window's chunks in one batch of concurrent requests (round trips overlap on object storage).
-        for data in self.reader.read_chunks(list(window.chunks), joint_sets=sets, vertices=self.config.vertices):
+        for c in chunks:
+            data = self.reader.read_chunk(c, joint_sets=sets, vertices=self.config.vertices)
             keep = data["split"] == self.split_value
             parts.append({k: v[keep] for k, v in data.items()})
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -333,8 +310,8 @@ class PairStream(IterableDataset):
         return (int(self.reader.group[f"{schema.JOINTS_GROUP}/{name}"].shape[1]), 3)
 
     def _worker_range(self, worker: int) -> tuple[int, int]:
-        """[first, stop) batch numbers of this worker in the current epoch after the skip."""
-        plan = self.rank_plan(self.epoch)
+        """[first, stop) batch numbers of this worker in the current segment after the skip."""
+        plan = self.rank_plan(self.epoch, self.earlier)
         done = sum(1 for w, _ in plan[: self.skip_batches] if w == worker)
         total = sum(1 for w, _ in plan if w == worker)
         return done, total
@@ -350,23 +327,33 @@ class PairStream(IterableDataset):
         if first >= stop:
             return
         b = self.config.batch_size
-        windows = self._windows(self.epoch, self.rank * self.num_workers + worker)
-        total_pairs = windows[-1].start + len(windows[-1].order) if windows else 0
-        loaded: dict[int, dict[str, np.ndarray]] = {}
+        # The slot's pairs: runs of window positions; a window's runs are consecutive, so its
+        # chunks are read once and released when the sequence moves past it.
+        pieces = self.slot_pieces(self.epoch, self.earlier, self.rank * self.num_workers + worker)
+        starts = np.concatenate([[0], np.cumsum([hi - lo for _, lo, hi in pieces])]).astype(np.int64)
+        last_end = {w: int(starts[i + 1]) for i, (w, _, _) in enumerate(pieces)}
+        loaded: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         for batch_no in range(first, stop):
-            lo, hi = batch_no * b, min((batch_no + 1) * b, total_pairs)
+            lo, hi = batch_no * b, min((batch_no + 1) * b, int(starts[-1]))
             batch = self._allocate(hi - lo, shared=info is not None)
             views = {key: t.numpy() for key, t in batch.items()}
-            for wi, win in enumerate(windows):
-                w_lo, w_hi = win.start, win.start + len(win.order)
-                if w_hi <= lo or w_lo >= hi:
-                    continue
-                if wi not in loaded:
-                    loaded[wi] = self._load_window(win)
-                a, z = max(lo, w_lo), min(hi, w_hi)
-                self._gather_into(views, a - lo, loaded[wi], win.order[a - w_lo : z - w_lo])
-            for wi in [k for k in loaded if windows[k].start + len(windows[k].order) <= hi]:
-                del loaded[wi]  # fully consumed: release the window's chunks
+            first_piece = int(np.searchsorted(starts, lo, side="right")) - 1
+            for i in range(first_piece, len(pieces)):
+                p_lo = int(starts[i])
+                if p_lo >= hi:
+                    break
+                w, w_first, _ = pieces[i]
+                if w not in loaded:
+                    chunks = self.window_chunks(self.epoch, w)
+                    data = self._load_window(chunks)
+                    order = window_pair_order(len(data["mesh"]), len(self.cameras), self.config.seed, self.epoch,
+                                              w, self.config.shuffle)
+                    loaded[w] = (data, order)
+                data, order = loaded[w]
+                a, z = max(lo, p_lo), min(hi, int(starts[i + 1]))
+                self._gather_into(views, a - lo, data, order[w_first + a - p_lo : w_first + z - p_lo])
+            for w in [k for k in loaded if last_end[k] <= hi]:
+                del loaded[w]  # fully consumed: release the window's chunks
             yield batch
 
 
@@ -376,17 +363,24 @@ class PairLoader:
     Iterating yields the rest of the current epoch, then moves to the next epoch (use
     `loader.epoch` as the epoch counter). `state_dict()` taken after n batches of an epoch
     resumes at batch n + 1 of it; taken after its last batch, at the next epoch's first.
+
+    Elastic resume: a state saved on W ranks x K workers loads on W' x K' (training loaders,
+    ``drop_last``) when the global batch W x batch_size stays the same; a loader configured with
+    the original run's per-rank batch takes W x batch_size / W' instead. The epoch then goes on
+    with exactly the pairs it has not consumed, re-partitioned over the new slots
+    (:mod:`mpt_train.order`): the epoch's set of pairs is the one an uninterrupted run sees,
+    their order after the resume point differs. On the same layout the resume is bit-exact.
     """
 
     def __init__(self, config: LoaderConfig) -> None:
         self.config = config
-        self.reader = open_store(config.shards, allow_unfrozen=config.allow_unfrozen,
-                                 storage_options=config.storage_options, cache_dir=config.cache_dir)
+        self.reader = open_store(config.shards, allow_unfrozen=config.allow_unfrozen)
         rank, world = _dist_rank_world(config)
         self.rank, self.world_size = rank, world
         self.dataset = PairStream(self.reader, config, rank, world)
         self.epoch = 0
         self.batches_done = 0
+        self.earlier: tuple[Segment, ...] = ()  # this epoch's segments on other layouts, before this one
         pin = config.pin_memory
         self.pin_memory = torch.cuda.is_available() if pin is None else pin
 
@@ -395,30 +389,38 @@ class PairLoader:
         return self.reader.fingerprint
 
     def num_batches(self, epoch: int | None = None) -> int:
-        """Batches this rank yields in `epoch` (default: the current one), partial ones included."""
-        return self.dataset.num_batches(self.epoch if epoch is None else epoch)
+        """Batches this rank yields in `epoch` (default: the current one, after its segments on other
+        layouts), partial ones included."""
+        if epoch is None or epoch == self.epoch:
+            return self.dataset.num_batches(self.epoch, self.earlier)
+        return self.dataset.num_batches(epoch)
+
+    @property
+    def batch_size(self) -> int:
+        """Pairs per batch on this rank (an elastic resume may have changed the configured one)."""
+        return self.config.batch_size
 
     def __len__(self) -> int:
         return self.num_batches()
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch at the next iteration."""
-        self.epoch, self.batches_done = int(epoch), 0
+        self.epoch, self.batches_done, self.earlier = int(epoch), 0, ()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.batches_done >= self.num_batches():
             # A position at the end of an epoch (e.g. a checkpoint after its last step)
             # continues with the next epoch rather than an empty pass.
-            self.epoch, self.batches_done = self.epoch + 1, 0
+            self.epoch, self.batches_done, self.earlier = self.epoch + 1, 0, ()
         if self.num_batches() == 0 and self.config.drop_last:
             # (an evaluation rank may legitimately have nothing: its metric sums are then zero)
             raise ValueError(
                 f"{self.config.shards}: split {self.config.split!r} gives rank {self.rank} no batch of "
                 f"{self.config.batch_size} in epoch {self.epoch} ({self.dataset.num_pairs} pairs over "
-                f"{self.world_size} rank(s) x {self.dataset.num_workers} worker(s), whole chunks each; "
-                f"meshes per split: {self.reader.split_sizes()}); use a smaller batch_size or fewer workers"
+                f"{self.world_size} rank(s), {self.world_size * self.config.batch_size} per step; "
+                f"meshes per split: {self.reader.split_sizes()}); use a smaller batch_size or fewer ranks"
             )
-        stream = self.dataset.for_epoch(self.epoch, self.batches_done)
+        stream = self.dataset.for_epoch(self.epoch, self.batches_done, self.earlier)
         workers = self.config.num_workers
         # Starting a DataLoader draws its workers' base seed from `generator`, or from the global
         # torch RNG when none is given: that draw would put the training step's randomness one
@@ -439,6 +441,7 @@ class PairLoader:
             yield batch  # while processing this batch resumes after it
         self.epoch += 1
         self.batches_done = 0
+        self.earlier = ()
 
     def _layout(self) -> dict[str, Any]:
         cfg = self.config
@@ -455,36 +458,66 @@ class PairLoader:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Position (epoch, batches done) plus everything that fixes the data order."""
+        """Position (epoch, batches done in the current segment, the epoch's earlier segments on
+        other layouts as [world_size, num_workers, batch_size, batches]) plus everything that
+        fixes the data order."""
         return {
             "version": STATE_VERSION,
             "fingerprint": self.fingerprint,
             "epoch": self.epoch,
             "batches_done": self.batches_done,
+            "earlier": [[s.layout.world_size, s.layout.num_workers, s.layout.batch_size, s.batches]
+                        for s in self.earlier],
             "layout": self._layout(),
-            "config": self.config.to_dict(),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
         }
 
     def load_state_dict(self, state: dict[str, Any], allow_other_store: bool = False) -> None:
-        """Resume at the saved position. Refuses another version, store or data layout."""
+        """Resume at the saved position, on this loader's layout.
+
+        Refuses another version, store (unless ``allow_other_store``), split, seed, shuffle,
+        cameras or window size. Another number of ranks or workers is an elastic resume (see the
+        class docstring): refused when the global batch would change or does not divide over
+        this loader's ranks, and for a loader that keeps partial batches (evaluation).
+        """
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r}, this loader reads {STATE_VERSION}")
+            raise ValueError(f"loader state version {state.get('version')!r}, this loader reads {STATE_VERSION}"
+                             + ("; version 1 states follow an earlier data order and cannot be continued: "
+                                "start the run afresh" if state.get("version") == 1 else ""))
         if state["fingerprint"] != self.fingerprint and not allow_other_store:
             raise ValueError(
                 f"loader state was saved on store fingerprint {state['fingerprint']!r}, "
                 f"{self.config.shards} has {self.fingerprint!r}; resume on the same store or force it"
             )
-        mine = self._layout()
-        diff = {k: (v, mine.get(k)) for k, v in state["layout"].items() if mine.get(k) != v}
+        mine, saved = self._layout(), state["layout"]
+        diff = {k: (v, mine.get(k)) for k, v in saved.items() if k not in _ELASTIC and mine.get(k) != v}
         if diff:
             raise ValueError(
                 "loader state does not match this loader's data layout (saved, current): "
                 + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items())
             )
+        then = Layout(int(saved["world_size"]), int(saved["num_workers"]), int(saved["batch_size"]))
+        earlier = tuple(Segment(Layout(int(w), int(k), int(b)), int(n)) for w, k, b, n in state["earlier"])
+        if any(s.layout.global_batch != then.global_batch for s in earlier):
+            raise ValueError(f"loader state: segments {state['earlier']} with another global batch than "
+                             f"{then.global_batch}")
         epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if not 0 <= done <= self.num_batches(epoch):
-            raise ValueError(f"loader state: batches_done {done} outside 0..{self.num_batches(epoch)}")
-        self.epoch, self.batches_done = epoch, done
+        if then != self.dataset.layout:
+            if not self.config.drop_last:
+                raise ValueError(f"loader state of {then.world_size} rank(s) x {then.num_workers} worker(s): a loader "
+                                 "that keeps partial batches resumes only on the same ranks and workers")
+            per_rank = resumed_batch_size(then.world_size, then.batch_size, self.world_size, self.config.batch_size)
+            if per_rank != self.config.batch_size:
+                self.config = replace(self.config, batch_size=per_rank)
+                self.dataset = PairStream(self.reader, self.config, self.rank, self.world_size)
+        # Batches per rank depend on the global batch and the earlier segments only, not on the layout.
+        total = self.dataset.num_batches(epoch, earlier)
+        if not 0 <= done <= total:
+            raise ValueError(f"loader state: batches_done {done} outside 0..{total}")
+        if then != self.dataset.layout and done > 0:
+            # The saved segment ends here; this loader re-partitions what the epoch has left.
+            earlier, done = (*earlier, Segment(then, done)), 0
+        self.epoch, self.batches_done, self.earlier = epoch, done, earlier
 
 
 def make_loader(config: LoaderConfig) -> PairLoader:

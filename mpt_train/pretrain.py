@@ -84,4 +84,5 @@ def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg: Input
                 "loss": loss_cfg.to_dict(), "loader": loader_cfg.to_dict()},
         store_fingerprint=train_loader.fingerprint,
         runtime=runtime,
+        elastic_resume=True,  # the store loader re-partitions an epoch's rest over other ranks
     )

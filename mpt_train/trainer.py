@@ -49,6 +49,7 @@ from mpt_data.fileio import FolderLock, atomic_write_json, atomic_write_text
 from . import checkpoint as ckpt
 from .data import derived_seed
 from .evaluate import evaluate_model
+from .order import resumed_batch_size
 from .runtime import Runtime, autocast_context
 
 TRAINER_STATE_VERSION = 1
@@ -129,7 +130,9 @@ class Task:
     (this rank's share), or None to skip validation. config: the resolved configuration of
     every component, saved in each checkpoint. store_fingerprint: the data's identity, checked
     on resume. runtime: the device and process group `prepare` was built for (the loop runs
-    there too); None lets the loop resolve one from the TrainConfig.
+    there too); None lets the loop resolve one from the TrainConfig. elastic_resume: the training
+    batches continue a checkpoint of another number of ranks (the store loader re-partitions the
+    rest of the epoch, :mod:`mpt_train.order`); other tasks resume on the same number only.
     """
 
     model: torch.nn.Module
@@ -140,6 +143,7 @@ class Task:
     config: dict[str, Any] = field(default_factory=dict)
     store_fingerprint: str | None = None
     runtime: Runtime | None = None
+    elastic_resume: bool = False
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -234,6 +238,14 @@ def _finite_ranks(x: torch.Tensor, runtime: Runtime) -> list[bool]:
     return [bool(f.item() > 0) for f in flags]
 
 
+def say(line: str) -> None:
+    """Print a line for the user on stderr through tqdm, above a live progress bar instead of inside it.
+    Callers print on rank 0 only."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def _report_nonfinite(what: str, step: int, ok: list[bool], batch: dict, runtime: Runtime, log: "MetricsLog") -> None:
     """Log which ranks saw a non-finite value and their batch keys (every rank takes part)."""
     keys = batch_keys(batch)
@@ -246,8 +258,8 @@ def _report_nonfinite(what: str, step: int, ok: list[bool], batch: dict, runtime
     log.write({"kind": "nonfinite", "step": step, "what": what, "ranks": bad,
                "keys": [gathered[r] for r in bad]})
     if runtime.is_main:
-        print(f"step {step}: non-finite {what} on rank(s) {bad}; step skipped on all ranks; batch keys "
-              f"{[gathered[r] for r in bad]}", file=sys.stderr)
+        say(f"step {step}: non-finite {what} on rank(s) {bad}; step skipped on all ranks; batch keys "
+            f"{[gathered[r] for r in bad]}")
 
 
 def _mean_across(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
@@ -316,7 +328,10 @@ def train(cfg: TrainConfig, task: Task, *, resume: bool = False, force: bool = F
     is skipped with a warning) with the same model, optimiser, schedule, scaler, counters,
     generator states and loader position, so the run is the one it would have been
     uninterrupted (bit-exact on CPU); a folder without any checkpoint starts afresh. A
-    checkpoint made against another store fingerprint is refused unless ``force``.
+    checkpoint made against another store fingerprint is refused unless ``force``. On another
+    number of ranks (a task with ``elastic_resume``) the global batch is kept (per-rank batch =
+    global / ranks, refused when it does not divide) and the epoch goes on with the pairs it has
+    not seen, in another order than the uninterrupted run's.
     Rank 0 holds ``RUN/.lock`` throughout (LockError if another process holds it). A fresh
     run refuses a folder holding an earlier run unless ``overwrite`` (which deletes it first).
     """
@@ -368,9 +383,25 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
         loaded = ckpt.load_checkpoint(out, rank=runtime.rank, map_location=device,
                                       expected_fingerprint=task.store_fingerprint, force=force)
         state, rank_state = loaded.state, loaded.rank_state
-        if state["world_size"] != runtime.world_size:
-            raise ValueError(f"{out}: checkpoint written by {state['world_size']} ranks, resuming with "
-                             f"{runtime.world_size}: the data order would change")
+        loader_state = None if rank_state is None else rank_state["loader"]
+        saved_world = int(state["world_size"])
+        if saved_world != runtime.world_size:
+            # Elastic resume: every rank continues from rank 0's loader position (the same on every
+            # rank), the global batch kept; ranks the checkpoint did not have start their generators.
+            if not task.elastic_resume:
+                raise ckpt.CheckpointError(f"{loaded.folder}: checkpoint written by {saved_world} ranks, resuming with "
+                                           f"{runtime.world_size}: this task's batches resume only on {saved_world}")
+            saved_batch = int(json.loads(state["config"])["train"]["batch_size"])
+            try:
+                per_rank = resumed_batch_size(saved_world, saved_batch, runtime.world_size, cfg.batch_size)
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"{loaded.folder}: {e}") from e
+            cfg = dataclasses.replace(cfg, batch_size=per_rank)
+            loader_state = ckpt.load_rank_state(loaded.folder, 0)["loader"]
+            if runtime.is_main:
+                say(f"{loaded.folder}: written by {saved_world} rank(s) x {saved_batch}, resuming on "
+                    f"{runtime.world_size} x {per_rank} (the same global batch); the rest of the epoch is "
+                    f"re-partitioned: the same pairs, in another order")
         if state["trainer"]["version"] != TRAINER_STATE_VERSION:
             raise ValueError(f"{out}: trainer state version {state['trainer']['version']} != {TRAINER_STATE_VERSION}")
         _load_model(model, state["model"])
@@ -378,10 +409,17 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         step, samples, skipped = (state["trainer"][k] for k in ("step", "samples", "skipped"))
-        task.train_batches.load_state_dict(rank_state["loader"], allow_other_store=force)
-        ckpt.set_rng_state(rank_state["rng"])
-        saved_components = rank_state.get("components")
-        if saved_components is None:
+        try:
+            task.train_batches.load_state_dict(loader_state, allow_other_store=force)
+        except ValueError as e:  # the position cannot continue on this layout: one line naming the folder
+            raise ckpt.CheckpointError(f"{loaded.folder}: {e}") from e
+        if rank_state is not None:
+            ckpt.set_rng_state(rank_state["rng"])
+        saved_components = None if rank_state is None else rank_state.get("components")
+        if rank_state is None:  # a rank the checkpoint did not have: generators from its seed and the step
+            for i, name in enumerate(sorted(components)):
+                components[name].seed_rng(derived_seed(cfg.seed, runtime.rank, i, _COMPONENT_STREAM, step))
+        elif saved_components is None:
             warnings.warn(f"{loaded.folder}: no component generator states (an older checkpoint); they restart "
                           f"from their seeds, so the resumed run is not bit-exact", stacklevel=2)
         else:
@@ -401,7 +439,7 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
     bar = None
     if cfg.progress and runtime.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def save_checkpoint() -> None:
         state = {"model": _model_state(model), "optimizer": optimizer.state_dict(),
@@ -422,7 +460,7 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
                              precision=precision, max_batches=cfg.val_batches)
         log.write({"kind": "val", "step": step, **res})
         if runtime.is_main:
-            print(f"step {step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()), file=sys.stderr)
+            say(f"step {step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
         return res
 
     # --- the loop

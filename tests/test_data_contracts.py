@@ -37,7 +37,7 @@ DATA_FLOW = {
                  "sampling", "recipe", "plan", "model_files", "kinematics", "body", "cameras", "store", "build", "freeze", "transfer", "preview", "images",
                  "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
                  "synth.images", "bench", "console", "cli"],
-    "mpt_train": ["store", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
+    "mpt_train": ["store", "order", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
                   "finetune", "posenet", "predict", "plot", "bench", "cli"],
 }

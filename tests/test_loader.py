@@ -96,7 +96,8 @@ def test_reader_refuses_unfrozen_and_wrong_schema(unfrozen_store, tmp_path):
 
 
 def test_ranks_and_workers_disjoint_and_complete(store):
-    """2 ranks x 2 real DataLoader workers: every train pair exactly once, chunks disjoint."""
+    """2 ranks x 2 real DataLoader workers: every train pair exactly once; each slot reads a contiguous
+    span of the epoch's windows, so slots share chunks only in the window on a border between two."""
     seen, chunks_by_slot = [], {}
     for rank in range(2):
         loader = PairLoader(_cfg(store, num_workers=2, rank=rank, world_size=2, drop_last=False))
@@ -110,9 +111,8 @@ def test_ranks_and_workers_disjoint_and_complete(store):
     assert set(seen) == _split_pairs(store, "train")
     slots = list(chunks_by_slot.values())
     assert len(slots) == 4
-    for i in range(4):
-        for j in range(i + 1, 4):
-            assert not slots[i] & slots[j]
+    window = 3  # shuffle_buffer_chunks of _cfg
+    assert sum(len(c) for c in slots) <= len(set().union(*slots)) + (len(slots) - 1) * window
 
 
 def test_drop_last_gives_equal_full_batches_per_rank(store):
@@ -177,7 +177,7 @@ def test_loader_leaves_the_global_rng_alone(store):
 
 def test_resume_refuses_other_layout_or_store(unfrozen_store, store):
     state = PairLoader(_cfg(store, batch_size=16)).state_dict()
-    with pytest.raises(ValueError, match="batch_size=16 vs 8"):
+    with pytest.raises(ValueError, match="per-rank batch of 8 on 1 rank.*change the global batch of 16"):
         PairLoader(_cfg(store, batch_size=8)).load_state_dict(state)
     other = PairLoader(_cfg(str(unfrozen_store), batch_size=16, allow_unfrozen=True))
     with pytest.raises(ValueError, match="fingerprint"):
