@@ -17,14 +17,15 @@ each sample carries: a hash of (seed, epoch, pair index), independent of the lay
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mpt_data import schema
+from mpt_data.remote import redact_options
 from mpt_train.order import (Layout, Segment, chunk_order, eval_spans, remainder, resumed_batch_size, size, take,
                              train_spans, window_offsets, window_pair_order, window_pieces, worker_batches)
 from mpt_train.store import StoreReader, open_store
@@ -50,7 +51,8 @@ class LoaderConfig:
     shuffle_buffer_chunks: chunks whose pairs are shuffled together (memory: this many chunks).
     joint_set: 3D joint set emitted as "joints3d"; extra_joint_sets are emitted as
     "joints3d_<set>". cameras: subset of camera indices (None: all).
-    allow_unfrozen: accept a store that is not frozen. rank, world_size: used when
+    allow_unfrozen: accept a store that is not frozen. storage_options: fsspec options for a remote `shards`
+    (endpoint, credentials); cache_dir: local read-through chunk cache. rank, world_size: used when
     torch.distributed is not initialised (otherwise taken from it).
     pin_memory: None = pin when CUDA is available. prefetch_factor: batches per worker in flight.
     """
@@ -72,6 +74,10 @@ class LoaderConfig:
     world_size: int = 1
     pin_memory: bool | None = None
     prefetch_factor: int = 4
+    # fsspec options to reach `shards` (may hold credentials: never written down, see to_dict) and a local
+    # read-through chunk cache (mpt_train.store.ChunkCache).
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in schema.SPLITS:
@@ -90,6 +96,13 @@ class LoaderConfig:
     def for_eval(self, split: str = "val") -> "LoaderConfig":
         """The same store and layout as a finite, deterministic pass over every pair of `split`."""
         return replace(self, split=split, shuffle=False, drop_last=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-able data to write into checkpoints and run configs: tuples as lists, and the
+        storage options with every credential replaced (`mpt_data.remote.redact_options`)."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        out["storage_options"] = redact_options(self.storage_options)
+        return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -252,8 +265,8 @@ class PairStream(IterableDataset):
         """The split's meshes of a window's `chunks`, in chunk order (rows of the window's pair order)."""
         sets = (self.config.joint_set, *self.config.extra_joint_sets)
         parts = []
-        for c in chunks:
-            data = self.reader.read_chunk(c, joint_sets=sets, vertices=self.config.vertices)
+        # The window's chunks in one batch of concurrent requests (round trips overlap on object storage).
+        for data in self.reader.read_chunks(list(chunks), joint_sets=sets, vertices=self.config.vertices):
             keep = data["split"] == self.split_value
             parts.append({k: v[keep] for k, v in data.items()})
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -374,7 +387,8 @@ class PairLoader:
 
     def __init__(self, config: LoaderConfig) -> None:
         self.config = config
-        self.reader = open_store(config.shards, allow_unfrozen=config.allow_unfrozen)
+        self.reader = open_store(config.shards, allow_unfrozen=config.allow_unfrozen,
+                                 storage_options=config.storage_options, cache_dir=config.cache_dir)
         rank, world = _dist_rank_world(config)
         self.rank, self.world_size = rank, world
         self.dataset = PairStream(self.reader, config, rank, world)
@@ -469,7 +483,7 @@ class PairLoader:
             "earlier": [[s.layout.world_size, s.layout.num_workers, s.layout.batch_size, s.batches]
                         for s in self.earlier],
             "layout": self._layout(),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
+            "config": self.config.to_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], allow_other_store: bool = False) -> None:
