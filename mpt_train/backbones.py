@@ -413,13 +413,18 @@ class PoseFeatureMaps(nn.Module):
     def channel_order(self) -> str:
         return channel_order(self.cfg.kind)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def native(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB crops → (B, 17, h, w) heatmaps on the network's own grid (e.g. 32 × 32 for
+        the demo's network reading 128 px crops; 56 × 56 for SimpleBaseline at 224)."""
         x = to_backbone_channels(image, self.cfg.kind)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if self.cfg.in_size and x.shape[-2:] != (self.cfg.in_size, self.cfg.in_size):
             x = F.interpolate(x, size=(self.cfg.in_size, self.cfg.in_size), mode="bilinear", align_corners=False,
                               antialias=True)
-        maps = self.net(x)
+        return self.net(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        maps = self.native(image)
         size = (self.cfg.out_size, self.cfg.out_size)
         if maps.shape[-2:] != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
@@ -437,6 +442,39 @@ def argmax_joints(maps: torch.Tensor, crop: int | None = None) -> torch.Tensor:
     if crop is not None and crop != w:
         xy = (xy + PIXEL_CENTRE) * (crop / w) - PIXEL_CENTRE
     return xy
+
+
+def refined_joints(maps: torch.Tensor, crop: int, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2D joints of (B, K, h, w) heatmaps to sub-pixel precision, differentiable in the map values
+    next to each peak.
+
+    Each map's arg-max is refined along x and y by the vertex of the parabola through the log values
+    at the peak and its two neighbours (exact for a Gaussian peak, the shape the maps are trained to
+    have: the refinement of "distribution-aware" keypoint decoding). Being local, it is not pulled
+    between two peaks (a left and a right wrist) as a soft-argmax over the whole map is. Values are
+    clamped to ``eps`` before the log. Returns ((B, K, 2) x, y in the pixels of the ``crop``-side image
+    the square maps span, pixel centres at i + 0.5 (the convention of :mod:`mpt_train.inputs`),
+    (B, K) each map's peak value).
+    """
+    b, k, h, w = maps.shape
+    flat = maps.reshape(b, k, h * w)
+    peak, idx = flat.max(-1)
+    y, x = idx // w, idx % w
+    logs = flat.float().clamp_min(eps).log()
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return torch.gather(logs, 2, (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))[..., None])[..., 0]
+
+    def offset(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+        curve = plus - 2 * centre + minus
+        safe = torch.where(curve < -1e-6, curve, torch.full_like(curve, -1.0))
+        return torch.where(curve < -1e-6, (minus - plus) / (2 * safe), torch.zeros_like(curve)).clamp(-0.5, 0.5)
+
+    centre = at(y, x)
+    dx = offset(at(y, x - 1), centre, at(y, x + 1))
+    dy = offset(at(y - 1, x), centre, at(y + 1, x))
+    xy = torch.stack([x.float() + dx, y.float() + dy], -1)  # map pixels, centres at integers
+    return (xy + PIXEL_CENTRE) * (crop / w), peak
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .backbones import BackboneConfig
 from .evaluate import MeanPoseModel, Prepare, evaluate_model, mean_pose
 from .images import ImageEvalBatches, image_prepare, read_mixture
 from .inputs import InputConfig, heatmap_windows
-from .loading import BackboneMPT, load_checkpoint_run, no_finetune_model
+from .loading import BackboneMPT, MapFeed, load_checkpoint_run, no_finetune_model
 from .model import MeshRegressor
 from .protocols import evaluate_protocol
 
@@ -87,6 +87,7 @@ class BaselineSources:
     pretrained: str | None = None
     backbone: BackboneConfig | None = None
     train_data: str | None = None
+    feed: MapFeed = MapFeed()
 
 
 def sources_from_run(run_config: Mapping) -> BaselineSources:
@@ -94,7 +95,7 @@ def sources_from_run(run_config: Mapping) -> BaselineSources:
     ft = run_config.get("finetune") or {}
     bb = ft.get("backbone")
     return BaselineSources(pretrained=ft.get("init"), backbone=BackboneConfig(**bb) if bb else None,
-                           train_data=ft.get("data"))
+                           train_data=ft.get("data"), feed=MapFeed(**ft["feed"]) if ft.get("feed") else MapFeed())
 
 
 @dataclass
@@ -123,7 +124,8 @@ def baseline_rows(sources: BaselineSources, like: torch.nn.Module, device: torch
         regressor, run_config = load_checkpoint_run(sources.pretrained)
         if isinstance(regressor, MeshRegressor):
             if sources.backbone is not None:
-                rows["no fine-tune"] = Row(no_finetune_model(sources.pretrained, sources.backbone).to(device), plain)
+                model = no_finetune_model(sources.pretrained, sources.backbone, sources.feed)
+                rows["no fine-tune"] = Row(model.to(device), plain)
             rows["oracle (ground-truth 2D heatmaps)"] = Row(
                 regressor.to(device), oracle_prepare(device, pretraining_inputs(run_config, regressor)))
     return rows

@@ -209,10 +209,12 @@ def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mas
         if per_epoch == 0:
             raise click.UsageError(f"{shards}: the train split has fewer samples than one batch per rank")
         cfg = dataclasses.replace(cfg, steps=max(1, int(round(epochs * per_epoch))))
-    click.echo(f"{task.train_batches.reader.describe()}\npre-training {preset}: {cfg.steps} steps of "
-               f"{cfg.batch_size} per rank -> {out}", err=True)
+    main_rank = task.runtime.is_main  # under torchrun only rank 0 prints
+    if main_rank:
+        click.echo(f"{task.train_batches.reader.describe()}\npre-training {preset}: {cfg.steps} steps of "
+                   f"{cfg.batch_size} per rank -> {out}", err=True)
     result = _run_training(cfg, task, resume=loop["resume"], force=force, overwrite=loop["overwrite"])
-    if result:
+    if result and main_rank:
         click.echo(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
 
 
@@ -311,6 +313,12 @@ backbone_options = _stack([
 ])
 
 
+feed_option = click.option(
+    "--feed", type=click.Choice(["maps", "keypoints"]), default="maps", show_default=True,
+    help="How the 2D network's output enters the transformer: its heatmaps cut into patches (the paper), or "
+         "each map's refined peak rendered as pre-training's Gaussian (see mpt_train.loading.MapFeed).")
+
+
 def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
     import dataclasses
 
@@ -338,12 +346,14 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
               "(the from-scratch baseline).")
 @click.option("--fraction", default=1.0, show_default=True, help="Share of each dataset's data to train on.")
 @click.option("--no-augment", is_flag=True, help="No image augmentation (flip, scale, rotation, colour).")
+@feed_option
 @epochs_option
 @loop_options
 def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
-             fraction, no_augment, epochs, **loop):
+             fraction, no_augment, feed, epochs, **loop):
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
+    from .loading import MapFeed
     from .losses import LossConfig
     from .trainer import TrainConfig
 
@@ -353,11 +363,12 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
     ft = FinetuneConfig(init=init, data=data, val=tuple(val),
                         backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                         freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=loop["workers"],
-                        augment=not no_augment, fraction=fraction)
+                        augment=not no_augment, fraction=fraction, feed=MapFeed(mode=feed))
     task = build_finetune_task(tc, ft, LossConfig())
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     res = _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
-    click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
+    if task.runtime.is_main:  # under torchrun only rank 0 prints
+        click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
 @main.command("train-pose")
@@ -389,6 +400,8 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
     task = build_posenet_task(tc, pc)
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
+    if not task.runtime.is_main:  # under torchrun rank 0 exports, scores and prints
+        return
     path = export_pose_network(task.model, out)
     click.echo(f"pose network: {path}")
     if val:
@@ -450,6 +463,7 @@ def plot(runs, out):
 @click.option("--no-finetune", is_flag=True, help="CHECKPOINT is a pre-trained transformer: put the frozen "
               "off-the-shelf backbone in front of it (test without fine-tuning).")
 @backbone_options
+@feed_option
 @click.option("--pretrained", default=None, help="Pre-trained checkpoint for the no-fine-tune and oracle rows "
               "(default: the one the first fine-tuned CHECKPOINT started from).")
 @click.option("--train-data", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -463,7 +477,7 @@ def plot(runs, out):
 @click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
 @click.option("--max-batches", default=0, show_default=True, help="Score only this many batches per row (0: all).")
 @device_option
-def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint,
+def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint, feed,
                     pretrained, train_data, no_baselines, h36m_regressor, out, batch_size, max_batches, device):
     """Score models on image shards, with the baselines they must beat: Human3.6M protocol 2 (MPJPE,
     PA-MPJPE on 14 joints), 3DPW (MPVE, MPJPE, PA-MPJPE) or the training metrics, in mm.
@@ -485,7 +499,7 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
 
     from .baselines import BaselineSources, Row, baseline_rows, models_under_test, results_table, score_rows
     from .images import image_prepare
-    from .loading import no_finetune_model
+    from .loading import MapFeed, no_finetune_model
     from .runtime import choose_device
 
     dev = choose_device(device)
@@ -495,7 +509,7 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
         named[name if sep else ("model" if len(checkpoints) == 1 else item)] = path if sep else item
     if no_finetune:
         bcfg = _backbone_config(backbone, depth, width, backbone_checkpoint, True)
-        models = {name: no_finetune_model(path, bcfg) for name, path in named.items()}
+        models = {name: no_finetune_model(path, bcfg, MapFeed(mode=feed)) for name, path in named.items()}
         sources = BaselineSources(pretrained=next(iter(named.values())))  # its oracle row; it is its own no-fine-tune
     else:
         models, sources = models_under_test(named)

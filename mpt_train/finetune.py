@@ -22,7 +22,7 @@ from .augment import AugmentConfig
 from .backbones import BackboneConfig
 from .checkpoint import CheckpointError
 from .images import ImageBatches, ImageEvalBatches, ImageStream, image_prepare, keep_units, read_mixture
-from .loading import BackboneMPT, load_checkpoint_model
+from .loading import BackboneMPT, MapFeed, load_checkpoint_model
 from .losses import Criterion, LossConfig
 from .model import MeshRegressor, topology_from_store
 from .runtime import Runtime
@@ -58,6 +58,7 @@ class FinetuneConfig:
     this store's topology instead of taking the pre-trained weights (the from-scratch
     baseline, same architecture). workers: DataLoader workers per rank. augment: on/off.
     fraction: keep this share of each dataset's row groups (the paper's Fig. 4b data sizes).
+    feed: how the 2D network's maps enter the transformer (:class:`mpt_train.loading.MapFeed`).
     """
 
     init: str
@@ -69,6 +70,7 @@ class FinetuneConfig:
     workers: int = 0
     augment: bool = True
     fraction: float = 1.0
+    feed: MapFeed = field(default_factory=MapFeed)
 
 
 def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: LossConfig,
@@ -80,7 +82,7 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
     runtime = runtime or Runtime.start(train_cfg.device, train_cfg.precision)
     device = runtime.device
     backbone_cfg = dataclasses.replace(ft.backbone, frozen=ft.freeze_backbone)
-    model = load_checkpoint_model(ft.init, backbone_cfg)
+    model = load_checkpoint_model(ft.init, backbone_cfg, feed=ft.feed)
     if not isinstance(model, BackboneMPT):
         raise CheckpointError(f"{ft.init}: not a transformer checkpoint")
     model.backbone.set_frozen(ft.freeze_backbone)

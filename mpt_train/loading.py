@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,11 +30,34 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .backbones import BackboneConfig, PoseFeatureMaps
-from .inputs import patchify
+from .backbones import BackboneConfig, PoseFeatureMaps, refined_joints
+from .inputs import heatmap_windows, patchify
 from .model import MeshRegressor, model_from_state
 
-FINETUNE_STATE_VERSION = 2  # 2: records the backbone's input channel order
+FINETUNE_STATE_VERSION = 3  # 2: records the backbone's input channel order; 3: and how its maps are fed
+FEED_MODES = ("maps", "keypoints")
+
+
+@dataclass(frozen=True)
+class MapFeed:
+    """How the 2D network's output enters the pre-trained transformer.
+
+    mode "maps": its heatmaps, resized to 224 px and cut into patches (the paper's design; a
+    network whose maps are wider or fainter than pre-training's σ-px Gaussians hands the transformer
+    inputs it never saw). "keypoints": each map's peak, refined to sub-pixel
+    (:func:`mpt_train.backbones.refined_joints`), rendered as pre-training renders a joint (σ px at
+    224, peak 1); a joint whose peak value is below ``threshold`` is left out, as pre-training's
+    masking leaves joints out. The transformer then sees its pre-training inputs, with the 2D
+    network's errors; the network still trains end to end through the refinement.
+    """
+
+    mode: str = "maps"
+    sigma: float = 3.0
+    threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.mode not in FEED_MODES:
+            raise ValueError(f"feed mode {self.mode!r}: one of {FEED_MODES}")
 
 
 class ChannelOrderMismatch(ValueError):
@@ -47,8 +71,10 @@ class BackboneMPT(nn.Module):
     treat this model like the pre-training one.
     """
 
-    def __init__(self, backbone: PoseFeatureMaps, regressor: MeshRegressor, patch: int | None = None):
+    def __init__(self, backbone: PoseFeatureMaps, regressor: MeshRegressor, patch: int | None = None,
+                 feed: MapFeed = MapFeed()):
         super().__init__()
+        self.feed = feed
         rc = regressor.cfg
         if patch is None:  # the patch side the transformer was pre-trained with (tiny 16, paper 8)
             patch = backbone.cfg.out_size // max(1, math.isqrt(rc.num_input_tokens))
@@ -72,8 +98,15 @@ class BackboneMPT(nn.Module):
         return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        maps = self.backbone(images)
-        out = self.regressor(patchify(maps, self.patch))
+        if self.feed.mode == "keypoints":
+            maps = self.backbone.native(images)
+            size = self.backbone.cfg.out_size
+            xy, peak = refined_joints(maps, size)
+            windows = heatmap_windows(xy, peak > self.feed.threshold, size, self.feed.sigma, self.patch)
+            out = self.regressor(windows)
+        else:
+            maps = self.backbone(images)
+            out = self.regressor(patchify(maps, self.patch))
         out["maps"] = maps
         return out
 
@@ -81,11 +114,12 @@ class BackboneMPT(nn.Module):
         """Everything needed to rebuild the model without data: configs, backbone and transformer."""
         bcfg = dataclasses.replace(self.backbone.cfg, checkpoint=None)
         return {"version": FINETUNE_STATE_VERSION, "kind": "backbone_mpt", "patch": self.patch,
+                "feed": dataclasses.asdict(self.feed),
                 "backbone_config": dataclasses.asdict(bcfg), "channel_order": self.backbone.channel_order,
                 "backbone": self.backbone.net.state_dict(), "regressor": self.regressor.state_dict_versioned()}
 
     def load_state_dict_versioned(self, blob: Mapping[str, Any]) -> None:
-        if blob.get("version") not in (1, FINETUNE_STATE_VERSION) or blob.get("kind") != "backbone_mpt":
+        if blob.get("version") not in (1, 2, FINETUNE_STATE_VERSION) or blob.get("kind") != "backbone_mpt":
             raise ValueError(f"not a fine-tuned MPT state (version {blob.get('version')}, kind {blob.get('kind')})")
         fed = blob.get("channel_order", "RGB")  # version 1 fed every backbone RGB
         if fed != self.backbone.channel_order:
@@ -97,30 +131,33 @@ class BackboneMPT(nn.Module):
         self.regressor.load_state_dict_versioned(blob["regressor"])
 
 
-def model_from_blob(blob: Mapping[str, Any], backbone: BackboneConfig | None = None) -> nn.Module:
+def model_from_blob(blob: Mapping[str, Any], backbone: BackboneConfig | None = None,
+                    feed: MapFeed = MapFeed()) -> nn.Module:
     """A model from a checkpoint's model blob: a fine-tuned BackboneMPT, or a bare pre-trained
     transformer (then ``backbone`` must be given to make a BackboneMPT; else it is returned bare)."""
     if blob.get("kind") == "backbone_mpt":
         bcfg = BackboneConfig(**blob["backbone_config"])
         if backbone is not None and backbone.frozen != bcfg.frozen:
             bcfg = dataclasses.replace(bcfg, frozen=backbone.frozen)
-        model = BackboneMPT(PoseFeatureMaps(bcfg), model_from_state(blob["regressor"]), int(blob["patch"]))
+        feed = MapFeed(**blob["feed"]) if "feed" in blob else MapFeed()  # before version 3: the maps
+        model = BackboneMPT(PoseFeatureMaps(bcfg), model_from_state(blob["regressor"]), int(blob["patch"]), feed)
         model.load_state_dict_versioned(blob)
         return model
     regressor = model_from_state(blob)
     if backbone is None:
         return regressor
-    return BackboneMPT(PoseFeatureMaps(backbone), regressor)
+    return BackboneMPT(PoseFeatureMaps(backbone), regressor, feed=feed)
 
 
 def load_checkpoint_run(path: str | Path, backbone: BackboneConfig | None = None, *,
-                        expected_fingerprint: str | None = None, force: bool = False) -> tuple[nn.Module, dict]:
+                        expected_fingerprint: str | None = None, force: bool = False,
+                        feed: MapFeed = MapFeed()) -> tuple[nn.Module, dict]:
     """(model, the run's resolved config, {} if none) of a trainer checkpoint (folder, run folder or
-    RUN/latest), on the CPU. ``backbone``: as for :func:`model_from_blob`. A checkpoint made against another
-    store fingerprint than ``expected_fingerprint`` is refused unless ``force``."""
+    RUN/latest), on the CPU. ``backbone``, ``feed``: as for :func:`model_from_blob`. A checkpoint made against
+    another store fingerprint than ``expected_fingerprint`` is refused unless ``force``."""
     state = ckpt.load_checkpoint(path, map_location="cpu", expected_fingerprint=expected_fingerprint, force=force).state
     try:
-        model = model_from_blob(state["model"], backbone)
+        model = model_from_blob(state["model"], backbone, feed)
     except ChannelOrderMismatch as exc:
         raise ChannelOrderMismatch(f"{path}: {exc}") from exc
     # A checkpoint saved outside the trainer (a bare model blob) records no run config.
@@ -128,14 +165,15 @@ def load_checkpoint_run(path: str | Path, backbone: BackboneConfig | None = None
 
 
 def load_checkpoint_model(path: str | Path, backbone: BackboneConfig | None = None, *,
-                          expected_fingerprint: str | None = None, force: bool = False) -> nn.Module:
+                          expected_fingerprint: str | None = None, force: bool = False,
+                          feed: MapFeed = MapFeed()) -> nn.Module:
     """The model of a trainer checkpoint (folder, run folder or RUN/latest), on the CPU."""
-    return load_checkpoint_run(path, backbone, expected_fingerprint=expected_fingerprint, force=force)[0]
+    return load_checkpoint_run(path, backbone, expected_fingerprint=expected_fingerprint, force=force, feed=feed)[0]
 
 
-def no_finetune_model(pretrained: str | Path, backbone: BackboneConfig) -> BackboneMPT:
+def no_finetune_model(pretrained: str | Path, backbone: BackboneConfig, feed: MapFeed = MapFeed()) -> BackboneMPT:
     """The paper's "test without fine-tuning": a pre-trained transformer fed by a frozen backbone."""
-    model = load_checkpoint_model(pretrained, dataclasses.replace(backbone, frozen=True))
+    model = load_checkpoint_model(pretrained, dataclasses.replace(backbone, frozen=True), feed=feed)
     if not isinstance(model, BackboneMPT):
         raise ckpt.CheckpointError(f"{pretrained}: expected a pre-trained transformer checkpoint")
     model.backbone.set_frozen(True)

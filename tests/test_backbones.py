@@ -184,3 +184,42 @@ def test_channel_order_is_a_property_of_the_checkpoint_family():
     with torch.no_grad():
         sb(image)
     assert abs(float(raw[0][0, 0, 0, 0]) - (0.1 - 0.485) / 0.229) < 1e-5
+
+
+def test_refined_joints_find_sub_pixel_peaks_and_ignore_a_second_peak():
+    from mpt_train.backbones import refined_joints
+    from mpt_train.inputs import render_heatmaps
+
+    # Gaussians on a 32-pixel grid at sub-pixel places (pixel centres at i + 0.5), plus a weaker
+    # second peak far away that a whole-map soft-argmax would be pulled towards
+    xy = torch.tensor([[[7.3, 20.8], [15.5, 3.2]]])
+    maps = render_heatmaps(xy, torch.ones(1, 2, dtype=torch.bool), 32, 1.5)
+    maps[0, 0] += 0.8 * render_heatmaps(torch.tensor([[[25.0, 5.0]]]), torch.ones(1, 1, dtype=torch.bool), 32, 1.5)[0, 0]
+    got, peak = refined_joints(maps, crop=224)
+    assert torch.allclose(got, xy * 7, atol=0.05)  # 224 / 32 = 7 crop pixels per map pixel
+    assert torch.allclose(peak, maps.amax(dim=(-2, -1)))
+    maps.requires_grad_(True)
+    refined_joints(maps, crop=224)[0].sum().backward()
+    assert maps.grad.abs().sum() > 0  # fine-tuning reaches the 2D network through the refinement
+
+
+def test_keypoint_feed_gives_the_transformer_its_pre_training_heatmaps():
+    """With feed "keypoints" the transformer sees exactly what pre-training renders for the refined peaks."""
+    from tiny_models import tiny_model
+
+    from mpt_train.backbones import TINY_BACKBONE, PoseFeatureMaps, refined_joints
+    from mpt_train.inputs import heatmap_windows
+    from mpt_train.loading import BackboneMPT, MapFeed
+
+    torch.manual_seed(0)
+    regressor = tiny_model(patch=16).eval()
+    backbone = PoseFeatureMaps(TINY_BACKBONE).eval()
+    model = BackboneMPT(backbone, regressor, feed=MapFeed(mode="keypoints", threshold=-1.0)).eval()
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        out = model(images)
+        xy, _ = refined_joints(backbone.native(images), 224)
+        want = regressor(heatmap_windows(xy, torch.ones(2, 17, dtype=torch.bool), 224, 3.0, 16))
+    assert torch.allclose(out["vertices"], want["vertices"], atol=1e-6)
+    blob = model.state_dict_versioned()
+    assert blob["feed"] == {"mode": "keypoints", "sigma": 3.0, "threshold": -1.0}

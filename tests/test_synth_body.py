@@ -199,3 +199,46 @@ def test_mirrored_pose_poses_the_mirrored_mesh(models):
     assert torch.allclose(b.vertices, (a.vertices * mirror)[:, flip], atol=1e-5)
     joints_a = a.joints[:, :24] * mirror
     assert torch.allclose(b.joints[:, :24], joints_a[:, SMPL_FLIP], atol=1e-5)
+
+
+def test_a_flipped_image_sample_keeps_its_mesh_and_it_is_the_mirrored_body(models):
+    """The fine-tuning flip (mpt_train.augment) with the body's mirror-vertex map: the flipped sample keeps
+    its mesh label, and that mesh and its joints are what the body model gives for the flipped pose."""
+    from mpt_data.topology import symmetric_vertex_map
+    from mpt_train.augment import COCO_FLIP, AugmentParams, augment_pose, augment_sample
+
+    m = _smpl(models)
+    flip = symmetric_vertex_map(m.v_template.numpy(), tolerance_m=1e-9)
+    rng = np.random.default_rng(5)
+    pose = (0.35 * rng.normal(size=72)).astype(np.float32)
+    betas = torch.from_numpy(rng.normal(size=(1, 10)).astype(np.float32))
+
+    def body(p):
+        p = torch.from_numpy(p)[None]
+        with torch.no_grad():
+            out = m(global_orient=p[:, :3], body_pose=p[:, 3:], betas=betas)
+        root = out.joints[0, 0]
+        coco = torch.einsum("jv,vc->jc", torch.from_numpy(_coco_regressor(models)).float(), out.vertices[0])
+        return (out.vertices[0] - root).numpy(), (coco - root).numpy()
+
+    verts, joints = body(pose)
+    sample = {"image": np.zeros((64, 64, 3), np.uint8), "joints2d": np.full((17, 3), 32.0, np.float32),
+              "joints3d": joints, "joints3d_conf": np.ones(17, bool), "vertices": verts, "has_vertices": True,
+              "pose": pose}
+    params = AugmentParams(rotation_deg=20.0, flip=True)
+    out = augment_sample(sample, 1.0, params, 64, flip)
+    assert out["has_vertices"]
+    want_v, want_j = body(augment_pose(pose, params))
+    np.testing.assert_allclose(out["vertices"], want_v, atol=1e-5)
+    np.testing.assert_allclose(out["joints3d"], want_j, atol=1e-5)
+    assert np.array_equal(COCO_FLIP[COCO_FLIP], np.arange(17))
+    no_map = augment_sample(sample, 1.0, params, 64, None)  # without a map the mesh label is dropped, never kept
+    assert not no_map["has_vertices"] and not no_map["vertices"].any()
+
+
+def _coco_regressor(models) -> np.ndarray:
+    """(17, V) COCO-17 regressor of the store's coco17 set for these files (mpt_data.body's definition)."""
+    from mpt_data.body import BodyModel, BodyModelConfig
+
+    model = BodyModel.load(BodyModelConfig(str(models), "smpl"), "neutral")
+    return model.joint_regressors()["coco17"]

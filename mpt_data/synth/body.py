@@ -504,7 +504,10 @@ def build_body(config: BodyConfig = BodyConfig()) -> SynthBody:
     shapedirs = (shapedirs + shapedirs[mirror] * ss.MIRROR[None, :, None]) / 2
     templates = {g: _gender_template(verts, shapedirs, g) for g in GENDERS}
     face_ids, smplx_ids = _landmarks(verts, weights, pts)
-    # right-side landmarks are the mirror vertices of the left ones (a flip maps each onto the other)
+    # the nose is a midline vertex (its own mirror); right-side landmarks are the mirror vertices of the
+    # left ones, so a flip maps each keypoint onto its partner exactly
+    on_midline = (mirror == np.arange(len(verts))) & (weights[:, _J["head"]] > 0.5) & (verts[:, 1] > 0.6)
+    face_ids["nose"] = smplx_ids["nose"] = int(np.argmax(np.where(on_midline, verts[:, 2], -np.inf)))
     for left, right in (("left_eye", "right_eye"), ("left_ear", "right_ear")):
         face_ids[right] = int(mirror[face_ids[left]])
     smplx_ids.update(reye=face_ids["right_eye"], rear=face_ids["right_ear"])
