@@ -175,6 +175,14 @@ def figure_size_px(num_panels: int) -> tuple[int, int]:
     return round(cols * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + LEGEND_INCHES) * DPI)
 
 
+def _distinct_digits(values, most: int = 6) -> int:
+    """The fewest significant digits (at least 2) that print ``values`` as distinct labels."""
+    for d in range(2, most + 1):
+        if len({f"{v:.{d}g}" for v in values}) == len(set(values)):
+            return d
+    return most
+
+
 def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
     """A matplotlib Figure (Agg canvas, not shown) of the panels; one colour per label, one legend on top."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -200,10 +208,14 @@ def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
             ax.set_yscale("log")
             # plain numbers (0.26) rather than 2.6×10⁻¹; minor ticks labelled only while the curves span
             # less than ~1.5 decades, beyond that their labels would overlap
-            plain = FuncFormatter(lambda v, _: f"{v:.2g}")
-            ax.yaxis.set_major_formatter(plain)
             ys = np.concatenate([c.y[c.y > 0] for _, c in p.series])
             few_decades = len(ys) > 0 and np.log10(ys.max() / ys.min()) < 1.5
+            lo, hi = ax.get_ylim()
+            shown = [v for v in np.concatenate([ax.yaxis.get_majorticklocs(),
+                                                ax.yaxis.get_minorticklocs() if few_decades else []])
+                     if lo <= v <= hi]
+            plain = FuncFormatter(lambda v, _, d=_distinct_digits(shown): f"{v:.{d}g}")
+            ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain if few_decades else NullFormatter())
         ax.set_xlim(left=0, right=x_max * 1.02)
         ax.set_title(p.title, fontsize=10)
