@@ -95,7 +95,7 @@ def model_file_candidates(config: BodyModelConfig, gender: str) -> list[Path]:
     ``model_dir`` or ``model_dir/smpl``.
     """
     if gender not in GENDERS:
-        raise ValueError(f"unknown gender {gender!r}; expected one of {GENDERS}")
+        raise ValueError(f"unknown gender '{gender}'; expected one of {GENDERS}")  # '{}': a numpy string prints plain
     root = Path(config.model_dir)
     prefix = "SMPLH" if config.model_type == "smplh" else "SMPL"
     out = []
@@ -114,7 +114,7 @@ def find_model_file(config: BodyModelConfig, gender: str) -> Path:
             return p
     looked = ", ".join(str(p) for p in candidates)
     raise FileNotFoundError(
-        f"no {config.model_type.upper()} body model for gender {gender!r}: looked for {looked}. "
+        f"no {config.model_type.upper()} body model for gender '{gender}': looked for {looked}. "
         f"Put the licensed model file at one of these paths (AMASS's smplh/{gender}/model.npz "
         f"or the SMPL+H {gender} file renamed), or point model_dir elsewhere."
     )

@@ -242,6 +242,32 @@ def _connect(cfg: BuildConfig):
     return client, cluster
 
 
+WORKER_EXIT_SECONDS = 60.0  # how long a local worker process may take to exit before its nanny kills it
+
+
+def _disconnect(client, cluster) -> None:
+    """Close the client, then the local cluster's workers, then the cluster (scheduler).
+
+    A worker process that holds a body model and torch can take longer to exit than the 4 s its nanny
+    allows by default on a busy machine; it would then be killed with a warning. Closing the nannies first
+    with a longer timeout lets each exit on its own; a worker that hangs is still killed after
+    WORKER_EXIT_SECONDS."""
+    if client is not None:
+        client.close()
+    if cluster is None:
+        return
+
+    async def close_workers():
+        import asyncio
+
+        await asyncio.gather(*(worker.close(timeout=WORKER_EXIT_SECONDS) for worker in cluster.workers.values()))
+
+    try:
+        cluster.sync(close_workers)
+    finally:
+        cluster.close()
+
+
 def _selected_files(cfg: BuildConfig) -> list[Path]:
     from mpt_data.amass import find_motion_files, subset_and_subject
 
@@ -257,10 +283,32 @@ def _selected_files(cfg: BuildConfig) -> list[Path]:
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, unit: str = "part"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="part", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr)
+
+
+def _scan_files(client, files: list[Path], config: BuildConfig) -> list[dict]:
+    """The plan rows of `files` (in their order), read in this process or on the cluster, with a progress bar
+    (the plan reads and validates every file: minutes for all of AMASS)."""
+    overrides = dict(config.fps_overrides)
+    bar = _progress(len(files), "plan", config.progress, unit="file")
+    try:
+        if client is None:
+            rows = []
+            for p in files:
+                rows.append(scan_file(str(p), config.amass_root, overrides))
+                bar.update(1)
+            return rows
+        from distributed import as_completed
+
+        futures = client.map(scan_file, [str(p) for p in files], root=config.amass_root, fps_overrides=overrides)
+        for _ in as_completed(futures):
+            bar.update(1)
+        return client.gather(futures)
+    finally:
+        bar.close()
 
 
 @dataclass(frozen=True)
@@ -335,13 +383,8 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
     t_startup = time.perf_counter() - t0
     try:
         files = _selected_files(config)
-        overrides = dict(config.fps_overrides)
         _log(f"plan: reading and validating {len(files)} motion files")
-        if client is None:
-            rows = [scan_file(str(p), config.amass_root, overrides) for p in files]
-        else:
-            futures = client.map(scan_file, [str(p) for p in files], root=config.amass_root, fps_overrides=overrides)
-            rows = client.gather(futures)
+        rows = _scan_files(client, files, config)
         rows, parts, n = plan_build(config, rows)
         missing = sorted({r["gender"] for r in rows if r["status"] == "ok"} - set(model_info["genders"]))
         if missing:
@@ -378,10 +421,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
         st.open_store(out, "r+").attrs[schema.ATTR_STATE] = schema.STATE_COMPLETE
         t_write = time.perf_counter() - t0 - t_plan
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        _disconnect(client, cluster)
     _summary(rows, n, config.cameras, time.perf_counter() - t0)
     return BuildResult(path=out, meshes=n, partitions=len(parts), written=tuple(p.index for p in todo),
                        skipped_files=sum(r["status"] != "ok" for r in rows), plan_seconds=t_plan, write_seconds=t_write,

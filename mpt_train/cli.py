@@ -474,11 +474,15 @@ def plot(runs, out):
               help="J_regressor_h36m.npy (17, V) when the model carries none.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Also write the table to this markdown FILE, and its figures to FILE with a .json suffix.")
+@click.option("--picture", default=None, type=click.Path(dir_okay=False),
+              help="PNG FILE: held-out images of the first shard folder with each row's 2D input joints and mesh.")
+@click.option("--picture-count", default=6, show_default=True, help="Images in --picture.")
 @click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
 @click.option("--max-batches", default=0, show_default=True, help="Score only this many batches per row (0: all).")
 @device_option
 def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth, width, backbone_checkpoint, feed,
-                    pretrained, train_data, no_baselines, h36m_regressor, out, batch_size, max_batches, device):
+                    pretrained, train_data, no_baselines, h36m_regressor, out, picture, picture_count, batch_size,
+                    max_batches, device):
     """Score models on image shards, with the baselines they must beat: Human3.6M protocol 2 (MPJPE,
     PA-MPJPE on 14 joints), 3DPW (MPVE, MPJPE, PA-MPJPE) or the training metrics, in mm.
 
@@ -527,6 +531,11 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
     if out:
         atomic_write_text(out, f"{protocol} on {', '.join(folders)}, mm\n\n{table}")
         atomic_write_json(Path(out).with_suffix(".json"), results, indent=2)
+    if picture:
+        from .comparison import write_comparison_grid
+
+        shown = {name: row for name, row in rows.items() if not name.startswith("mean pose")}  # no 2D input
+        click.echo(f"picture: {write_comparison_grid(shown, folders[0], picture, picture_count)}")
 
 
 @main.command()

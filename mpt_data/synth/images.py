@@ -303,7 +303,7 @@ class _Renderer:
         self.cfg = cfg
         self.pools = {k: _pool(v) for k, v in _split_files(cfg).items()}
         bcfg = BodyModelConfig(cfg.body_models, cfg.model_type)
-        genders = sorted({g for p in self.pools.values() for g in p.gender})
+        genders = sorted({str(g) for p in self.pools.values() for g in p.gender})  # plain str: messages name them
         self.models = {g: BodyModel.load(bcfg, g) for g in genders}
         ref = self.models[genders[0]]
         data = load_model_file(find_model_file(bcfg, genders[0]))

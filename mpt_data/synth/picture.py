@@ -54,6 +54,22 @@ def _key_frame(kind: str, arrays: dict[str, np.ndarray]) -> int:
     return len(poses) // 3
 
 
+def _quiet_smplh(smplh, *args, **kwargs):
+    """``smplh(*args, **kwargs)`` without smplx's notice that the file has only 10 shape coefficients, which
+    it prints (not a Python warning) for every model it loads: the picture asks for 10 on purpose. Any other
+    output of the constructor is passed on."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        model = smplh(*args, **kwargs)
+    for line in printed.getvalue().splitlines():
+        if not (line.startswith("WARNING: You are using a") and line.endswith("with only 10 shape coefficients.")):
+            print(line)
+    return model
+
+
 def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) -> np.ndarray:
     """(HEADER_PX + 3*tile + LEGEND_PX, LABEL_PX + 8*tile, 3) uint8 BGR picture: the rest pose and one key
     frame of each of the 7 motions (columns, titled) seen from the front, the side and behind (rows,
@@ -66,11 +82,9 @@ def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) ->
     rng = np.random.default_rng(seed)
     columns = []
     genders = ("neutral",) + tuple(("male", "female", "neutral")[k % 3] for k in range(len(sm.MOTIONS)))
-    models = {
-        g: smplx.SMPLH(str(models_dir / "smplh"), gender=g, use_pca=False, flat_hand_mean=True, vertex_ids=ids,
-                       num_betas=10)
-        for g in set(genders)
-    }
+    models = {g: _quiet_smplh(smplx.SMPLH, str(models_dir / "smplh"), gender=g, use_pca=False, flat_hand_mean=True,
+                              vertex_ids=ids, num_betas=10)
+              for g in set(genders)}
     for col, kind in enumerate(("rest",) + sm.MOTIONS):
         gender = genders[col]
         subject = sm.Subject("sheet", gender, np.clip(rng.normal(0, 0.6, sm.NUM_BETAS), -1.5, 1.5))
