@@ -107,3 +107,9 @@ def test_bad_runs_give_one_line_naming_the_file(tmp_path, case, message):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(run) in lines[0], r.output
     assert "Traceback" not in r.output and not out.exists()
+
+
+def test_tick_labels_get_the_digits_that_tell_them_apart():
+    assert pl._distinct_digits([0.2, 0.3, 0.4]) == 2
+    assert pl._distinct_digits([1.0, 1.05, 1.1, 1.15, 1.2]) == 3  # at 2 digits 1.05 and 1.1 both print 1.1
+    assert pl._distinct_digits([100.0, 100.5]) == 4
