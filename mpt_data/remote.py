@@ -43,8 +43,8 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     for item in pairs:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"storage option {key or item[:20]!r}...: expected KEY=VALUE")
+        if not sep or not key:  # the text itself is not shown: it may be a secret typed without its key
+            raise ValueError(f"storage option number {len(out) + 1} has no KEY= part: expected KEY=VALUE")
         if raw in ("True", "False"):
             value: Any = raw == "True"
         else:

@@ -265,3 +265,33 @@ def test_credentials_never_reach_logs_checkpoints_run_configs_or_stores(s3, refe
     config = json.loads(next(run.rglob("config.json")).read_text()) if list(run.rglob("config.json")) else None
     if config is not None:
         assert "<redacted>" in json.dumps(config)
+
+
+def test_the_standard_environment_variables_reach_the_bucket_without_options(s3, reference_store, bucket_store,
+                                                                            monkeypatch):
+    from mpt_data.store import store_info
+    from mpt_train.store import open_store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    assert store_info(bucket_store)["fingerprint"] == reference_store.fingerprint
+    remote, local = open_store(bucket_store), open_store(str(reference_store.path))
+    assert all(np.array_equal(remote.read_chunk(2)[k], local.read_chunk(2)[k]) for k in local.read_chunk(2))
+
+
+def test_storage_options_parse_values_and_redact_secrets():
+    from mpt_data.remote import REDACTED, parse_storage_options, redact_options
+
+    opts = parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false", "use_ssl=True",
+                                  "default_block_size=1048576", f"secret={SECRET_KEY}",
+                                  'client_kwargs={"region_name": "eu-1", "aws_secret_access_key": "x=y"}'])
+    assert opts == {"endpoint_url": "http://127.0.0.1:9000", "anon": False, "use_ssl": True,
+                    "default_block_size": 1048576, "secret": SECRET_KEY,
+                    "client_kwargs": {"region_name": "eu-1", "aws_secret_access_key": "x=y"}}
+    assert redact_options(opts) == {"endpoint_url": "http://127.0.0.1:9000", "anon": False, "use_ssl": True,
+                                    "default_block_size": 1048576, "secret": REDACTED,
+                                    "client_kwargs": {"region_name": "eu-1", "aws_secret_access_key": REDACTED}}
+    with pytest.raises(ValueError, match="expected KEY=VALUE") as err:
+        parse_storage_options([SECRET_KEY])
+    assert SECRET_KEY not in str(err.value)
