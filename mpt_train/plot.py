@@ -214,9 +214,12 @@ def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
             shown = [v for v in np.concatenate([ax.yaxis.get_majorticklocs(),
                                                 ax.yaxis.get_minorticklocs() if few_decades else []])
                      if lo <= v <= hi]
-            plain = FuncFormatter(lambda v, _, d=_distinct_digits(shown): f"{v:.{d}g}")
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain if few_decades else NullFormatter())
+            digits = _distinct_digits(shown)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{digits}g}"))
+            # a minor label within ~12 % of a power of ten (0.09, 1.1) would touch the major label beside it
+            minor = FuncFormatter(lambda v, _: "" if abs(math.log10(v) - round(math.log10(v))) < 0.05
+                                  else f"{v:.{digits}g}")
+            ax.yaxis.set_minor_formatter(minor if few_decades else NullFormatter())
         ax.set_xlim(left=0, right=x_max * 1.02)
         ax.set_title(p.title, fontsize=10)
         ax.set_ylabel(p.ylabel, fontsize=9)
