@@ -1,5 +1,6 @@
 """Two-process DDP on the CPU (gloo): replicas stay identical, a non-finite loss on one rank is
-skipped on both, and both ranks' checkpoint files are written."""
+skipped on both, both ranks' checkpoint files are written, and a task without elastic resume
+refuses to continue on another number of ranks (pre-training's elastic resume: test_elastic_resume.py)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,25 @@ def test_two_process_gloo_keeps_replicas_identical(tmp_path):
     gens = [torch.load(step_dir / f"rank-{r}.pt", weights_only=True)["components"][""] for r in (0, 1)]
     assert gens[0]["seed"] != gens[1]["seed"] and not torch.equal(gens[0]["state"], gens[1]["state"])
     assert not (tmp_path / ".lock").exists()  # rank 0's run-folder lock is released at the end
+
+
+@pytest.mark.slow
+def test_a_task_without_elastic_resume_resumes_only_on_its_world_size(tmp_path):
+    """Batches that cannot be re-partitioned (here the synthetic stream; fine-tuning's image stream
+    too) refuse a checkpoint of 2 ranks on 1, in one line naming the checkpoint."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    from synthetic_batches import SyntheticSource, synthetic_prepare
+    from tiny_models import small_input_model, synthetic_topology_arrays
+    from mpt_train.checkpoint import CheckpointError
+    from mpt_train.losses import Criterion, LossConfig
+    from mpt_train.trainer import Task, TrainConfig, train
+
+    model = small_input_model(seed=0)
+    task = Task(model=model, criterion=Criterion(LossConfig(), model),
+                train_batches=SyntheticSource(synthetic_topology_arrays(), batch=4), prepare=synthetic_prepare(),
+                store_fingerprint="fp")
+    assert not task.elastic_resume
+    cfg = TrainConfig(out=str(tmp_path), steps=6, batch_size=4, progress=False, device="cpu")
+    with pytest.raises(CheckpointError, match=r"step-00000005: checkpoint written by 2 ranks, resuming with 1: "
+                                              r"this task's batches resume only on 2"):
+        train(cfg, task, resume=True)
