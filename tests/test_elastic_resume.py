@@ -190,6 +190,9 @@ def test_loader_refuses_an_elastic_resume_it_cannot_make_exact(store):
         PairLoader(_cfg(store, batch_size=12, rank=0, world_size=5)).load_state_dict(state)
     with pytest.raises(ValueError, match="per-rank batch of 6 on 1 rank.*give 24"):
         PairLoader(_cfg(store, batch_size=6)).load_state_dict(state)
+    adjusted = PairLoader(_cfg(store, batch_size=12))  # the original run's per-rank batch: takes the global one
+    adjusted.load_state_dict(state)
+    assert adjusted.batch_size == 24 and len(next(iter(adjusted))["mesh"]) == 24
     evaluation = PairLoader(_cfg(store, batch_size=12, rank=0, world_size=2).for_eval("train")).state_dict()
     with pytest.raises(ValueError, match="keeps partial batches resumes only on the same ranks and workers"):
         PairLoader(_cfg(store, batch_size=12).for_eval("train")).load_state_dict(evaluation)
