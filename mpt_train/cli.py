@@ -347,10 +347,12 @@ def _backbone_config(backbone, depth, width, checkpoint, frozen=False):
 @click.option("--fraction", default=1.0, show_default=True, help="Share of each dataset's data to train on.")
 @click.option("--no-augment", is_flag=True, help="No image augmentation (flip, scale, rotation, colour).")
 @feed_option
+@click.option("--backbone-lr-scale", default=1.0, show_default=True,
+              help="The 2D network's learning rate as a multiple of --lr (the transformer's).")
 @epochs_option
 @loop_options
 def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, freeze_backbone, scratch_store,
-             fraction, no_augment, feed, epochs, **loop):
+             fraction, no_augment, feed, backbone_lr_scale, epochs, **loop):
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
     from .loading import MapFeed
@@ -363,7 +365,8 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
     ft = FinetuneConfig(init=init, data=data, val=tuple(val),
                         backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
                         freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=loop["workers"],
-                        augment=not no_augment, fraction=fraction, feed=MapFeed(mode=feed))
+                        augment=not no_augment, fraction=fraction, feed=MapFeed(mode=feed),
+                        backbone_lr_scale=backbone_lr_scale)
     task = build_finetune_task(tc, ft, LossConfig())
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     res = _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])

@@ -59,6 +59,8 @@ class FinetuneConfig:
     baseline, same architecture). workers: DataLoader workers per rank. augment: on/off.
     fraction: keep this share of each dataset's row groups (the paper's Fig. 4b data sizes).
     feed: how the 2D network's maps enter the transformer (:class:`mpt_train.loading.MapFeed`).
+    backbone_lr_scale: the 2D network's learning rate as a multiple of the transformer's (a network
+    that is already trained moves less than the transformer adapting to it).
     """
 
     init: str
@@ -71,6 +73,7 @@ class FinetuneConfig:
     augment: bool = True
     fraction: float = 1.0
     feed: MapFeed = field(default_factory=MapFeed)
+    backbone_lr_scale: float = 1.0
 
 
 def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: LossConfig,
@@ -110,7 +113,15 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
                 "mixture": [dataclasses.asdict(e) for e in mix.datasets]},
         store_fingerprint=None,
         runtime=runtime,
+        param_groups=lambda lr: _param_groups(model, lr, ft.backbone_lr_scale),
     )
+
+
+def _param_groups(model: BackboneMPT, lr: float, backbone_scale: float) -> list[dict]:
+    """The transformer's trainable parameters at ``lr``, the 2D network's at ``lr * backbone_scale``."""
+    groups = [{"params": [p for p in model.regressor.parameters() if p.requires_grad], "lr": lr},
+              {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": lr * backbone_scale}]
+    return [g for g in groups if g["params"]]
 
 
 def load_vertex_flip(path: str, num_vertices: int) -> np.ndarray:

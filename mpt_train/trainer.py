@@ -133,6 +133,8 @@ class Task:
     there too); None lets the loop resolve one from the TrainConfig. elastic_resume: the training
     batches continue a checkpoint of another number of ranks (the store loader re-partitions the
     rest of the epoch, :mod:`mpt_train.order`); other tasks resume on the same number only.
+    param_groups(lr) -> the optimiser's parameter groups, each with its own peak "lr" (the schedule
+    scales them all alike); None: every trainable parameter at the run's lr.
     """
 
     model: torch.nn.Module
@@ -144,6 +146,7 @@ class Task:
     store_fingerprint: str | None = None
     runtime: Runtime | None = None
     elastic_resume: bool = False
+    param_groups: Callable[[float], list[dict[str, Any]]] | None = None
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -359,8 +362,9 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.world_size > 1 else model
     if cfg.compile:  # checkpoints and evaluation keep using the plain `model`
         net = torch.compile(net)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = task.param_groups(cfg.lr) if task.param_groups is not None else None
+    params = [p for g in groups for p in g["params"]] if groups else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(groups or params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step, samples, skipped = 0, 0, 0

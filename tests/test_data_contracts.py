@@ -39,7 +39,7 @@ DATA_FLOW = {
                  "synth.images", "bench", "console", "cli"],
     "mpt_train": ["store", "order", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
-                  "finetune", "posenet", "predict", "plot", "bench", "cli"],
+                  "finetune", "posenet", "predict", "comparison", "plot", "bench", "cli"],
 }
 
 
