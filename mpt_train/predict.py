@@ -42,7 +42,9 @@ MESH_FRAMES = {  # each file's axes, written into its header and into prediction
     MESH_FILE: "y-up frame: x right, y up, z towards the camera (the camera frame turned 180 degrees about x)",
     MESH_CAMERA_FILE: "camera frame: x right, y down, z forward",
 }
-BOX_COLOUR = (0, 255, 255)  # BGR yellow: the crop box on the overlay
+BOX_COLOUR = (255, 255, 255)  # the crop box on the overlay: white over a dark rim, visible on any background
+OVERLAY_MIN_PX = 448  # a smaller image is enlarged by a whole factor so its keypoints and box stay readable
+CAPTION_PX = 22  # the strip above each half of the overlay that says what it shows
 
 
 @dataclass(frozen=True)
@@ -163,46 +165,66 @@ def predict(model: torch.nn.Module, image_bgr: np.ndarray, bbox=None, device: st
 
 
 def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    """``text`` on a dark band across the top of ``img``, sized to the picture's width."""
+    """``img`` under a dark strip of CAPTION_PX that holds ``text``, shrunk to the picture's width."""
     import cv2
 
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = 0.45
-    while scale > 0.25 and cv2.getTextSize(text, font, scale, 1)[0][0] > img.shape[1] - 8:
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+    while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > img.shape[1] - 8:
         scale -= 0.05
-    h = cv2.getTextSize(text, font, scale, 1)[0][1] + 8
-    img[:h] = (img[:h] * 0.3).astype(np.uint8)
-    cv2.putText(img, text, (4, h - 4), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+    strip = np.full((CAPTION_PX, img.shape[1], 3), 30, np.uint8)
+    cv2.putText(strip, text, (4, CAPTION_PX - 7), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([strip, img], axis=0)
 
 
 def draw_crop_box(image_bgr: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
     """The square crop ``box`` = (x0, y0, side) outlined on the image through the image pixels nearest the
-    centres of the crop's outer pixels (crop pixel 0 is image x0, crop pixel size - 1 is x0 + side·(size-1)/size)."""
+    centres of the crop's outer pixels (crop pixel 0 is image x0, crop pixel size - 1 is x0 + side·(size-1)/size),
+    in BOX_COLOUR over a dark rim."""
     import cv2
 
     img = np.ascontiguousarray(image_bgr).copy()
     corners = np.round(crop_to_image(np.array([[0.0, 0.0], [size - 1.0, size - 1.0]]), box, size)).astype(int)
-    cv2.rectangle(img, tuple(corners[0].tolist()), tuple(corners[1].tolist()), BOX_COLOUR,
-                  max(1, round(max(img.shape[:2]) / 300)), cv2.LINE_8)
+    a, b = tuple(corners[0].tolist()), tuple(corners[1].tolist())
+    width = max(1, round(max(img.shape[:2]) / 300))
+    cv2.rectangle(img, a, b, (0, 0, 0), width + 2, cv2.LINE_8)
+    cv2.rectangle(img, a, b, BOX_COLOUR, width, cv2.LINE_8)
     return img
 
 
+def enlarge(image_bgr: np.ndarray, box: tuple[float, float, float], keypoints: np.ndarray, factor: int
+            ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """The image resized by a whole ``factor`` with the crop box and the keypoints (K, 2) carried along
+    (pixel centres at integers: image pixel u becomes (u + ½)·factor - ½)."""
+    import cv2
+
+    if factor == 1:
+        return image_bgr, box, np.asarray(keypoints, np.float64)
+    h, w = image_bgr.shape[:2]
+    big = cv2.resize(image_bgr, (w * factor, h * factor), interpolation=cv2.INTER_LINEAR)
+    x0, y0, side = box
+
+    def move(u):
+        return (np.asarray(u, np.float64) + PIXEL_CENTRE) * factor - PIXEL_CENTRE
+
+    return big, (float(move(x0)), float(move(y0)), side * factor), move(keypoints)
+
+
 def overlay(image_bgr: np.ndarray, result: dict) -> np.ndarray:
-    """(H, 2W, 3) picture: left, the image with the crop box and the 2D keypoints the model saw (heatmap
-    maxima, limbs coloured by side as in `mpt_data.raster.SIDE_COLOURS`); right, the predicted mesh over the
-    image inside the same box."""
+    """(CAPTION_PX + f·H, 2·f·W, 3) picture, f the whole factor that brings the image to OVERLAY_MIN_PX: left,
+    the image with the crop box and the 2D keypoints the model saw (the heatmap maxima, limbs coloured by side
+    as in `mpt_data.raster.SIDE_COLOURS`); right, the predicted mesh over the image inside the same box; a
+    caption above each."""
     from mpt_data import conventions
     from mpt_data.raster import draw_pose, render_mesh
 
-    K, t = perspective_from_weak(result["camera"], result["box"])
-    size = max(image_bgr.shape[:2])
-    seen = draw_pose(draw_crop_box(image_bgr, result["box"]), result["keypoints"], None,
-                     conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET], conventions.COCO_SKELETON,
-                     thickness=max(1, round(size / 250)), radius=max(2, round(size / 120)))
-    mesh = render_mesh(draw_crop_box(image_bgr, result["box"]), result["vertices"] + t, result["faces"], K,
-                       color=(150, 180, 230))
-    return np.concatenate([_caption(seen, "crop box, 2D keypoints (heatmap peaks)"),
+    factor = max(1, -(-OVERLAY_MIN_PX // max(image_bgr.shape[:2])))
+    image, box, keypoints = enlarge(image_bgr, result["box"], result["keypoints"], factor)
+    K, t = perspective_from_weak(result["camera"], box)
+    size = max(image.shape[:2])
+    seen = draw_pose(draw_crop_box(image, box), keypoints, None, conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET],
+                     conventions.COCO_SKELETON, thickness=max(1, round(size / 250)), radius=max(3, round(size / 110)))
+    mesh = render_mesh(draw_crop_box(image, box), result["vertices"] + t, result["faces"], K, color=(150, 180, 230))
+    return np.concatenate([_caption(seen, "crop box and the 2D keypoints the model saw (heatmap peaks)"),
                            _caption(mesh, "predicted mesh")], axis=1)
 
 

@@ -16,6 +16,7 @@ from mpt_train.finetune import FinetuneConfig, build_finetune_task
 from mpt_train.loading import BackboneMPT, load_checkpoint_model
 from mpt_train.losses import LossConfig
 from mpt_train.model import MeshRegressor, MeshTopology, ModelConfig
+from mpt_train import predict as pr
 from mpt_train.predict import PredictConfig, read_obj, run
 from mpt_train.protocols import h36m_protocol2, pw3d_metrics
 from mpt_train.trainer import TrainConfig, train
@@ -110,7 +111,7 @@ def test_backbone_mpt_round_trip_and_predict_writes_obj(tmp_path):
     assert faces.shape == (V - 2, 3) and faces.min() == 0 and faces.max() == V - 1
     assert info["crop_box"] == [-0.5, -25.5, 200.0]  # whole image (pixel centres at integers): longer side
     pic = cv2.imread(str(tmp_path / "pred" / "overlay.png"))
-    assert pic.shape == (150, 400, 3)
+    assert pic.shape == (pr.CAPTION_PX + 3 * 150, 2 * 3 * 200, 3)  # enlarged 3x to reach OVERLAY_MIN_PX
     info = run(PredictConfig(str(tmp_path / "run"), str(tmp_path / "person.png"), str(tmp_path / "pred2"),
                              bbox=(50, 40, 60, 80)))
     assert np.allclose(info["crop_box"], [80 - 48, 80 - 48, 96])

@@ -82,24 +82,34 @@ def test_keypoints_are_the_heatmap_peaks_in_image_pixels_and_drawn_with_the_box(
     np.testing.assert_allclose(res["keypoints"], peaks * 192 / 224 + np.array(box[:2]), atol=1e-9)
 
     pic = pr.overlay(image, res)
-    assert pic.shape == (300, 800, 3)
-    seen, mesh = pic[:, :400], pic[:, 400:]
-    # the crop box's edges, below the caption band
-    x0, y0 = round(box[0]), round(box[1])  # crop pixel 0; crop pixel 223 lands at x0 + 223 * 192 / 224
-    x1, y1 = round(box[0] + 223 * 192 / 224), round(box[1] + 223 * 192 / 224)
-    for x, y in ((x0, 140), (x1, 140), (140, y1), (140, y0)):
+    # enlarged 2x (a whole factor up to OVERLAY_MIN_PX = 448), a caption strip above each half
+    assert pic.shape == (pr.CAPTION_PX + 600, 2 * 800, 3)
+    seen, mesh = pic[pr.CAPTION_PX :, :800], pic[pr.CAPTION_PX :, 800:]
+
+    def big(u):  # image pixel -> enlarged pixel, centres at integers
+        return (np.asarray(u, np.float64) + 0.5) * 2 - 0.5
+
+    # the crop box's edges through crop pixels 0 and 223 (image x0 and x0 + 223 * 192 / 224), with a dark rim
+    x0, y0 = round(big(box[0])), round(big(box[1]))
+    x1, y1 = round(big(box[0] + 223 * 192 / 224)), round(big(box[1] + 223 * 192 / 224))
+    for x, y in ((x0, 280), (x1, 280), (280, y1), (280, y0)):
         assert tuple(seen[y, x]) == pr.BOX_COLOUR, (x, y, seen[y, x])
-    assert tuple(seen[140, x0 - 2]) == (90, 90, 90) and tuple(seen[140, x1 + 2]) == (90, 90, 90)
+    left = seen[280, x0 - 8 : x0]  # outside the line: background, then the dark rim
+    assert tuple(left[0]) == (90, 90, 90) and (left == 0).all(-1).any()
+    assert tuple(seen[280, x1 + 8]) == (90, 90, 90)
     # each keypoint is a dot in its side's colour (where dots of other joints do not cover it)
     sides = joint_sides(conventions.COCO_JOINTS)
-    kp = np.round(res["keypoints"]).astype(int)
+    kp = np.round(big(res["keypoints"])).astype(int)
     checked = 0
     for k, (x, y) in enumerate(kp):
         others = np.delete(kp, k, axis=0)
-        if np.abs(others - (x, y)).max(1).min() > 12 and y > 20:
+        if np.abs(others - (x, y)).max(1).min() > 16:
             assert tuple(seen[y, x]) == SIDE_COLOURS[sides[k]], (k, seen[y, x])
             checked += 1
     assert checked >= 8
-    # the right half shows the mesh inside the same box, the left half does not
-    assert (np.abs(mesh[20:].astype(int) - 90).sum(-1) > 30).sum() > 500
-    assert tuple(mesh[140, x0]) == pr.BOX_COLOUR
+    # the right half shows the mesh inside the same box
+    assert (np.abs(mesh.astype(int) - 90).sum(-1) > 30).sum() > 2000
+    assert tuple(mesh[280, x0]) == pr.BOX_COLOUR
+    caption = pic[: pr.CAPTION_PX]
+    assert (caption > 200).all(-1).sum() > 100  # white caption text on each half
+    assert (caption[:, 800:] > 200).all(-1).sum() > 50
