@@ -27,19 +27,38 @@ from mpt_data.store import (_mesh_array_paths, collect_checksums, open_store, pa
                             store_lock, table_checksum)
 
 
+CHUNKS_IN_FLIGHT = 64  # chunks requested at once when re-hashing (memory: this many decoded chunks)
+
+
 def _array_chunk_sums(arr, name: str, rows: int) -> tuple[list[str], list[tuple[int, int, str | None]]]:
-    """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab."""
+    """Checksums of every axis-0 slab of `rows` rows, read through zarr; with (start, stop, error) per slab.
+
+    Slabs are requested CHUNKS_IN_FLIGHT at a time through zarr's async API, so on object storage the round trips
+    overlap; a slab that fails to read or decode gets an "unreadable (...)" checksum and its error."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
     n = arr.shape[0]
+    starts = list(range(0, max(n, 1), max(rows, 1)))
     sums, spans = [], []
-    for s in range(0, max(n, 1), max(rows, 1)):
-        stop = min(s + rows, n)
-        try:
-            got = chunk_digest(np.asarray(arr[s:stop])).hex()
-            err = None
-        except Exception as exc:  # a corrupt shard fails to decode: reported as this chunk's fault by the caller
-            got, err = f"unreadable ({type(exc).__name__}: {exc})", f"{type(exc).__name__}: {exc}"
-        sums.append(got)
-        spans.append((s, stop, err))
+    source = arr.async_array
+    for at in range(0, len(starts), CHUNKS_IN_FLIGHT):
+        group = [(s, min(s + rows, n)) for s in starts[at : at + CHUNKS_IN_FLIGHT]]
+
+        async def gather(group=group):
+            return await asyncio.gather(*(source.getitem(slice(s, stop)) for s, stop in group), return_exceptions=True)
+
+        for (s, stop), got in zip(group, sync(gather())):
+            if isinstance(got, Exception):  # a corrupt shard fails to decode: reported as this chunk's fault
+                err = f"{type(got).__name__}: {got}"
+                sums.append(f"unreadable ({err})")
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                err = None
+                sums.append(chunk_digest(np.asarray(got)).hex())
+            spans.append((s, stop, err))
     return sums, spans
 
 

@@ -26,11 +26,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from mpt_data import schema
 from mpt_data.fileio import atomic_write
-from mpt_data.integrity import StoreError, chunk_digest, manifest_fingerprint, metadata_differences, parse_manifest, store_metadata
+from mpt_data.freeze import _array_chunk_sums, _set_files_writable
+from mpt_data.integrity import StoreError, manifest_fingerprint, metadata_differences, parse_manifest, store_metadata
 from mpt_data.remote import Location
 
 COPY_MARKER = ".mpt-copy.json"  # at the destination while a copy is unfinished
@@ -177,14 +176,10 @@ def _wrong_files(src: Location, dst: Location, manifest: dict, src_files: dict[s
                                   mode="r", **opts)
         except Exception as err:
             raise dst.error(err, f"open {name}") from err
-        rows = int(manifest["arrays"][name]["chunk_rows"])
-        n = arr.shape[0] if arr.ndim else 1
+        got_sums, spans = _array_chunk_sums(arr, name, int(manifest["arrays"][name]["chunk_rows"]))
         for ci, want in enumerate(sums):
-            s, stop = ci * rows, min((ci + 1) * rows, n)
-            try:
-                got = chunk_digest(np.asarray(arr[s:stop] if arr.ndim else arr[...])).hex()
-            except Exception:  # a damaged file can fail to decode: it is one of the wrong ones
-                got = None
+            got = got_sums[ci] if ci < len(got_sums) else None  # unreadable chunks carry a non-hex checksum
+            s, stop = spans[min(ci, len(spans) - 1)][:2]
             if got != want:
                 files = _chunk_files(arr, name, s, stop, present)
                 if not files:
@@ -239,8 +234,6 @@ def copy_store(cfg: CopyConfig, echo: Callable[[str], None] = lambda line: None)
             raise StoreError(f"{dst.url}: metadata of the copy differs from {schema.INTEGRITY_MANIFEST}: {problems[0]}")
         _remove_marker(dst)
         if dst.local:
-            from mpt_data.freeze import _set_files_writable
-
             _set_files_writable(dst.path, False)
     finally:
         if lock is not None:

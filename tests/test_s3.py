@@ -116,7 +116,8 @@ def test_the_read_cache_replaces_a_corrupted_entry(s3, reference_store, bucket_s
     first = reader.read_chunks([0, 1])
     assert reader.cache.misses > 0 and reader.cache.hits == 0
     entry = tmp_path / reference_store.fingerprint / schema.VERTICES / "1.npy"
-    stored = np.load(entry)
+    original = np.load(entry)
+    stored = original.copy()
     stored.flat[0] += 7  # a damaged cache entry: must be noticed by its checksum and replaced
     np.save(entry, stored)
     again = open_store(bucket_store, storage_options=s3.options(), cache_dir=str(tmp_path))
@@ -124,23 +125,26 @@ def test_the_read_cache_replaces_a_corrupted_entry(s3, reference_store, bucket_s
     assert again.cache.evictions == 1 and again.cache.hits > 0
     for a, b in zip(first, second):
         assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert np.array_equal(np.load(entry), np.load(entry)) and not np.array_equal(np.load(entry), stored)
+    assert np.array_equal(np.load(entry), original)  # the damaged entry was rewritten from the store
 
 
-def test_an_interrupted_copy_resumes_copying_only_what_is_missing_or_wrong(s3, reference_store):
+def test_verify_names_a_corrupted_object_and_a_resumed_copy_moves_only_what_is_missing_or_wrong(s3, reference_store):
     from mpt_data.freeze import verify_store
 
     url, root = _copy_to_new_bucket(s3, reference_store)
     fs = s3.filesystem()
-    # What a copy killed before its end leaves: the root zarr.json (written last) absent, the marker present,
-    # a data object never uploaded, and one whose bytes differ (same size, so only the checksums can tell).
+    corrupted = _vertices_shard(fs, root)
+    _flip_byte(fs, corrupted)  # same size: only the chunk checksums can tell
+    report = verify_store(url, s3.options())
+    assert not report.ok
+    assert any(m.startswith("meshes/vertices: chunk ") for m in report.mismatches), report.mismatches
+    # Now what a copy killed before its end leaves besides: the root zarr.json (written last) absent, the marker
+    # present, and a data object never uploaded.
     fs.rm_file(f"{root}/zarr.json")
     fs.pipe_file(f"{root}/{COPY_MARKER}", json.dumps({"fingerprint": reference_store.fingerprint}).encode())
-    shards = sorted(k for k in fs.find(root) if "/c/" in k)
-    missing, corrupted = shards[0], _vertices_shard(fs, root)
+    missing = sorted(k for k in fs.find(root) if "/c/" in k)[0]
     assert missing != corrupted
     fs.rm_file(missing)
-    _flip_byte(fs, corrupted)
     with pytest.raises(StoreError, match="no Zarr store"):  # a partial copy is never taken for a store
         verify_store(url, s3.options())
     report = copy_store(CopyConfig(str(reference_store.path), url, {}, s3.options(), progress=False))
@@ -149,17 +153,6 @@ def test_an_interrupted_copy_resumes_copying_only_what_is_missing_or_wrong(s3, r
     assert report.repaired == [rel(corrupted)]
     assert verify_store(url, s3.options()).ok
     assert not fs.exists(f"{root}/{COPY_MARKER}")
-
-
-def test_verify_names_a_corrupted_object_in_the_bucket(s3, reference_store):
-    from mpt_data.freeze import verify_store
-
-    url, root = _copy_to_new_bucket(s3, reference_store)
-    fs = s3.filesystem()
-    _flip_byte(fs, _vertices_shard(fs, root))
-    report = verify_store(url, s3.options())
-    assert not report.ok
-    assert any(m.startswith("meshes/vertices: chunk ") for m in report.mismatches), report.mismatches
 
 
 def test_copy_refuses_an_unfrozen_store_and_a_destination_holding_another(s3, reference_store, unfrozen_store,
