@@ -33,11 +33,12 @@ def main(debug: bool) -> None:
     """MPT trainer: pre-train on MoCap heatmaps from a store, fine-tune on images, evaluate.
 
     \b
-    Typical use:
-      mpt-train pretrain --shards ./store --preset tiny --out runs/pre
+    Typical use, after `mpt-data --help`'s (a frozen ./store, image shards in ./images):
+      mpt-train pretrain --shards ./store --preset tiny --epochs 1 --out runs/pre
       mpt-train evaluate --checkpoint runs/pre/latest --shards ./store --split val
-      mpt-train finetune --init runs/pre/latest --data mix.yaml --out runs/ft
-      mpt-train predict --checkpoint runs/ft/latest --image person.jpg --out pred/
+      mpt-train finetune --init runs/pre/latest --data ./images/mixture.yaml --backbone tiny --epochs 1 \\
+        --out runs/ft
+      mpt-train predict --checkpoint runs/ft/latest --image ./images/images/val/000000.jpg --out pred/
     Runs on CUDA when a GPU is present and on the CPU otherwise; use torchrun for many GPUs.
     """
 
@@ -230,6 +231,7 @@ def _figures_table(rows: dict[str, dict[str, float]]) -> str:
 @main.command()
 @click.option("--checkpoint", required=True, help="Checkpoint folder, run folder, or RUN/latest.")
 @click.option("--shards", required=True, help="Store path or fsspec URL.")
+@store_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True,
               help="Store split to score.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Samples per forward pass.")
@@ -247,7 +249,8 @@ def _figures_table(rows: dict[str, dict[str, float]]) -> str:
 @click.option("--picture-seed", type=int, default=0, show_default=True, help="Seed of the --picture's sample draw.")
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 @click.option("--force", is_flag=True, help="Evaluate even if the store fingerprint differs from training.")
-def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_baseline, device, json_out,
+def evaluate(checkpoint, shards, storage_options, cache_dir, split, batch_size, mask_ratio, max_batches, no_baseline,
+             device, json_out,
              picture, picture_samples, picture_seed, allow_unfrozen, force):
     """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
     from .evaluate import evaluate_checkpoint
@@ -255,7 +258,8 @@ def evaluate(checkpoint, shards, split, batch_size, mask_ratio, max_batches, no_
     res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
                               max_batches=max_batches, baseline=not no_baseline, device=device,
                               allow_unfrozen=allow_unfrozen, force=force, picture=picture,
-                              picture_samples=picture_samples, picture_seed=picture_seed)
+                              picture_samples=picture_samples, picture_seed=picture_seed,
+                              storage_options=storage_options, cache_dir=cache_dir)
     click.echo(_figures_table(res))
     if json_out:
         from mpt_data.fileio import atomic_write_json

@@ -141,14 +141,16 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
                         baseline_batches: int = 50, num_workers: int = 0, device: str = "auto",
                         allow_unfrozen: bool = False, force: bool = False,
                         picture: str | None = None, picture_samples: int = 6,
-                        picture_seed: int = 0) -> dict[str, dict[str, float]]:
+                        picture_seed: int = 0, storage_options: dict | None = None,
+                        cache_dir: str | None = None) -> dict[str, dict[str, float]]:
     """Score a pre-trained checkpoint on a store split.
 
     Returns {"clean": metrics, "missing_joints": metrics with MHM-style removed joints
     (ratio ``mask_ratio``, drawn from each sample's key), "mean_pose" and "mean_camera_frame":
     the baselines of :func:`mean_pose`, one prediction for every input}. Metrics in mm.
     ``picture``: also write the input heatmaps, predicted and true meshes of ``picture_samples`` varied
-    samples drawn with ``picture_seed`` to this PNG (:func:`comparison_picture`).
+    samples drawn with ``picture_seed`` to this PNG (:func:`comparison_picture`). ``storage_options``,
+    ``cache_dir``: how to reach a store given as a URL (see :class:`~mpt_train.data.LoaderConfig`).
     """
     import dataclasses
 
@@ -157,13 +159,14 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
     from .loading import load_checkpoint_run
 
     dev = choose_device(device)
+    where = dict(storage_options=storage_options or {}, cache_dir=cache_dir)
     probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
-                                    shuffle=False, drop_last=False))
+                                    shuffle=False, drop_last=False, **where))
     model, run_cfg = load_checkpoint_run(checkpoint, expected_fingerprint=probe.fingerprint, force=force)
     model = model.to(dev)
     inputs_cfg = InputConfig(**run_cfg["inputs"])
     loader_cfg = LoaderConfig(shards=shards, split=split, batch_size=batch_size, num_workers=num_workers,
-                              joint_set=model.cfg.joint_set, allow_unfrozen=allow_unfrozen).for_eval(split)
+                              joint_set=model.cfg.joint_set, allow_unfrozen=allow_unfrozen, **where).for_eval(split)
     if PairLoader(loader_cfg).dataset.num_pairs == 0:
         raise ValueError(f"{shards}: split {split!r} has no samples")
 

@@ -247,9 +247,14 @@ def test_credentials_never_reach_logs_checkpoints_run_configs_or_stores(s3, refe
                                          "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(run)])
     assert trained.exit_code == 0, trained.output
     assert list(run.rglob("state.pt")) and (run / "metrics.jsonl").exists()
+    scored = runner.invoke(train_main, ["evaluate", "--checkpoint", str(run), "--shards", url, *s3.cli_options(),
+                                        "--max-batches", "1", "--batch-size", "8", "--no-baseline", "--device", "cpu",
+                                        "--json-out", str(run / "eval.json")])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((run / "eval.json").read_text())["clean"]["samples"] == 8
     written = [p for root in (run, staged, tmp_path / "cache") for p in Path(root).rglob("*") if p.is_file()]
     assert any(p.suffix == ".npy" for p in written) and any(p.name == "integrity.json" for p in written)
-    logs = copied.output + back.output + trained.output + "".join(capfd.readouterr())
+    logs = copied.output + back.output + trained.output + scored.output + "".join(capfd.readouterr())
     for secret in (SECRET_KEY.encode(), ACCESS_KEY.encode()):
         assert [str(p) for p in written if secret in p.read_bytes()] == []
         assert secret not in logs.encode()
