@@ -246,7 +246,7 @@ class BodyModel:
         if posedirs.shape != (num_vertices, 3, 9 * (num_joints - 1)):
             raise ModelFileError(f"{model_file}: posedirs {posedirs.shape}, expected ({num_vertices}, 3, {9 * (num_joints - 1)})")
         self.has_pose_correctives = bool(np.any(posedirs != 0))
-        from mpt_data.kinematics import chain_levels
+        from mpt_data.kinematics import chain_levels, plan_skinning
 
         try:
             self._levels = chain_levels(parents.tolist())
@@ -256,6 +256,7 @@ class BodyModel:
         shapedirs = shapedirs[:, :, : self.num_betas]
         f32 = dict(dtype=torch.float32, device=self.device)
         # Layouts of mpt_data.kinematics.lbs: vertex-major rows (3 V), one column per coefficient.
+        self._skinning = plan_skinning(weights, self.device)
         self._v_template = torch.tensor(v_template.reshape(-1, 1), **f32)  # (3 V, 1)
         self._shapedirs = torch.tensor(shapedirs.reshape(-1, self.num_betas), **f32)  # (3 V, nb)
         # Rest joints are linear in betas: regress template and shape directions once.
@@ -265,7 +266,6 @@ class BodyModel:
         )  # (nb, J*3)
         self._posedirs = (torch.tensor(posedirs.reshape(-1, posedirs.shape[2]), **f32)  # (3 V, P)
                           if self.has_pose_correctives else None)
-        self._weights = torch.tensor(weights, **f32)
         self.block = FORWARD_BLOCK
 
         self._regressors = self._build_regressors(j_reg, dict(face_vertex_ids), h36m_regressor)
@@ -371,7 +371,7 @@ class BodyModel:
         from mpt_data.kinematics import lbs
 
         verts, joints = lbs(betas, pose, self._v_template, self._shapedirs, self._posedirs,
-                            self._j_template, self._j_shapedirs, self._levels, self._weights, out=out["vertices"])
+                            self._j_template, self._j_shapedirs, self._levels, self._skinning, out=out["vertices"])
         out["skeleton"].copy_(joints)
         for name, value in self.joint_sets_from(out["vertices"], joints).items():
             out[name].copy_(value)

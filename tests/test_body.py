@@ -287,9 +287,13 @@ def test_lbs_is_smplx_lbs_root_centred(num_joints):
     given the same model arrays, minus smplx's posed root."""
     from smplx.lbs import lbs as smplx_lbs
 
-    from mpt_data.kinematics import chain_levels, lbs
+    from mpt_data.kinematics import chain_levels, lbs, plan_skinning
 
-    data = tiny_body_model(num_joints=num_joints)
+    data = dict(tiny_body_model(num_joints=num_joints))
+    # Real models move each vertex with a few joints (at most 4 in SMPL): keep each vertex's 3 largest weights.
+    w = np.asarray(data["weights"], np.float64)
+    w[w < np.sort(w, axis=1)[:, -3:-2]] = 0
+    data["weights"] = w / w.sum(1, keepdims=True)
     poses, betas = _random_batch(5)
     poses = np.ascontiguousarray(poses[:, : 3 * num_joints])
 
@@ -305,10 +309,16 @@ def test_lbs_is_smplx_lbs_root_centred(num_joints):
     ref_v, ref_j = smplx_lbs(b, p, v_template, shapedirs, posedirs.reshape(-1, posedirs.shape[2]).T, j_reg,
                              parents, weights)
     root = ref_j[:, :1]
+    plan = plan_skinning(weights.numpy(), chunk=100)
+    dense = torch.zeros_like(weights)  # the plan holds every non-zero weight and nothing else
+    for i, (j, w) in enumerate(plan.chunks):
+        dense[100 * i: 100 * i + w.shape[0], j] = w
+    assert plan.num_vertices == v_template.shape[0] and torch.equal(dense, weights)
+    assert min(len(j) for j, _ in plan.chunks) < num_joints  # chunks leave out the joints that do not move them
     verts, joints = lbs(b, p, v_template.reshape(-1, 1), shapedirs.reshape(-1, nb),
                         posedirs.reshape(-1, posedirs.shape[2]), j_reg @ v_template,
                         torch.einsum("jv,vcb->bjc", j_reg, shapedirs).reshape(nb, -1),
-                        chain_levels(parents.tolist()), weights)
+                        chain_levels(parents.tolist()), plan)
     assert verts.shape == ref_v.shape and joints.shape == ref_j.shape
     np.testing.assert_allclose(verts.numpy(), (ref_v - root).numpy(), atol=1e-5)
     np.testing.assert_allclose(joints.numpy(), (ref_j - root).numpy(), atol=1e-5)
