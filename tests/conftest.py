@@ -41,7 +41,7 @@ def unfrozen_store(build_inputs, tmp_path_factory) -> Path:
 def other_fingerprint_store(build_inputs, reference_store, tmp_path_factory) -> BuiltStore:
     """The reference store's data and layout under another fingerprint: built with another body-model batch
     size, a recipe field the store records (so the fingerprint covers it) that changes no byte of the data,
-    since the forward runs in fixed blocks of 16 meshes whatever the batch size."""
+    since the forward runs in fixed blocks of 128 meshes whatever the batch size."""
     out = tmp_path_factory.mktemp("other_fingerprint") / "store"
     other = build_frozen_store(small_config(build_inputs, out, batch_size=32))
     assert other.fingerprint != reference_store.fingerprint
