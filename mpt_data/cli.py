@@ -18,12 +18,16 @@ def main(debug: bool) -> None:
     """MPT data side: turn AMASS motion capture into a frozen store of training pairs.
 
     \b
-    Typical use:
-      mpt-data synth --out ./synth                     # synthetic body model + AMASS-format motions
-      mpt-data build --recipe pipelines/demo.yaml --out ./store --cameras 8
+    Typical use, in an empty folder (synthetic inputs; for AMASS, point --amass-root and --body-models at it):
+      mpt-data synth --out ./synth         # a synthetic body model + AMASS-format motions
+      mpt-data build --recipe demo --amass-root ./synth/amass --body-models ./synth/body_models --out ./store
       mpt-data freeze ./store && mpt-data verify ./store
       mpt-data info ./store
       mpt-data preview ./store --mesh 0 --out mesh0.png
+    Images for fine-tuning (SPIN format; here synthetic):
+      mpt-data synth-images --amass-root ./synth/amass --body-models ./synth/body_models --out ./images \\
+        --train-images 200 --val-images 20
+      mpt-data images --annotations ./images/synth_train.npz --images ./images --out ./images/shards
     """
 
 

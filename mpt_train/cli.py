@@ -375,7 +375,8 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     res = _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
     if task.runtime.is_main:  # under torchrun only rank 0 prints
-        click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        click.echo(" ".join(f"{k} {v:.1f}" for k, v in res.items()) if res else
+                   f"fine-tuned -> {out} (no --val given: no validation figures)")
 
 
 @main.command("train-pose")
@@ -555,6 +556,8 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
 @device_option
 def predict(checkpoint, image, bbox, out, device):
     """Reconstruct the mesh of the person in IMAGE: writes mesh.obj, overlay.png, prediction.json."""
+    from pathlib import Path
+
     from .predict import PredictConfig, run
 
     box = None
@@ -566,7 +569,8 @@ def predict(checkpoint, image, bbox, out, device):
         if len(box) != 4:
             raise click.BadParameter(f"{bbox!r}: expected four numbers x,y,w,h")
     info = run(PredictConfig(checkpoint, image, out, box, device))
-    click.echo(f"{out}/mesh.obj ({info['num_vertices']} vertices), {out}/overlay.png")
+    folder = Path(out)
+    click.echo(f"{folder / 'mesh.obj'} ({info['num_vertices']} vertices), {folder / 'overlay.png'}")
 
 
 if __name__ == "__main__":

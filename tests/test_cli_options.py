@@ -128,3 +128,31 @@ def test_the_evaluate_table_lines_up():
                                                ["mean_camera_frame", "1247.9", "196.6"]]
     assert len({len(line) for line in lines}) == 1  # every column right-aligned to the same end
     assert lines[1].index("92.3") + 4 == lines[2].index("1247.9") + 6 == lines[0].index("mpjpe") + 5
+
+
+def _typical_use(group) -> list[list[str]]:
+    """The command lines of a group's "Typical use" help (continuation lines joined, comments dropped)."""
+    import shlex
+
+    text = group.help.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in text.splitlines()
+            if line.strip().startswith(("mpt-data ", "mpt-train "))]
+
+
+@pytest.mark.parametrize("group", [data_cli, train_cli], ids=["mpt-data", "mpt-train"])
+def test_the_typical_use_in_help_names_real_options_and_gives_the_required_ones(group):
+    lines = _typical_use(group)
+    assert len(lines) >= 4
+    ctx = click.Context(group)
+    for line in lines:
+        for words in " ".join(line).split(" && "):  # `a && b` runs two commands
+            tool, name, *args = words.split()
+            cmd = group.get_command(ctx, name)
+            assert cmd is not None and tool == ("mpt-data" if group is data_cli else "mpt-train"), words
+            known = {o for p in cmd.params for o in p.opts}
+            given = {a for a in args if a.startswith("--")}
+            assert given <= known, (words, given - known)
+            required = {p.opts[0] for p in cmd.params if isinstance(p, click.Option) and p.required}
+            assert required <= given, (words, required - given)
+            if name == "pretrain":
+                assert len(given & {"--steps", "--epochs"}) == 1, words
