@@ -175,19 +175,44 @@ def figure_size_px(num_panels: int) -> tuple[int, int]:
     return round(cols * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + LEGEND_INCHES) * DPI)
 
 
-def _distinct_digits(values, most: int = 6) -> int:
-    """The fewest significant digits (at least 2) that print ``values`` as distinct labels."""
+def _label_digits(values, most: int = 6) -> int:
+    """The fewest significant digits (at least 2) that print each of ``values`` exactly (a tick at 0.225
+    must not read 0.23) and tell them apart."""
     for d in range(2, most + 1):
-        if len({f"{v:.{d}g}" for v in values}) == len(set(values)):
+        labels = [f"{v:.{d}g}" for v in values]
+        if len(set(labels)) == len(set(values)) and all(abs(float(t) - v) <= 1e-9 * abs(v)
+                                                        for t, v in zip(labels, values)):
             return d
     return most
+
+
+def _log_axis(ax, values: np.ndarray) -> None:
+    """A log-scaled y axis labelled in plain numbers (0.26, not 2.6×10⁻¹), with as many digits as it takes
+    to print the tick values exactly. Curves within one decade get about six evenly spaced ticks (a log axis would
+    show one or two there); wider ones the powers of ten, and the minor ticks' values too up to 1.5 decades,
+    except within ~12 % of a power of ten, where a label would touch the one beside it."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+
+    ax.set_yscale("log")
+    span = float(np.log10(values.max() / values.min())) if len(values) else 0.0
+    if span < 1.0:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.yaxis.set_minor_locator(NullLocator())
+    lo, hi = ax.get_ylim()
+    labelled_minor = 1.0 <= span < 1.5
+    shown = [v for v in np.concatenate([ax.yaxis.get_majorticklocs(),
+                                        ax.yaxis.get_minorticklocs() if labelled_minor else []]) if lo <= v <= hi]
+    digits = _label_digits(shown)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{digits}g}"))
+    minor = FuncFormatter(lambda v, _: "" if abs(math.log10(v) - round(math.log10(v))) < 0.05 else f"{v:.{digits}g}")
+    ax.yaxis.set_minor_formatter(minor if labelled_minor else NullFormatter())
 
 
 def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
     """A matplotlib Figure (Agg canvas, not shown) of the panels; one colour per label, one legend on top."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
+    from matplotlib.ticker import EngFormatter
 
     w, h = figure_size_px(len(panel_list))
     fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
@@ -205,21 +230,7 @@ def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
                               marker="o" if p.markers else None, markersize=3.5)
             handles.setdefault(lab, line)
         if p.log:
-            ax.set_yscale("log")
-            # plain numbers (0.26) rather than 2.6×10⁻¹; minor ticks labelled only while the curves span
-            # less than ~1.5 decades, beyond that their labels would overlap
-            ys = np.concatenate([c.y[c.y > 0] for _, c in p.series])
-            few_decades = len(ys) > 0 and np.log10(ys.max() / ys.min()) < 1.5
-            lo, hi = ax.get_ylim()
-            shown = [v for v in np.concatenate([ax.yaxis.get_majorticklocs(),
-                                                ax.yaxis.get_minorticklocs() if few_decades else []])
-                     if lo <= v <= hi]
-            digits = _distinct_digits(shown)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{digits}g}"))
-            # a minor label within ~12 % of a power of ten (0.09, 1.1) would touch the major label beside it
-            minor = FuncFormatter(lambda v, _: "" if abs(math.log10(v) - round(math.log10(v))) < 0.05
-                                  else f"{v:.{digits}g}")
-            ax.yaxis.set_minor_formatter(minor if few_decades else NullFormatter())
+            _log_axis(ax, np.concatenate([c.y[c.y > 0] for _, c in p.series]))
         ax.set_xlim(left=0, right=x_max * 1.02)
         ax.set_title(p.title, fontsize=10)
         ax.set_ylabel(p.ylabel, fontsize=9)

@@ -109,7 +109,8 @@ def test_bad_runs_give_one_line_naming_the_file(tmp_path, case, message):
     assert "Traceback" not in r.output and not out.exists()
 
 
-def test_tick_labels_get_the_digits_that_tell_them_apart():
-    assert pl._distinct_digits([0.2, 0.3, 0.4]) == 2
-    assert pl._distinct_digits([1.0, 1.05, 1.1, 1.15, 1.2]) == 3  # at 2 digits 1.05 and 1.1 both print 1.1
-    assert pl._distinct_digits([100.0, 100.5]) == 4
+def test_tick_labels_get_the_digits_that_print_them_exactly():
+    assert pl._label_digits([0.2, 0.3, 0.4]) == 2
+    assert pl._label_digits([1.0, 1.05, 1.1, 1.15, 1.2]) == 3  # at 2 digits 1.05 would print 1.1 (or 1)
+    assert pl._label_digits([0.175, 0.2, 0.225, 0.25]) == 3  # 0.225 is not 0.23
+    assert pl._label_digits([100.0, 100.5]) == 4
