@@ -171,7 +171,7 @@ def read_annotations(path: str | Path) -> dict[str, np.ndarray]:
     # An .npz is a zip archive; numpy reads any other file as a pickle and would blame "object data".
     with open(path, "rb") as f:
         if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip with members, or an empty one
-            raise AnnotationError(f"{path}: not an .npz archive (not a zip file); give the SPIN-format "
+            raise AnnotationError(f"{path}: not a readable .npz (not a zip archive); give the SPIN-format "
                                   "annotation .npz (imgname, center, scale, part)")
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -19,11 +19,13 @@ class TrainerGroup(CommandGroup):
         from .checkpoint import CheckpointError
         from .images import ImageDecodeError, ImageShardError, MixtureError
         from .loading import ChannelOrderMismatch
+        from .report import RunReportError
         from .runtime import DeviceError
         from .trainer import RunFolderError
 
         return super().expected_errors() + (CheckpointError, RunFolderError, ImageShardError, ImageDecodeError,
-                                            MixtureError, ChannelOrderMismatch, CheckpointMismatch, DeviceError)
+                                            MixtureError, ChannelOrderMismatch, CheckpointMismatch, DeviceError,
+                                            RunReportError)
 
 
 @click.group(cls=TrainerGroup, context_settings={"help_option_names": ["-h", "--help"]})

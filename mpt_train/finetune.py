@@ -21,7 +21,8 @@ import torch
 from .augment import AugmentConfig
 from .backbones import BackboneConfig
 from .checkpoint import CheckpointError
-from .images import ImageBatches, ImageEvalBatches, ImageStream, image_prepare, keep_units, read_mixture
+from .images import (ImageBatches, ImageEvalBatches, ImageStream, MixtureError, image_prepare, keep_units,
+                     read_mixture)
 from .loading import BackboneMPT, MapFeed, load_checkpoint_model
 from .losses import Criterion, LossConfig
 from .model import MeshRegressor, topology_from_store
@@ -92,8 +93,8 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
     if ft.scratch_store:
         model.regressor = scratch_regressor(model.regressor, ft.scratch_store, train_cfg.seed)
     if model.cfg.joint_set != IMAGE_JOINT_SET:
-        raise ValueError(f"the transformer predicts {model.cfg.joint_set!r} joints; image shards carry "
-                         f"{IMAGE_JOINT_SET!r} 3D joints: pre-train with joint set {IMAGE_JOINT_SET}")
+        raise CheckpointError(f"{ft.init}: the transformer predicts {model.cfg.joint_set!r} joints; image shards "
+                              f"carry {IMAGE_JOINT_SET!r} 3D joints: pre-train with joint set {IMAGE_JOINT_SET}")
     nv = model.cfg.level_sizes[-1]
     mix = read_mixture(ft.data, seed=train_cfg.seed, num_vertices=nv,
                        augment=AugmentConfig(enabled=ft.augment))
@@ -128,7 +129,7 @@ def load_vertex_flip(path: str, num_vertices: int) -> np.ndarray:
     """A (V,) mirror-vertex permutation from ``.npy``, checked against the model's mesh."""
     flip = np.load(path)
     if flip.shape != (num_vertices,) or not np.array_equal(np.sort(flip), np.arange(num_vertices)):
-        raise ValueError(f"{path}: not a permutation of the model's {num_vertices} vertices")
+        raise MixtureError(f"{path}: not a permutation of the model's {num_vertices} vertices")
     return flip.astype(np.int64)
 
 

@@ -192,7 +192,8 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
             first_row[(str(path), g)] = start
             start += rows
     if not units:
-        raise ValueError(f"{folder}: dataset {name} has no samples")
+        raise ImageShardError(f"{folder}: dataset {name} has no samples; run `mpt-data images` on annotations "
+                              "with at least one usable person")
     return _Dataset(name, float(info["config"]["context"]), units, first_row=first_row)
 
 

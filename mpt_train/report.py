@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Mapping
 
 
+class RunReportError(ValueError):
+    """A run folder without the records a report needs (the message names it and why)."""
+
+
 def final_validation(run_dir: str | Path) -> dict[str, float]:
     """The last validation record of a run (``RUN/metrics.jsonl``, kind "val"), in mm."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -18,7 +22,7 @@ def final_validation(run_dir: str | Path) -> dict[str, float]:
         if rec.get("kind") == "val":
             last = rec
     if last is None:
-        raise ValueError(f"{path}: the run has no validation record (was it given --val?)")
+        raise RunReportError(f"{path}: the run has no validation record (was it given --val?)")
     return {k: float(v) for k, v in last.items() if k not in ("kind",)}
 
 
