@@ -51,7 +51,8 @@ def stage_lines(result, meshes: int) -> list[str]:
 
     sec = result.stage_seconds
     task_total = sum(sec.get(k, 0.0) for k in TASK_STAGES) or float("nan")
-    out = [f"  driver: start-up {sec.get('startup', 0):.2f} s, plan {sec.get('plan', 0):.2f} s, "
+    out = [f"  driver: topology and cameras {sec.get('static', 0):.2f} s, start-up {sec.get('startup', 0):.2f} s, "
+           f"plan {sec.get('plan', 0):.2f} s, "
            f"write phase {sec.get('write', 0):.2f} s"]
     out.append("  tasks (worker seconds): " + ", ".join(
         f"{k} {sec.get(k, 0):.2f} s ({100 * sec.get(k, 0) / task_total:.0f} %)" for k in TASK_STAGES)

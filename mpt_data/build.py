@@ -322,7 +322,8 @@ class BuildResult:
     skipped_files: int
     plan_seconds: float
     write_seconds: float
-    # Where the time went: "startup" (cluster start), "plan", "write" on the driver's clock, and each of
+    # Where the time went: "static" (topology, cameras, body-model facts), "startup" (cluster start), "plan",
+    # "write" on the driver's clock, and each of
     # TASK_STAGES summed over the partition tasks (worker seconds, so with N workers up to N x write).
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -353,7 +354,9 @@ def run_build(config: BuildConfig) -> BuildResult:
 
 def _run_build_locked(config: BuildConfig) -> BuildResult:
     out = Path(config.out)
+    t_static = time.perf_counter()
     static_arrays, static_attrs, model_info = _static_content(config)
+    t_static = time.perf_counter() - t_static
     rhash = recipe_hash(config, model_info["files"])
 
     fresh = True
@@ -425,7 +428,8 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
     _summary(rows, n, config.cameras, time.perf_counter() - t0)
     return BuildResult(path=out, meshes=n, partitions=len(parts), written=tuple(p.index for p in todo),
                        skipped_files=sum(r["status"] != "ok" for r in rows), plan_seconds=t_plan, write_seconds=t_write,
-                       stage_seconds={"startup": t_startup, "plan": t_plan - t_startup, "write": t_write, **stages})
+                       stage_seconds={"static": t_static, "startup": t_startup, "plan": t_plan - t_startup,
+                                      "write": t_write, **stages})
 
 
 def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, rows: list[dict], table: bytes,

@@ -21,7 +21,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def test_stage_seconds_cover_every_stage_of_the_write(build_inputs, tmp_path):
     result = bd.run_build(small_config(build_inputs, tmp_path / "store"))
     sec = result.stage_seconds
-    assert set(sec) == {"startup", "plan", "write", *bd.TASK_STAGES}
+    assert set(sec) == {"static", "startup", "plan", "write", *bd.TASK_STAGES}
     assert all(v >= 0 for v in sec.values())
     for stage in ("read", "forward", "project", "quantise", "compress_write", "record"):
         assert sec[stage] > 0, stage  # every stage ran and was timed
