@@ -33,6 +33,17 @@ PUBLIC_OPTION_KEYS = frozenset({"endpoint_url", "region_name", "anon", "use_ssl"
                                 "retries", "max_attempts", "mode"})
 
 
+_INHERITED_CLIENTS: list[Any] = []
+
+
+def keep_inherited(client: Any) -> None:
+    """Keep a client (file system, zarr group) inherited from the parent through a fork alive until this process
+    exits: it is unusable here (its event loop and connections are the parent's), and collecting it would make its
+    HTTP session warn "Unclosed client session" about a session this process never opened. A forked DataLoader
+    worker exits without collecting, so nothing is printed."""
+    _INHERITED_CLIENTS.append(client)
+
+
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     """{KEY: VALUE} from `KEY=VALUE` strings (`--storage-option`, repeatable).
 
@@ -131,6 +142,8 @@ class Location:
         cached = self.__dict__.get("_client")
         if cached is not None and cached[0] == os.getpid():
             return cached[1], cached[2]
+        if cached is not None:
+            keep_inherited(cached[1])
         fs, root = self._connect()
         object.__setattr__(self, "_client", (os.getpid(), fs, root))
         return fs, root

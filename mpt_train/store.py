@@ -21,6 +21,7 @@ decoded chunks (`ChunkCache`), each entry checked against the same manifest dige
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +34,7 @@ from mpt_data import schema
 from mpt_data import integrity
 from mpt_data.fileio import atomic_write
 from mpt_data.integrity import StoreError
-from mpt_data.remote import Location
+from mpt_data.remote import Location, keep_inherited
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class StoreReader:
         if state == schema.STATE_FROZEN and not self.fingerprint:
             raise StoreError(f"{self.url}: store is frozen but has no {schema.ATTR_FINGERPRINT!r} attribute")
         self.attrs: dict[str, Any] = attrs
-        self._group: zarr.Group | None = group
+        self._group = group
         # Per array, the concatenated 16-byte chunk digests from integrity.json (compact, cheap to pickle).
         self._digests: dict[str, bytes] = {}
         self.verified = state == schema.STATE_FROZEN
@@ -269,9 +270,21 @@ class StoreReader:
     # -- pickling: zarr handles (and fsspec sessions) are re-opened in each worker process.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_group"] = None
+        state["_zarr_group"] = None
         state.pop("cameras", None)
         return state
+
+    @property
+    def _group(self) -> zarr.Group | None:
+        """The open zarr group of this process (None: open it on next use)."""
+        return self.__dict__.get("_zarr_group") if self.__dict__.get("_group_pid") == os.getpid() else None
+
+    @_group.setter
+    def _group(self, value: zarr.Group | None) -> None:
+        old = self.__dict__.get("_zarr_group")
+        if old is not None and self.__dict__.get("_group_pid") != os.getpid():
+            keep_inherited(old)  # a forked worker's copy of the parent's client: see keep_inherited
+        self.__dict__["_zarr_group"], self.__dict__["_group_pid"] = value, os.getpid()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
