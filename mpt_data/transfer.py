@@ -215,11 +215,11 @@ def copy_store(cfg: CopyConfig, echo: Callable[[str], None] = lambda line: None)
         todo = [r for r in sorted(src_files) if r not in (ROOT_METADATA,) and dst_files.get(r) != src_files[r]]
         report.already_there = len(src_files) - 1 - len(todo)
         _transfer(src, dst, todo, src_files, report, cfg)
-        for attempt in range(2):
+        for attempt in range(3):  # metadata first (chunks are read through it), then data, then a clean pass
             wrong = _wrong_files(src, dst, manifest, src_files)
             if not wrong:
                 break
-            if attempt == 1:
+            if attempt == 2 or set(wrong) & set(report.repaired):
                 raise StoreError(f"{dst.url}: {len(wrong)} file(s) still differ after copying them again "
                                  f"({', '.join(wrong[:3])}): the source is damaged; run `mpt-data verify {src.url}`")
             echo(f"{len(wrong)} file(s) at the destination failed the check; copying them again")
