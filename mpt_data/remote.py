@@ -185,6 +185,8 @@ class Location:
 
     def error(self, err: BaseException, doing: str) -> StoreError:
         """One line saying why `doing` failed at this location, naming the URL, never a credential."""
+        if isinstance(err, StoreError):  # raised here already (e.g. a missing s3fs): it says what to do
+            return err
         names = _chain_names(err)
         where = self.url
         if "NoCredentialsError" in names or "PartialCredentialsError" in names:
