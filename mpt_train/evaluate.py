@@ -276,8 +276,10 @@ def comparison_picture(model: torch.nn.Module, batches: Iterable[dict], prepare:
                     v = verts.float().cpu().numpy() + np.array([0.0, 0.0, 3.0])
                     canvas = np.full((size, size, 3), 255, np.uint8)
                     meshes.append(raster.render_mesh(canvas, v, faces, k, color=colour, cull_back=False))
-                cv2.putText(meshes[0], f"PA-MPJPE {float(errors[i]):.1f} mm", (6, size - 10), font, 0.5, (0, 0, 0), 1,
-                            cv2.LINE_AA)
+                # at the top, where the centred mesh rarely reaches; a white rim keeps it readable where it does
+                label = f"PA-MPJPE {float(errors[i]):.1f} mm"
+                cv2.putText(meshes[0], label, (6, 18), font, 0.5, (255, 255, 255), 3, cv2.LINE_AA)
+                cv2.putText(meshes[0], label, (6, 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
                 columns[key] = np.concatenate([tile, *meshes], axis=0)
                 drawn[key] = float(errors[i])
             if len(columns) == len(wanted):
