@@ -209,13 +209,14 @@ class PairStream(IterableDataset):
         per_chunk = self.chunk_counts[self._chunk_order(epoch)] * len(self.cameras)
         return window_offsets(per_chunk, self.config.shuffle_buffer_chunks)
 
-    def _remainder(self, epoch: int, earlier: tuple[Segment, ...]) -> np.ndarray:
-        """The pairs of `epoch` not consumed by its `earlier` segments (intervals of the epoch order)."""
+    def _remainder(self, earlier: tuple[Segment, ...]) -> np.ndarray:
+        """The pairs an epoch has not consumed after its `earlier` segments, as intervals of positions
+        in its order (the same for every epoch: only what sits at a position depends on it)."""
         return remainder(self.num_pairs, earlier)
 
-    def _spans(self, epoch: int, earlier: tuple[Segment, ...]) -> tuple[np.ndarray, list[int]]:
+    def _spans(self, earlier: tuple[Segment, ...]) -> tuple[np.ndarray, list[int]]:
         """(spans, batches per worker of this rank): every slot's [start, stop) in the remainder."""
-        n, lay, b = size(self._remainder(epoch, earlier)), self.layout, self.config.batch_size
+        n, lay, b = size(self._remainder(earlier)), self.layout, self.config.batch_size
         if self.config.drop_last:
             per_rank, spans = train_spans(n, lay)
             return spans, worker_batches(per_rank, lay.num_workers)
@@ -225,8 +226,9 @@ class PairStream(IterableDataset):
 
     def rank_plan(self, epoch: int, earlier: tuple[Segment, ...] = ()) -> list[tuple[int, int]]:
         """[(worker, worker batch)] in the order this rank yields its batches in `epoch` after the
-        `earlier` segments. With drop_last every rank makes the same number of full batches."""
-        return interleave(self._spans(epoch, earlier)[1])
+        `earlier` segments. With drop_last every rank makes the same number of full batches. (Every
+        epoch has the same plan; which pairs the batches hold depends on the epoch.)"""
+        return interleave(self._spans(earlier)[1])
 
     def num_batches(self, epoch: int, earlier: tuple[Segment, ...] = ()) -> int:
         """Batches this rank yields in `epoch` after the `earlier` segments (from metadata alone)."""
@@ -234,9 +236,9 @@ class PairStream(IterableDataset):
 
     def slot_pieces(self, epoch: int, earlier: tuple[Segment, ...], slot: int) -> list[tuple[int, int, int]]:
         """The pair sequence of `slot` as [(window, first, stop)] runs of window positions, in order."""
-        spans, _ = self._spans(epoch, earlier)
+        spans, _ = self._spans(earlier)
         lo, hi = (int(x) for x in spans[slot])
-        return window_pieces(take(self._remainder(epoch, earlier), lo, hi), self._window_offsets(epoch))
+        return window_pieces(take(self._remainder(earlier), lo, hi), self._window_offsets(epoch))
 
     def window_chunks(self, epoch: int, window: int) -> tuple[int, ...]:
         """The chunk ids of `window` of `epoch`, read together."""

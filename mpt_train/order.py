@@ -147,8 +147,8 @@ def consumed_spans(n: int, segment: Segment) -> np.ndarray:
     lay = segment.layout
     per_rank, spans = train_spans(n, lay)
     if not 0 <= segment.batches <= per_rank:
-        raise ValueError(f"segment of {segment.batches} batches: a remainder of {n} pairs gives "
-                         f"{per_rank} of {lay.global_batch}")
+        raise ValueError(f"segment of {segment.batches} batches: a remainder of {n} pairs makes "
+                         f"{per_rank} steps of {lay.global_batch}")
     done = np.tile(np.asarray(worker_batches(segment.batches, lay.num_workers), np.int64), lay.world_size)
     return np.stack([spans[:, 0], spans[:, 0] + done * lay.batch_size], 1)
 
