@@ -231,7 +231,7 @@ def draw(panel_list: Sequence[Panel], labels: Sequence[str]):
             handles.setdefault(lab, line)
         if p.log:
             _log_axis(ax, np.concatenate([c.y[c.y > 0] for _, c in p.series]))
-        ax.set_xlim(left=0, right=x_max * 1.02)
+        ax.set_xlim(left=0, right=x_max * 1.04)  # room for a marker on the last point
         ax.set_title(p.title, fontsize=10)
         ax.set_ylabel(p.ylabel, fontsize=9)
         ax.set_xlabel("samples trained on", fontsize=9)
