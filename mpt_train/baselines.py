@@ -123,7 +123,9 @@ def baseline_rows(sources: BaselineSources, like: torch.nn.Module, device: torch
     if sources.pretrained:
         regressor, run_config = load_checkpoint_run(sources.pretrained)
         if isinstance(regressor, MeshRegressor):
-            if sources.backbone is not None:
+            # a fine-tuning run that started its 2D network from random weights has no network to test
+            # the pre-trained transformer behind: no row then (it would score an unseeded random network)
+            if sources.backbone is not None and sources.backbone.checkpoint:
                 model = no_finetune_model(sources.pretrained, sources.backbone, sources.feed)
                 rows["no fine-tune"] = Row(model.to(device), plain)
             rows["oracle (ground-truth 2D heatmaps)"] = Row(
