@@ -128,7 +128,7 @@ def baseline_rows(sources: BaselineSources, like: torch.nn.Module, device: torch
             if sources.backbone is not None and sources.backbone.checkpoint:
                 model = no_finetune_model(sources.pretrained, sources.backbone, sources.feed)
                 rows["no fine-tune"] = Row(model.to(device), plain)
-            rows["oracle (ground-truth 2D heatmaps)"] = Row(
+            rows["oracle (true 2D heatmaps)"] = Row(
                 regressor.to(device), oracle_prepare(device, pretraining_inputs(run_config, regressor)))
     return rows
 

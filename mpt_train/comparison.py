@@ -48,10 +48,14 @@ def _caption(tile: np.ndarray, text: str, top: bool = False) -> np.ndarray:
 
 
 def _strip(width: int, text: str) -> np.ndarray:
+    """A white caption strip with ``text``, in a smaller font when it would not fit the width."""
     import cv2
 
     strip = np.full((LABEL_PX, width, 3), 255, np.uint8)
-    cv2.putText(strip, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    scale = 0.5
+    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 8:
+        scale -= 0.02
+    cv2.putText(strip, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
 
 
