@@ -114,6 +114,7 @@ def _forward_rates(body_dir: Path, batch: int, repeats: int) -> tuple[float, flo
     import torch
 
     from mpt_data.body import BodyModel, BodyModelConfig, find_model_file
+    from mpt_data.synth.picture import quiet_smplh
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -121,8 +122,8 @@ def _forward_rates(body_dir: Path, batch: int, repeats: int) -> tuple[float, flo
     betas = rng.normal(size=(batch, 16)).astype(np.float32)
     cfg = BodyModelConfig(str(body_dir), "smplh", 16)
     ours = BodyModel.load(cfg, "neutral")
-    ref = smplx.SMPLH(model_path=str(find_model_file(cfg, "neutral")), use_pca=False, flat_hand_mean=True,
-                      num_betas=16, batch_size=batch)
+    ref = quiet_smplh(smplx.SMPLH, model_path=str(find_model_file(cfg, "neutral")), use_pca=False,
+                      flat_hand_mean=True, num_betas=16, batch_size=batch)
     nb = ref.num_betas
     tp, tb = torch.from_numpy(poses), torch.from_numpy(betas[:, :nb])
 
@@ -135,8 +136,8 @@ def _forward_rates(body_dir: Path, batch: int, repeats: int) -> tuple[float, flo
                       right_hand_pose=tp[:, 111:156], return_verts=True)
             out.vertices.numpy()
 
-    single = smplx.SMPLH(model_path=str(find_model_file(cfg, "neutral")), use_pca=False, flat_hand_mean=True,
-                         num_betas=16, batch_size=1)
+    single = quiet_smplh(smplx.SMPLH, model_path=str(find_model_file(cfg, "neutral")), use_pca=False,
+                         flat_hand_mean=True, num_betas=16, batch_size=1)
     frames = min(batch, 128)
 
     def per_frame_step():  # the plain loop a user would write: one smplx call per frame

@@ -58,9 +58,9 @@ def test_under_two_ranks_only_rank_0_prints_and_validation_goes_above_the_bar(re
 def test_smplx_notice_about_ten_shape_coefficients_is_dropped_and_other_output_kept(build_inputs, capfd):
     import smplx
 
-    from mpt_data.synth.picture import _quiet_smplh
+    from mpt_data.synth.picture import quiet_smplh
 
-    model = _quiet_smplh(smplx.SMPLH, str(build_inputs.body_dir / "smplh"), gender="female", use_pca=False,
+    model = quiet_smplh(smplx.SMPLH, str(build_inputs.body_dir / "smplh"), gender="female", use_pca=False,
                          flat_hand_mean=True, num_betas=10)
     assert model.num_betas == 10
     assert "shape coefficients" not in capfd.readouterr().out
@@ -70,7 +70,7 @@ def test_smplx_notice_about_ten_shape_coefficients_is_dropped_and_other_output_k
         print("loaded 3 files")
         return "model"
 
-    assert _quiet_smplh(noisy) == "model"
+    assert quiet_smplh(noisy) == "model"
     assert capfd.readouterr().out == "loaded 3 files\n"
 
 

@@ -54,7 +54,7 @@ def _key_frame(kind: str, arrays: dict[str, np.ndarray]) -> int:
     return len(poses) // 3
 
 
-def _quiet_smplh(smplh, *args, **kwargs):
+def quiet_smplh(smplh, *args, **kwargs):
     """``smplh(*args, **kwargs)`` without smplx's notice that the file has only 10 shape coefficients, which
     it prints (not a Python warning) for every model it loads: the picture asks for 10 on purpose. Any other
     output of the constructor is passed on."""
@@ -82,7 +82,7 @@ def pose_sheet(models_dir: str | os.PathLike, seed: int = 0, tile: int = 240) ->
     rng = np.random.default_rng(seed)
     columns = []
     genders = ("neutral",) + tuple(("male", "female", "neutral")[k % 3] for k in range(len(sm.MOTIONS)))
-    models = {g: _quiet_smplh(smplx.SMPLH, str(models_dir / "smplh"), gender=g, use_pca=False, flat_hand_mean=True,
+    models = {g: quiet_smplh(smplx.SMPLH, str(models_dir / "smplh"), gender=g, use_pca=False, flat_hand_mean=True,
                               vertex_ids=ids, num_betas=10)
               for g in set(genders)}
     for col, kind in enumerate(("rest",) + sm.MOTIONS):
