@@ -71,7 +71,7 @@ def pretraining_inputs(run_config: Mapping, regressor: MeshRegressor) -> InputCo
         cfg = InputConfig(**{k: v for k, v in saved.items() if k in fields})
     else:
         cfg = InputConfig(patch=cfg_patch(regressor))
-    return dataclasses.replace(cfg, use_mhm=False, mask_ratio=0.0, noise_std=0.0, jitter_px=0.0)
+    return cfg.without_augmentation()
 
 
 def cfg_patch(regressor: MeshRegressor, size: int = 224) -> int:

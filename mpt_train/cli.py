@@ -544,7 +544,9 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
     if picture:
         from .comparison import write_comparison_grid
 
-        shown = {name: row for name, row in rows.items() if not name.startswith("mean pose")}  # no 2D input
+        from .evaluate import MeanPoseModel
+
+        shown = {name: row for name, row in rows.items() if not isinstance(row.model, MeanPoseModel)}  # no 2D input
         click.echo(f"picture: {write_comparison_grid(shown, folders[0], picture, picture_count)}")
 
 
