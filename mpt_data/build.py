@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mpt_data import __version__, conventions, schema
+from mpt_data import __version__, meshes, schema
 from mpt_data import store as st
 from mpt_data.fileio import LockError, atomic_write_bytes, atomic_write_json
 from mpt_data.integrity import SEQUENCES_KEY
@@ -67,6 +67,7 @@ class TaskContext:
     batch_size: int
     torch_threads: int | None  # 1 inside cluster workers (one process per core); None: leave as is
     device: str = "cpu"  # "cpu" or "cuda": where the body-model forward runs (see _task_device)
+    hands: tuple[str, ...] = ()  # hand recipes: the sides made of each sampled frame (mpt_data.meshes)
 
 
 # Stages of a partition task; each process sums its tasks' seconds per stage here (like the model cache, per
@@ -76,6 +77,7 @@ TASK_STAGES = ("model_load", "read", "forward", "project", "quantise", "compress
 _STAGE_SECONDS: dict[str, float] = dict.fromkeys(TASK_STAGES, 0.0)
 
 _MODEL_CACHE: dict[tuple, Any] = {}
+_load_body_model = meshes.load_model  # (model_dir, model_type, gender, num_betas, h36m, device) -> model
 
 
 def _task_device(ctx: TaskContext) -> str:
@@ -99,8 +101,10 @@ def _task_device(ctx: TaskContext) -> str:
 
 
 def _body_model(ctx: TaskContext, gender: str, times: dict[str, float] | None = None):
-    """The body model for `gender`, built once per process (per worker, not per task) and kept for later tasks."""
+    """The body (or hand) model for `gender`, built once per process (per worker, not per task) and kept for
+    later tasks."""
     device = _task_device(ctx)
+    gender = meshes.model_cache_key(ctx.body_model_type, gender)
     key = (ctx.body_model_dir, ctx.body_model_type, gender, ctx.num_betas, ctx.h36m_regressor, device)
     if key not in _MODEL_CACHE:
         t = time.perf_counter()
@@ -149,12 +153,14 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         lap("read")
         model = _body_model(ctx, seg.gender, times)
         clock = time.perf_counter()
-        betas = _fit_betas(motion.betas, ctx.num_betas)
+        betas = meshes.mesh_betas(ctx.body_model_type, motion.betas, ctx.num_betas)
+        sides = np.asarray(seg.sides, dtype=np.int64) if seg.sides else None
         for b in range(0, frames.shape[0], ctx.batch_size):
             fr = frames[b : b + ctx.batch_size]
             sl = slice(lo + b, lo + b + fr.shape[0])
-            poses = motion.poses[fr]
-            verts, joints = _forward(model, poses, betas)
+            poses, verts, joints = meshes.forward_frames(model, ctx.body_model_type, motion.poses[fr], betas,
+                                                         None if sides is None else sides[b : b + ctx.batch_size],
+                                                         ctx.hands)
             lap("forward")
             try:
                 arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
@@ -166,7 +172,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             for name, j in joints.items():
                 arrays[f"{schema.JOINTS_GROUP}/{name}"][sl] = j
             lap("quantise")
-            j2d, vis, crop = _project_views(rig, joints[conventions.HEATMAP_JOINT_SET], verts)
+            j2d, vis, crop = _project_views(rig, joints[meshes.heatmap_joint_set(ctx.body_model_type)], verts)
             arrays[schema.JOINTS2D][sl] = j2d
             arrays[schema.VISIBLE][sl] = vis
             arrays[schema.CROP][sl] = crop
@@ -200,14 +206,6 @@ def partition_task(ctx: TaskContext, part: Partition) -> tuple[dict[str, Any], d
     before = dict(_STAGE_SECONDS)
     record = run_partition(ctx, part)
     return record, {k: _STAGE_SECONDS[k] - before[k] for k in TASK_STAGES}
-
-
-def _fit_betas(betas: np.ndarray, num: int) -> np.ndarray:
-    """Truncate or zero-pad a sequence's betas to the model's count, (num,) float32."""
-    out = np.zeros(num, dtype=np.float32)
-    k = min(num, betas.shape[0])
-    out[:k] = betas[:k]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -396,8 +394,8 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
         table = sequences_table_bytes(rows)
         layout = st.StoreLayout(
             num_meshes=n, num_vertices=model_info["num_vertices"], num_cameras=config.cameras,
-            joint_sets=model_info["joint_sets"], pose_dim=conventions.AMASS_SMPLH_POSE_DIM,
-            num_betas=model_info["num_betas"], heatmap_joints=len(conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]),
+            joint_sets=model_info["joint_sets"], pose_dim=model_info["pose_dim"],
+            num_betas=model_info["num_betas"], heatmap_joints=model_info["joint_sets"][model_info["heatmap_joint_set"]],
             chunk_meshes=config.chunk_meshes, shard_meshes=config.shard_meshes,
         )
         table_sum = st.table_checksum(table_rows(table))
@@ -412,6 +410,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             body_model_dir=config.body_model_dir, body_model_type=config.body_model_type, num_betas=model_info["num_betas"],
             h36m_regressor=config.h36m_regressor, cameras=config.cameras, layout=layout, recipe_hash=rhash,
             batch_size=config.batch_size, torch_threads=None if client is None else 1, device=config.device,
+            hands=config.hands,
         )
         arrays = sorted(st.mesh_array_specs(layout))
         todo = [p for p in parts if not st.record_is_valid(
@@ -447,7 +446,7 @@ def _create(out: Path, cfg: BuildConfig, rhash: str, layout: st.StoreLayout, row
     recipe["sample_fps"] = rows[0]["sample_fps"] if rows else None
     attrs = {
         schema.ATTR_RECIPE: recipe, schema.ATTR_RECIPE_HASH: rhash, schema.ATTR_COUNTS: counts,
-        schema.ATTR_HEATMAP_JOINT_SET: conventions.HEATMAP_JOINT_SET, schema.ATTR_BODY_MODEL: model_info["describe"],
+        schema.ATTR_HEATMAP_JOINT_SET: model_info["heatmap_joint_set"], schema.ATTR_BODY_MODEL: model_info["describe"],
         schema.ATTR_VERTEX_SCALE_M: schema.VERTEX_SCALE_M, schema.ATTR_CROP_SIZE: schema.CROP_SIZE,
     }
     st.create_store(out, layout, attrs)
@@ -500,83 +499,18 @@ def _summary(rows: list[dict], n: int, cameras: int, seconds: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Body model, cameras and topology (the maths lives in mpt_data.body / cameras / topology)
-
-
-def _body_config(model_dir: str, model_type: str, num_betas: int, h36m: str | None):
-    from mpt_data.body import BodyModelConfig
-
-    return BodyModelConfig(model_dir=model_dir, model_type=model_type, num_betas=num_betas, h36m_regressor=h36m)
-
-
-def _load_body_model(model_dir: str, model_type: str, gender: str, num_betas: int, h36m: str | None,
-                     device: str = "cpu"):
-    from mpt_data.body import BodyModel
-
-    return BodyModel.load(_body_config(model_dir, model_type, num_betas, h36m), gender, device)
-
-
-def _forward(model, poses: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(B, V, 3) root-centred vertices and {joint set: (B, J, 3)} for a batch sharing one betas vector."""
-    out = model.forward(poses, np.repeat(betas[None], poses.shape[0], axis=0))
-    return out["vertices"], {name: out[name] for name in model.joint_sets}
+# Static content and cameras (the model-specific parts live in mpt_data.meshes; the maths in mpt_data.body,
+# hand, cameras and topology)
 
 
 def _static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, Any]]:
-    """Driver-owned arrays (cameras, topology, regressors) and facts about the body model.
-
-    Fails at once (RecipeError) when no body-model file is found or one is malformed.
-    """
-    from mpt_data.amass import file_sha256
-    from mpt_data.body import GENDERS, BodyModel, ModelFileError, find_model_file
-
-    bcfg = _body_config(cfg.body_model_dir, cfg.body_model_type, cfg.num_betas, cfg.h36m_regressor)
-    files: dict[str, str] = {}
-    found: dict[str, Path] = {}
-    for g in GENDERS:
-        try:
-            found[g] = find_model_file(bcfg, g)
-        except FileNotFoundError:
-            continue
-    if not found:
-        try:
-            find_model_file(bcfg, "neutral")
-        except FileNotFoundError as err:
-            raise RecipeError(str(err)) from err
-    # The topology comes from the neutral model when there is one (all genders share faces and joint trees).
-    gender = next(g for g in ("neutral", "male", "female") if g in found)
-    try:
-        model = BodyModel.load(bcfg, gender)
-    except (ModelFileError, FileNotFoundError, ValueError) as err:
-        raise RecipeError(f"body model: {err}") from err
-    for g, p in sorted(found.items()):
-        files[f"{g}:{p.name}"] = file_sha256(p)
-        ids = p.parent / "vertex_ids.json"
-        if ids.is_file():
-            files[f"{g}:vertex_ids.json"] = file_sha256(ids)
-    if cfg.h36m_regressor:
-        files["h36m_regressor"] = file_sha256(cfg.h36m_regressor)
-
-    arrays: dict[str, np.ndarray] = {}
-    attrs: dict[str, dict] = {}
-    arrays[schema.TOPOLOGY_TEMPLATE] = model.template().astype(np.float32)
-    arrays[schema.TOPOLOGY_FACES] = model.faces.astype(np.int32)
-    for name, reg in model.joint_regressors().items():
-        arrays[f"{schema.TOPOLOGY_REGRESSORS}/{name}"] = reg.astype(np.float32)
-    arrays.update(_topology_arrays(arrays[schema.TOPOLOGY_TEMPLATE], arrays[schema.TOPOLOGY_FACES]))
+    """Driver-owned arrays (cameras, topology, regressors) and facts about the body model
+    (`mpt_data.meshes.static_content`). Fails at once (RecipeError) when no model file is found or one is
+    malformed."""
+    arrays, info = meshes.static_content(cfg)
     cam_arrays, cam_attrs = _camera_arrays(cfg.cameras)
     arrays.update(cam_arrays)
-    attrs.update(cam_attrs)
-    info = {
-        "files": files,
-        "genders": sorted(found),
-        "num_vertices": model.num_vertices,
-        "num_betas": model.num_betas,
-        "joint_sets": {name: int(reg.shape[0]) for name, reg in model.joint_regressors().items()},
-        "describe": {"type": cfg.body_model_type, "num_vertices": model.num_vertices, "num_joints": model.num_joints,
-                     "num_betas": model.num_betas, "topology_from": gender, "files": files},
-    }
-    return arrays, attrs, info
+    return arrays, cam_attrs, info
 
 
 def _camera_rig(n: int):
@@ -602,17 +536,3 @@ def _camera_arrays(n: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     group_attrs = {schema.CAMERAS: {schema.ATTR_CAMERA_NAMES: [str(x) for x in stacked["name"]],
                                     schema.ATTR_SUBJECT_POSITION: [float(x) for x in SUBJECT_POSITION]}}
     return arrays, group_attrs
-
-
-def _topology_arrays(template: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:
-    """The coarse-mesh hierarchy (V -> ~V/4 -> ~V/16) as `topology/level<l>/...` arrays."""
-    from mpt_data.topology import coarse_hierarchy
-
-    out = {}
-    for level, lv in enumerate(coarse_hierarchy(template, faces), start=1):
-        prefix = schema.TOPOLOGY_LEVEL.format(level=level)
-        out[f"{prefix}/{schema.LEVEL_VERTEX_IDS}"] = np.asarray(lv.vertex_ids, np.int32)
-        out[f"{prefix}/{schema.LEVEL_FACES}"] = np.asarray(lv.faces, np.int32)
-        out[f"{prefix}/{schema.LEVEL_UP_INDEX}"] = np.asarray(lv.up_index, np.int32)
-        out[f"{prefix}/{schema.LEVEL_UP_WEIGHT}"] = np.asarray(lv.up_weight, np.float32)
-    return out

@@ -4,6 +4,10 @@ Every motion file is read and validated in full (`scan_file`, run on the cluster
 here with its reason and can never shift indices later. Kept sequences get their sampled frames in sorted
 path order; the mesh range is cut into partitions of exactly one shard each, so each write task owns whole
 shards. Everything here is a pure function of the files and the recipe: any number of workers gets the same plan.
+
+A hand recipe (`hands: [right, left]`) makes one mesh per hand side of each sampled frame: frame f's meshes
+are consecutive, in the recipe's `hands` order, so a sequence of F sampled frames owns F x len(hands) meshes
+(a shard may end between the sides of one frame). A body recipe makes one mesh per sampled frame.
 """
 
 from __future__ import annotations
@@ -30,8 +34,14 @@ class Segment:
     size: int  # bytes, checked again when the task reads the file
     gender: str
     split: int
-    frames: tuple[int, ...]  # source frame indices
+    frames: tuple[int, ...]  # source frame index of each mesh
     mesh_start: int  # global mesh index of frames[0]
+    sides: tuple[int, ...] = ()  # hand recipes: each mesh's index into the recipe's `hands`; () for bodies
+
+
+def meshes_per_frame(cfg: BuildConfig) -> int:
+    """Meshes made of one sampled frame: one per hand side of a hand recipe, else 1."""
+    return max(1, len(cfg.hands))
 
 
 @dataclass(frozen=True)
@@ -81,19 +91,21 @@ def plan_build(cfg: BuildConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[
         reasons = "; ".join(f"{r['path']}: {r['reason']}" for r in rows[:5])
         raise RecipeError(f"no usable motion files under {cfg.amass_root} (after include/exclude; {len(rows)} "
                           f"skipped{': ' + reasons if reasons else ''}); nothing to build")
+    per_frame = meshes_per_frame(cfg)
     if cfg.target_fps is not None:
         rate = float(cfg.target_fps)
-    else:
-        rate = allocate_target([r["frames"] for r in ok], [r["fps"] for r in ok], int(cfg.target_meshes))
+    else:  # target_meshes counts meshes: a hand recipe samples a len(hands)-th as many frames
+        rate = allocate_target([r["frames"] for r in ok], [r["fps"] for r in ok],
+                               max(1, -(-int(cfg.target_meshes) // per_frame)))
     next_mesh = 0
-    sampled: dict[int, np.ndarray] = {}
+    sampled: dict[int, np.ndarray] = {}  # row -> source frame of each of its meshes
     for i, r in enumerate(rows):
         r["index"] = i
         r["split"] = splits.get(r["subset"], "train")
         if r["status"] != "ok":
             r["sampled"], r["first_mesh"] = 0, -1
             continue
-        idx = sample_indices(r["frames"], r["fps"], rate)
+        idx = np.repeat(sample_indices(r["frames"], r["fps"], rate), per_frame)
         sampled[i] = idx
         r["sampled"], r["first_mesh"] = int(idx.shape[0]), next_mesh
         next_mesh += int(idx.shape[0])
@@ -112,9 +124,10 @@ def plan_build(cfg: BuildConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[
             i = order[j]
             r, idx, first = rows[i], sampled[i], rows[i]["first_mesh"]
             lo, hi = max(start, first), min(stop, first + idx.shape[0])
+            sides = tuple(k % per_frame for k in range(lo - first, hi - first)) if cfg.hands else ()
             segs.append(Segment(row=i, path=str(root / r["path"]), size=r["size"], gender=r["gender"],
                                 split=schema.SPLITS[r["split"]], frames=tuple(int(f) for f in idx[lo - first:hi - first]),
-                                mesh_start=lo))
+                                mesh_start=lo, sides=sides))
             j += 1
         parts.append(Partition(pi, start, stop, tuple(segs)))
     for r in rows:

@@ -24,6 +24,8 @@ from mpt_data import schema
 
 SPLIT_NAMES = tuple(schema.SPLITS)
 CAMERA_COUNTS = (1, 2, 4, 8)
+BODY_MODEL_TYPES = ("smplh", "smpl", "mano")  # mano: the hand path (mpt_data.meshes), one mesh per hand side
+HAND_SIDES = ("right", "left")
 
 
 class RecipeError(ValueError):
@@ -48,6 +50,7 @@ class BuildConfig:
     body_model_type: str = "smplh"
     num_betas: int = 16
     h36m_regressor: str | None = None  # J_regressor_h36m.npy (17, V); adds the h36m17 joint set
+    hands: tuple[str, ...] = ()  # mano only: the hand sides made of each sampled frame, in mesh order
     target_fps: float | None = None  # exactly one of target_fps / target_meshes
     target_meshes: int | None = None
     cameras: int = 4
@@ -76,6 +79,10 @@ class BuildConfig:
         d["splits"] = dict(self.splits)
         d["subsets_include"] = list(self.subsets_include)
         d["subsets_exclude"] = list(self.subsets_exclude)
+        if self.hands:  # a body recipe records no hand sides (its hash stays what it was before hands existed)
+            d["hands"] = list(self.hands)
+        else:
+            d.pop("hands")
         return d
 
     def with_absolute_paths(self) -> BuildConfig:
@@ -103,6 +110,16 @@ class BuildConfig:
             raise RecipeError(f"cameras must be one of {CAMERA_COUNTS}, got {self.cameras}")
         if self.num_betas < 1:
             raise RecipeError(f"body_model.num_betas must be >= 1, got {self.num_betas}")
+        if self.body_model_type not in BODY_MODEL_TYPES:
+            raise RecipeError(f"body_model.type must be one of {BODY_MODEL_TYPES}, got {self.body_model_type!r}")
+        if self.body_model_type == "mano":
+            if not self.hands or any(h not in HAND_SIDES for h in self.hands) or len(set(self.hands)) != len(self.hands):
+                raise RecipeError(f"hands must list distinct sides of {HAND_SIDES} for body_model.type mano, got "
+                                  f"{list(self.hands)}")
+            if self.h36m_regressor:
+                raise RecipeError("body_model.h36m_regressor is a body joint set; remove it for body_model.type mano")
+        elif self.hands:
+            raise RecipeError(f"hands {list(self.hands)} needs body_model.type mano (it is {self.body_model_type!r})")
         if self.chunk_meshes < 1 or self.shard_meshes < 1 or self.shard_meshes % self.chunk_meshes:
             raise RecipeError(f"store.shard_meshes ({self.shard_meshes}) must be a positive multiple of store.chunk_meshes ({self.chunk_meshes})")
         if self.batch_size < 1:
@@ -131,6 +148,7 @@ _RECIPE_KEYS = {
     "body_model.type": "body_model_type",
     "body_model.num_betas": "num_betas",
     "body_model.h36m_regressor": "h36m_regressor",
+    "hands": "hands",
     "sampling.target_fps": "target_fps",
     "sampling.target_meshes": "target_meshes",
     "cameras": "cameras",
@@ -249,7 +267,7 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
     for k, v in overrides.items():
         if v is not None:
             fields[k] = v
-    for k in ("subsets_include", "subsets_exclude"):
+    for k in ("subsets_include", "subsets_exclude", "hands"):
         if k in fields:
             fields[k] = tuple(fields[k] or ())
     if isinstance(fields.get("fps_overrides"), dict):
