@@ -75,7 +75,8 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
 @click.option("--out", type=click.Path(file_okay=False), help="Store directory to write.  [default: store]")
 @click.option("--amass-root", type=click.Path(file_okay=False), help="Overrides sources.amass_root.")
 @click.option("--body-models", "body_model_dir", type=click.Path(file_okay=False), help="Overrides body_model.dir.")
-@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), help="Overrides body_model.type.")
+@click.option("--body-model-type", type=click.Choice(["smplh", "smpl", "mano"]),
+              help="Overrides body_model.type (mano: hand meshes, see the recipe key hands).")
 @click.option("--num-betas", type=int, help="Overrides body_model.num_betas.")
 @click.option("--h36m-regressor", type=click.Path(dir_okay=False), help="J_regressor_h36m.npy: adds the h36m17 joint set.")
 @click.option("--target-fps", type=float, help="Sample this many frames per second of motion.")
@@ -187,7 +188,8 @@ def info(store, as_json, storage_options):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
 @storage_option
 def preview(store, mesh_index, out, storage_options):
-    """Draw one mesh in every camera: the 224 crop with its 17 heatmaps (sigma 3), skeleton and mesh."""
+    """Draw one mesh in every camera: the 224 crop with its heatmaps (sigma 3; 17 for a body, 21 for a hand),
+    skeleton and mesh."""
     from mpt_data.preview import write_preview
 
     write_preview(store, mesh_index, out, storage_options)

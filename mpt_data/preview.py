@@ -2,8 +2,8 @@
 
 Each camera gets two panels of its 224 x 224 person crop (drawn at `PANEL_SCALE` times that size): the mesh (the
 stored int16 vertices, placed at the rig's subject position and projected with the stored K, R, t and crop) with
-the stored 2D joints and the skeleton, limbs coloured by the subject's side; and below it the 17 COCO heatmaps the
-trainer will render from the stored 2D joints (S = exp(-|p - x|^2 / sigma^2), sigma = 3 crop pixels, pixel i
+the stored 2D joints and the skeleton of the store's heatmap joint set (`heatmap_joint_set`: COCO-17 for a body,
+HAND-21 for a hand), limbs coloured by the subject's side; and below it the K heatmaps the trainer will render from the stored 2D joints (S = exp(-|p - x|^2 / sigma^2), sigma = 3 crop pixels, pixel i
 covering [i, i + 1)), their maximum colour-mapped over the dimmed mesh. A strip at the bottom keys the colours.
 The mesh and the heatmaps come from different arrays of the store, so a heatmap off its joint on the mesh means
 an inconsistent store.
@@ -25,6 +25,16 @@ PANELS_PER_ROW = 4
 TITLE_PX, LEGEND_PX = 24, 30  # the strips above and below the panels
 HEATMAP_BACKGROUND = 0.45  # the mesh is dimmed under the heatmaps so their colours stand out
 HEATMAP_ALPHA = 0.9  # weight of the colour map where a heatmap is 1 (it fades with the heatmap value)
+
+
+def heatmap_skeleton(joint_set: str) -> tuple[tuple[int, int], ...]:
+    """The skeleton edges drawn over a heatmap joint set's 2D joints: COCO-17's, or HAND-21's (wrist to each
+    fingertip); StoreError for a set that has none."""
+    if joint_set == "coco17":
+        return conventions.COCO_SKELETON
+    if joint_set == "hand21":
+        return conventions.HAND21_SKELETON
+    raise st.StoreError(f"no skeleton is defined for the heatmap joint set {joint_set!r}")
 
 
 def joint_heatmaps(joints2d: np.ndarray, visible: np.ndarray, size: int = schema.CROP_SIZE,
@@ -68,6 +78,7 @@ class MeshViews:
     names: list[str]
     subject_position: np.ndarray  # (3,)
     split: int
+    joint_set: str = conventions.HEATMAP_JOINT_SET  # the store's heatmap joint set (of joints2d)
 
 
 def read_mesh_views(path: str | Path, index: int, storage_options: dict | None = None) -> MeshViews:
@@ -92,6 +103,7 @@ def read_mesh_views(path: str | Path, index: int, storage_options: dict | None =
         names=list(cams.get(schema.ATTR_CAMERA_NAMES, [])),
         subject_position=np.asarray(cams.get(schema.ATTR_SUBJECT_POSITION, [0.0, 0.0, 0.0]), np.float64),
         split=int(group[schema.SPLIT][index]),
+        joint_set=str(group.attrs.get(schema.ATTR_HEATMAP_JOINT_SET, conventions.HEATMAP_JOINT_SET)),
     )
 
 
@@ -114,7 +126,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def render_panels(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> tuple[np.ndarray, np.ndarray]:
     """Two (224 * scale, 224 * scale, 3) uint8 BGR pictures of camera c: the mesh with the 2D joints and
-    skeleton, limbs coloured by side (`mpt_data.raster.SIDE_COLOURS`); and the 17 heatmaps (their maximum,
+    skeleton, limbs coloured by side (`mpt_data.raster.SIDE_COLOURS`); and the K heatmaps (their maximum,
     colour-mapped) over the dimmed mesh."""
     from mpt_data import raster
 
@@ -126,8 +138,11 @@ def render_panels(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> tuple[n
     k_panel[:2, 2] -= schema.PIXEL_CENTRE
     mesh = raster.render_mesh(canvas, cam, views.faces, k_panel)
     pts = views.joints2d[c] * scale - schema.PIXEL_CENTRE
-    names = conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]
-    joints = raster.draw_pose(mesh, pts, views.visible[c], names, conventions.COCO_SKELETON, thickness=2, radius=3)
+    names = conventions.JOINT_SETS[views.joint_set]
+    if len(names) != views.joints2d.shape[1]:
+        raise st.StoreError(f"{views.joint_set} has {len(names)} joints, the store's views have {views.joints2d.shape[1]}")
+    joints = raster.draw_pose(mesh, pts, views.visible[c], names, heatmap_skeleton(views.joint_set), thickness=2,
+                              radius=3)
     dim = (mesh * HEATMAP_BACKGROUND).astype(np.uint8)
     heat = raster.heatmap_overlay(dim, joint_heatmaps(views.joints2d[c], views.visible[c]), alpha=HEATMAP_ALPHA)
     name = views.names[c] if c < len(views.names) else str(c)

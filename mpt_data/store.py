@@ -4,32 +4,37 @@ A store is one Zarr v3 group in a local directory (schema 1, paths in `mpt_data.
 
 | path | shape, dtype | meaning |
 | --- | --- | --- |
-| `meshes/vertices` | (N, V, 3) int16, attrs `scale_m` = `scale_factor` = 1e-4, `units` = m | root-centred vertices, body frame, z up; metres = stored * scale_m (CF readers such as xarray decode it through `scale_factor`) |
-| `meshes/joints/<set>` | (N, J, 3) float32 | 3D joints of each joint set (`smpl24`, `coco17`, `h36m17` if a regressor was given), same frame |
-| `meshes/pose` | (N, P) float32 | source axis-angle pose (P = 156, SMPL+H layout) |
-| `meshes/betas` | (N, B) float32 | shape parameters given to the body model (B = the recipe's num_betas) |
+| `meshes/vertices` | (N, V, 3) int16, attrs `scale_m` = `scale_factor` = 1e-4, `units` = m | root-centred vertices (root: the pelvis of a body, the wrist of a hand), AMASS world axes, z up; metres = stored * scale_m (CF readers such as xarray decode it through `scale_factor`) |
+| `meshes/joints/<set>` | (N, J, 3) float32 | 3D joints of each joint set (bodies: `smpl24`, `coco17`, `h36m17` if a regressor was given; hands: `hand21`), same frame |
+| `meshes/pose` | (N, P) float32 | axis-angle pose (bodies: the source's, P = 156, SMPL+H layout; hands: the mesh's right-hand MANO pose, P = 48) |
+| `meshes/betas` | (N, B) float32 | shape parameters given to the model (B = the recipe's num_betas; zeros for hands) |
 | `meshes/sequence` | (N,) int32 | row of `sequences.parquet` the mesh came from |
 | `meshes/frame` | (N,) int32 | frame index in the source file |
 | `meshes/split` | (N,) int8 | `schema.SPLITS` value (train 0, val 1, test 2) |
-| `views/joints2d` | (N, C, K, 2) float32 | heatmap joints (COCO-17) in crop pixels, 0..224 |
+| `views/joints2d` | (N, C, K, 2) float32 | heatmap joints (`heatmap_joint_set`: COCO-17 for bodies, HAND-21 for hands) in crop pixels, 0..224 |
 | `views/visible` | (N, C, K) bool | joint inside the crop and in front of the camera |
 | `views/crop` | (N, C, 3) float32 | crop square x0, y0, side in image pixels |
-| `cameras/K`, `cameras/R`, `cameras/t` | (C,3,3), (C,3,3), (C,3) float32 | intrinsics (pixels); world->camera rotation and translation (metres). attrs: `names`, `subject_position` (world position of the pelvis, metres) |
+| `cameras/K`, `cameras/R`, `cameras/t` | (C,3,3), (C,3,3), (C,3) float32 | intrinsics (pixels); world->camera rotation and translation (metres). attrs: `names`, `subject_position` (world position of the root, metres) |
 | `cameras/image_size` | (C, 2) int32 | width, height in pixels |
-| `topology/template` | (V, 3) float32 | rest-pose template, zero betas, pelvis at the origin, the model's own axes (y up for SMPL), metres |
+| `topology/template` | (V, 3) float32 | rest-pose template, zero betas, root at the origin, the model's own axes (y up for SMPL), metres |
 | `topology/faces` | (F, 3) int32 | triangles |
 | `topology/level<l>/vertex_ids` | (V_l,) int32 | vertices of level l-1 kept in level l (level 0 = the full mesh; l = 1, 2: about V/4, V/16) |
 | `topology/level<l>/faces` | (F_l, 3) int32 | triangles of level l, indices into level l |
 | `topology/level<l>/up_index`, `up_weight` | (V_{l-1}, 3) int32, float32 | each vertex of level l-1 as a weighted sum of 3 level-l vertices |
 | `topology/regressors/<set>` | (J, V) float32 | joint regressor of each joint set (rows sum to 1) |
-| `sequences.parquet` | one row per source file | index, path, subset, subject, gender, fps, frames, sampled, first_mesh, split, size, sha256, status, reason |
+| `sequences.parquet` | one row per source file | index, path, subset, subject, gender, fps, frames, sampled (meshes made of the file), first_mesh, split, size, sha256, status, reason |
 | `_build/partitions/p<i>.json` | JSON | completion record of partition i: range, counts, per-chunk checksums, recipe hash, sources |
 | `_build/static.json` | JSON | checksums of the arrays written by the driver (cameras, topology) and of sequences.parquet |
 | `integrity.json` | canonical JSON | written by freeze: what a reader must see (metadata, attributes, chunk checksums) |
 
 Group attributes: `schema`, `tool_version`, `state` (`building` | `complete` | `frozen`), `recipe` (resolved),
 `recipe_hash`, `counts` (meshes, cameras, views, vertices, faces, sequences, skipped, splits), `joint_sets`
-({name: J}), `heatmap_joint_set`, `chunk_meshes`, `shard_meshes`, `partitions`, `fingerprint` (set by freeze).
+({name: J}), `heatmap_joint_set`, `body_model` (type, sizes, file hashes), `chunk_meshes`, `shard_meshes`,
+`partitions`, `fingerprint` (set by freeze).
+
+A hand store (`body_model.type: mano`, see `mpt_data.meshes`) has the same arrays: each sampled frame makes one
+right-hand mesh per side of the recipe's `hands`, consecutive in that order (mesh `first_mesh + k` of a file is
+side `k % len(hands)` of its frame `meshes/frame`).
 
 Every array carries zarr v3 `dimension_names` (`schema.dimension_names`: `mesh`, `vertex`, `xyz`, `camera`,
 `<set>_joint`, ...), so xarray opens each group as a Dataset and the whole store as a DataTree.
@@ -397,6 +402,8 @@ def store_info(path: str | Path, storage_options: dict[str, Any] | None = None) 
         "tool_version": attrs.get(schema.ATTR_TOOL_VERSION),
         "counts": counts,
         "joint_sets": attrs.get(schema.ATTR_JOINT_SETS),
+        "heatmap_joint_set": attrs.get(schema.ATTR_HEATMAP_JOINT_SET),
+        "body_model": (attrs.get(schema.ATTR_BODY_MODEL) or {}).get("type"),
         "sizes_bytes": sizes,
         "total_bytes": total,
         "vertex_bytes_per_mesh": sizes.get(schema.VERTICES, 0) / n,
@@ -421,7 +428,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"vertices {c.get('vertices')}   faces {c.get('faces')}",
         f"sequences    {c.get('sequences')} used, {c.get('skipped')} skipped",
         "splits       " + "   ".join(f"{k} {v}" for k, v in (c.get("splits") or {}).items()),
-        "joint sets   " + "   ".join(f"{k} ({v})" for k, v in (info["joint_sets"] or {}).items()),
+        "joint sets   " + "   ".join(f"{k} ({v})" for k, v in (info["joint_sets"] or {}).items())
+        + f"   heatmaps {info.get('heatmap_joint_set')}   model {info.get('body_model')}",
         f"layout       {info['chunk_meshes']} meshes/chunk, {info['shard_meshes']} meshes/shard",
         f"on disk      {info['total_bytes'] / 1e6:.2f} MB; vertices {info['vertex_bytes_per_mesh']:.0f} B/mesh "
         f"vs {info['vertex_raw_float32_bytes_per_mesh']:.0f} B raw float32",
