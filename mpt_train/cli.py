@@ -163,9 +163,10 @@ def _given(**fields):
 @store_options
 @click.option("--out", default="runs/pretrain", show_default=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl.")
-@click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", show_default=True,
+@click.option("--preset", type=click.Choice(["tiny", "paper", "tiny-hand", "hand"]), default="tiny", show_default=True,
               help="paper (3x4 layers, hidden 1024/256/64, patch 8, MHM 0.3, lr 2e-4) or tiny (same structure, "
-                   "small; patch 16, MHM 0.1, lr 2e-3).")
+                   "small; patch 16, MHM 0.1, lr 2e-3); hand and tiny-hand: the same for a hand store (21 hand21 "
+                   "joints and heatmaps, MANO mesh).")
 @epochs_option
 @loop_options
 @click.option("--patch", type=int, default=None, help="Heatmap patch side in px (paper 8, tiny 16).")
@@ -174,7 +175,7 @@ def _given(**fields):
 @click.option("--no-mhm", is_flag=True, help="Turn MHM, noise and jitter off (Table 3c ablation).")
 @click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
 @click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
-@click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17).")
+@click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17; hand presets hand21).")
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm_ratio,
@@ -196,10 +197,12 @@ def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mas
 
     if (loop["steps"] is None) == (epochs is None):
         raise click.UsageError("give exactly one of --steps and --epochs")
-    if preset == "tiny":
-        model_preset, inputs_preset, train_preset = ModelConfig.tiny, InputConfig.tiny, TrainConfig.tiny
+    if preset in ("tiny", "tiny-hand"):
+        model_preset = ModelConfig.tiny if preset == "tiny" else ModelConfig.tiny_hand
+        inputs_preset, train_preset = InputConfig.tiny, TrainConfig.tiny
     else:
-        model_preset, inputs_preset, train_preset = ModelConfig.paper, InputConfig.paper, TrainConfig.paper
+        model_preset = ModelConfig.paper if preset == "paper" else ModelConfig.hand
+        inputs_preset, train_preset = InputConfig.paper, TrainConfig.paper
     model_cfg = model_preset(**_given(joint_set=joint_set, mvm_ratio=mvm_ratio))
     inputs_cfg = inputs_preset(**_given(patch=patch, mask_ratio=mask_ratio, use_mhm=False if no_mhm else None,
                                         use_heatmaps=False if coords else None))

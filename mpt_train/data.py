@@ -49,7 +49,8 @@ class LoaderConfig:
     batches, which DDP training needs; False keeps every pair (evaluation: a finite pass
     over all pairs of the split, ranks may then differ by a few batches).
     shuffle_buffer_chunks: chunks whose pairs are shuffled together (memory: this many chunks).
-    joint_set: 3D joint set emitted as "joints3d"; extra_joint_sets are emitted as
+    joint_set: 3D joint set emitted as "joints3d" (None: the store's heatmap joint set, coco17 for
+    a body store, hand21 for a hand store); extra_joint_sets are emitted as
     "joints3d_<set>". cameras: subset of camera indices (None: all).
     allow_unfrozen: accept a store that is not frozen. storage_options: fsspec options for a remote `shards`
     (endpoint, credentials); cache_dir: local read-through chunk cache. rank, world_size: used when
@@ -65,7 +66,7 @@ class LoaderConfig:
     shuffle: bool = True
     drop_last: bool = True
     shuffle_buffer_chunks: int = 4
-    joint_set: str = "coco17"
+    joint_set: str | None = None
     extra_joint_sets: tuple[str, ...] = ()
     cameras: tuple[int, ...] | None = None
     vertices: bool = True
@@ -173,7 +174,8 @@ class PairStream(IterableDataset):
         self.earlier: tuple[Segment, ...] = ()  # segments of `epoch` run on other layouts (mpt_train.order)
         self.worker_offset = 0
         self.split_value = schema.SPLITS[config.split]
-        for name in (config.joint_set, *config.extra_joint_sets):
+        self.joint_set: str = config.joint_set or reader.attrs.get(schema.ATTR_HEATMAP_JOINT_SET, "coco17")
+        for name in (self.joint_set, *config.extra_joint_sets):
             if name not in reader.joint_sets:
                 raise ValueError(f"{reader.url}: joint set {name!r} not in the store; it has {list(reader.joint_sets)}")
         cams = tuple(range(reader.num_cameras)) if config.cameras is None else tuple(config.cameras)
@@ -265,7 +267,7 @@ class PairStream(IterableDataset):
     # -- reading
     def _load_window(self, chunks: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The split's meshes of a window's `chunks`, in chunk order (rows of the window's pair order)."""
-        sets = (self.config.joint_set, *self.config.extra_joint_sets)
+        sets = (self.joint_set, *self.config.extra_joint_sets)
         parts = []
         # The window's chunks in one batch of concurrent requests (round trips overlap on object storage).
         for data in self.reader.read_chunks(list(chunks), joint_sets=sets, vertices=self.config.vertices):
@@ -286,7 +288,7 @@ class PairStream(IterableDataset):
         dst = slice(at, at + n)
         out["joints2d"][dst] = data["joints2d"][rows, cpos]
         out["visible"][dst] = data["visible"][rows, cpos]
-        np.take(data[f"joints/{self.config.joint_set}"], rows, axis=0, out=out["joints3d"][dst])
+        np.take(data[f"joints/{self.joint_set}"], rows, axis=0, out=out["joints3d"][dst])
         for name in self.config.extra_joint_sets:
             np.take(data[f"joints/{name}"], rows, axis=0, out=out[f"joints3d_{name}"][dst])
         if self.config.vertices:
@@ -305,7 +307,7 @@ class PairStream(IterableDataset):
         shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
             "joints2d": ((n, k, 2), torch.float32),
             "visible": ((n, k), torch.bool),
-            "joints3d": ((n, *self._joint_shape(self.config.joint_set)), torch.float32),
+            "joints3d": ((n, *self._joint_shape(self.joint_set)), torch.float32),
             "camera_R": ((n, 3, 3), torch.float32),
             "mesh": ((n,), torch.int64),
             "camera": ((n,), torch.int64),

@@ -189,7 +189,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
             out[name] = evaluate_model(base, PairLoader(loader_cfg), clean, device=dev, max_batches=max_batches)
     if picture:
         comparison_picture(model, PairLoader(loader_cfg), clean, picture, device=dev, num=picture_samples,
-                           seed=picture_seed)
+                           seed=picture_seed, heatmap_joint_set=probe.reader.attrs.get("heatmap_joint_set", "coco17"),
+                           depth_m=picture_depth(probe.reader.topology()["template"]))
     return out
 
 
@@ -214,23 +215,38 @@ def varied_samples(pairs: Iterable[tuple[int, int]], num: int, seed: int = 0) ->
 
 
 PICTURE_ROWS = ("input heatmaps", "prediction", "ground truth")
+PICTURE_DEPTH_M = 3.0  # a body's root this far in front of the picture's pinhole
+PICTURE_BODY_EXTENT_M = 1.7  # ... for a mesh this long (a standing adult)
+
+
+def picture_depth(template) -> float:
+    """Depth (m) of the root in the comparison picture: PICTURE_DEPTH_M for a body-sized template, scaled with the
+    template's longest bounding-box side, so a hand (~0.2 m) fills its tile as a body does."""
+    import numpy as np
+
+    t = np.asarray(template, np.float64)
+    extent = float((t.max(0) - t.min(0)).max()) if t.size else PICTURE_BODY_EXTENT_M
+    return PICTURE_DEPTH_M * min(1.0, extent / PICTURE_BODY_EXTENT_M)
 
 
 @torch.no_grad()
 def comparison_picture(model: torch.nn.Module, batches: Iterable[dict], prepare: Prepare, out_png: str, *,
-                       num: int = 6, device: torch.device | str = "cpu", size: int = 224, seed: int = 0
-                       ) -> list[tuple[int, int, float]]:
+                       num: int = 6, device: torch.device | str = "cpu", size: int = 224, seed: int = 0,
+                       heatmap_joint_set: str = "coco17", depth_m: float = PICTURE_DEPTH_M) -> list[tuple[int, int, float]]:
     """Write a PNG of ``num`` varied held-out samples (:func:`varied_samples`), one column each: the input
     heatmaps the model saw (their maximum, colour-mapped; the 2D skeleton faint grey beneath, for reading
     the pose), the predicted mesh (orange) with the sample's PA-MPJPE (mm, the model's joint set), and the
-    true mesh (grey-blue); both meshes in the view's camera frame, root 3 m in front of the same pinhole.
+    true mesh (grey-blue); both meshes in the view's camera frame, moved alike so the true mesh's centre lies on
+    the optical axis, its root ``depth_m`` (3 m for a body, :func:`picture_depth`) in front of the same pinhole.
     Rows are labelled on the left. ``batches`` is iterated twice (the pairs, then the chosen samples), so each
-    iteration must be a whole pass over the split's store batches, which carry ``mesh`` and ``camera``. Returns the drawn samples as
+    iteration must be a whole pass over the split's store batches, which carry ``mesh`` and ``camera``.
+    ``heatmap_joint_set``: the store's, whose skeleton is drawn (COCO-17 or HAND-21). Returns the drawn samples as
     (mesh, camera, PA-MPJPE mm), left to right."""
     import cv2
     import numpy as np
 
     from mpt_data import conventions, raster  # cv2 + numpy only
+    from mpt_data.preview import heatmap_skeleton
 
     from .metrics import pa_mpjpe
 
@@ -238,6 +254,7 @@ def comparison_picture(model: torch.nn.Module, batches: Iterable[dict], prepare:
     was_training = inner.training
     inner.eval()
     faces = inner.faces.cpu().numpy()
+    skeleton = heatmap_skeleton(heatmap_joint_set)
     k = np.array([[size * 1.3, 0, size / 2], [0, size * 1.3, size / 2], [0, 0, 1]])
     pairs = [p for b in batches for p in zip(b["mesh"].tolist(), b["camera"].tolist())]
     wanted = varied_samples(pairs, num, seed)
@@ -264,16 +281,19 @@ def comparison_picture(model: torch.nn.Module, batches: Iterable[dict], prepare:
                 # 2D joints from [-1, 1] crop units (pixel centres at i + 0.5) to the tile's integer-centred pixels
                 j2d = ((targets["joints2d"][i].float().cpu().numpy() + 1) * size / 2 - 0.5)
                 vis = targets["visible"][i].cpu().numpy()
-                tile = raster.draw_skeleton(np.zeros((size, size, 3), np.uint8), j2d, vis, conventions.COCO_SKELETON,
+                tile = raster.draw_skeleton(np.zeros((size, size, 3), np.uint8), j2d, vis, skeleton,
                                             color=(90, 90, 90), thickness=1)
                 if maps is not None:
                     tile = raster.heatmap_overlay(tile, maps[i].cpu().numpy(), alpha=1.0)
                 else:  # 2D coordinates fed instead of heatmaps: the joints themselves
-                    tile = raster.draw_pose(tile, j2d, vis, conventions.COCO_JOINTS, conventions.COCO_SKELETON, 1, 2)
+                    tile = raster.draw_pose(tile, j2d, vis, conventions.JOINT_SETS[heatmap_joint_set], skeleton, 1, 2)
                 text(tile, f"mesh {key[0]}, camera {key[1]}", 16)
                 meshes = []
+                # both meshes moved alike, so the true mesh's centre is on the optical axis (a hand's root, the
+                # wrist, is at one end of the hand)
+                centre = targets["vertices"][i].float().mean(0).cpu().numpy() * np.array([1.0, 1.0, 0.0])
                 for verts, colour in ((pred["vertices"][i], (80, 150, 230)), (targets["vertices"][i], (200, 170, 140))):
-                    v = verts.float().cpu().numpy() + np.array([0.0, 0.0, 3.0])
+                    v = verts.float().cpu().numpy() - centre + np.array([0.0, 0.0, depth_m])
                     canvas = np.full((size, size, 3), 255, np.uint8)
                     meshes.append(raster.render_mesh(canvas, v, faces, k, color=colour, cull_back=False))
                 # at the top, where the centred mesh rarely reaches; a white rim keeps it readable where it does

@@ -8,7 +8,7 @@ Targets (a dict of tensors on the model's device):
   joints3d     (B, J, 3) metres, camera frame, root-centred, in the model's joint set
   vertices     (B, V, 3) metres, same frame
   joints2d     (B, K, 2) normalised crop coordinates in [-1, 1] (`mpt_train.inputs.normalise_2d`)
-               of the heatmap joint set (COCO-17)
+               of the heatmap joint set (COCO-17 for bodies, HAND-21 for hands)
   visible      (B, K) bool: 2D joint present (projection loss mask)
   has_joints3d (B,) bool, optional (default all True)
   has_vertices (B,) bool, optional (default all True)
@@ -60,12 +60,15 @@ class Criterion:
     """Computes the weighted objective and its terms for a model's predictions.
 
     Holds the model (unwrapped, not DDP) only to read its buffers: the joint regressor G and
-    the mesh level vertex ids.
+    the mesh level vertex ids. ``heatmap_joint_set``: the joint set of the 2D targets (the store's
+    `heatmap_joint_set`); when the model predicts another set, the projection term projects this set
+    regressed from the predicted mesh.
     """
 
-    def __init__(self, cfg: LossConfig, model: MeshRegressor):
+    def __init__(self, cfg: LossConfig, model: MeshRegressor, heatmap_joint_set: str = "coco17"):
         self.cfg = cfg
         self.model = model
+        self.heatmap_joint_set = heatmap_joint_set
 
     def __call__(self, pred: dict, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (total loss scalar, {term name: scalar}) in fp32."""
@@ -93,8 +96,8 @@ class Criterion:
         terms["joints_reg"] = masked_l1(reg, gt_j, has_j)
         proj_src = joints
         k = targets["joints2d"].shape[1]
-        if proj_src.shape[1] != k:  # model predicts another joint set: project its COCO regression
-            proj_src = torch.einsum("jv,bvc->bjc", model.extra_regressor("coco17").float(), verts)
+        if proj_src.shape[1] != k:  # model predicts another joint set: project the heatmap set's regression
+            proj_src = torch.einsum("jv,bvc->bjc", model.extra_regressor(self.heatmap_joint_set).float(), verts)
         proj = weak_perspective(proj_src, pred["camera"].float())
         terms["joints_proj"] = masked_l1(proj, targets["joints2d"].float(), targets["visible"])
         total = sum(getattr(cfg, name) * value for name, value in terms.items())

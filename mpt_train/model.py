@@ -88,6 +88,18 @@ class ModelConfig:
                            mlp_ratio=2.0, dropout=0.0, mvm_ratio=0.1, input_mlp_hidden=128)
         return dataclasses.replace(base, **overrides)
 
+    @staticmethod
+    def hand(**overrides: Any) -> "ModelConfig":
+        """The paper's structure for hands (its FreiHAND model): 3 blocks x 4 layers, 4 heads, hidden
+        1024/256/64, predicting the 21 `hand21` joints from 21 heatmaps, MANO's 778-vertex mesh through its
+        ~195-vertex coarse level (the store's topology fills in the exact sizes)."""
+        return ModelConfig.paper(**(_HAND_SHAPE | overrides))
+
+    @staticmethod
+    def tiny_hand(**overrides: Any) -> "ModelConfig":
+        """The tiny model's structure (see `tiny`) for hands, for CPU runs."""
+        return ModelConfig.tiny(**(_HAND_SHAPE | {"input_token_dim": 16 * 16 * 21} | overrides))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -99,6 +111,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return ModelConfig(**kw)
+
+
+# The hand presets' mesh-shape fields: `hand21` joints and heatmaps (K = 21), MANO's 778 vertices with the
+# coarse levels of `mpt_data.topology.coarse_hierarchy` (~V/16, ~V/4, V), 1538 faces.
+_HAND_SHAPE: dict[str, Any] = {"joint_set": "hand21", "num_joints": 21, "input_token_dim": 8 * 8 * 21,
+                               "level_sizes": (49, 195, 778), "num_faces": 1538}
 
 
 @dataclass(frozen=True)
@@ -192,7 +210,10 @@ def config_for_topology(cfg: ModelConfig, topo: MeshTopology, *, num_input_token
         raise ValueError(f"store topology has no regressor for joint set {cfg.joint_set!r}; "
                          f"has {sorted(topo.regressors)}")
     sizes = tuple(int(len(ids)) for ids in reversed(topo.level_vertex_ids))
-    extra = tuple(s for s in ("h36m17", "smpl24", "coco17") if s in topo.regressors and s != cfg.joint_set)
+    # The body sets in their historical order (it is part of a saved config), then any other set the store has.
+    known = ("h36m17", "smpl24", "coco17")
+    extra = tuple(s for s in (*known, *sorted(set(topo.regressors) - set(known)))
+                  if s in topo.regressors and s != cfg.joint_set)
     return dataclasses.replace(
         cfg, num_joints=int(topo.regressors[cfg.joint_set].shape[0]), level_sizes=sizes,
         num_faces=int(topo.faces.shape[0]), eval_joint_sets=extra,

@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from mpt_data import schema
+
 from .data import LoaderConfig, PairLoader
 from .inputs import InputConfig, prepare_batch
 from .losses import Criterion, LossConfig
@@ -76,7 +78,8 @@ def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg: Input
         print(f"{loader_cfg.shards}: the val split is empty; no validation", file=sys.stderr)
     return Task(
         model=model,
-        criterion=Criterion(loss_cfg, model),
+        criterion=Criterion(loss_cfg, model, heatmap_joint_set=train_loader.reader.attrs.get(
+            schema.ATTR_HEATMAP_JOINT_SET, "coco17")),
         train_batches=train_loader,
         prepare=pretrain_prepare(inputs_cfg, runtime.device, runtime.precision),
         val_batches=(lambda: PairLoader(val_cfg)) if has_val else None,
