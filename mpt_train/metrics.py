@@ -2,13 +2,20 @@
 
 Alignment rules (the usual Human3.6M / 3DPW practice):
 - MPJPE: predicted and true joints are each translated so their root is at the origin, then
-  the mean Euclidean distance over joints. The root is the pelvis for joint sets that have
-  one (SMPL-24, H36M-17) and the midpoint of the two hips for COCO-17 (no pelvis joint).
+  the mean Euclidean distance over joints. The root is `conventions.root_index`: the pelvis for
+  the body sets that have one (SMPL-24, H36M-17), the wrist for hands (HAND-21); the midpoint of
+  the two hips for COCO-17 (no root joint).
 - PA-MPJPE: the prediction is aligned to the truth by the similarity transform (scale,
   rotation, translation) minimising squared error (Procrustes, via SVD), then MPJPE.
 - MPVE: vertices translated by the same root offsets as the joints of the same sample
   (predicted mesh by the predicted root, true mesh by the true root), then the mean
   Euclidean distance over vertices.
+- PA-MPVPE: the predicted vertices similarity-aligned to the true ones by their own Procrustes
+  (FreiHAND's rule: the mesh is aligned on its vertices, not with the joints' transform), then
+  the mean Euclidean distance over vertices (:func:`pa_mpvpe`).
+- F-score at a distance d (FreiHAND): precision = share of predicted points with a true point
+  closer than d, recall = share of true points with a predicted point closer than d,
+  F = 2PR / (P + R), 0 when both are 0; per sample (:func:`f_score`), on the aligned mesh.
 Inputs are in metres; functions return per-sample errors in the input unit; the
 :class:`MetricAccumulator` converts to millimetres.
 """
@@ -17,12 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from mpt_data.conventions import JOINT_SETS, pelvis_index
+from mpt_data.conventions import JOINT_SETS, root_index
 
 
 def root_indices(joint_set: str) -> tuple[int, ...]:
-    """Joints whose mean is the root of ``joint_set``: the pelvis, or both hips for COCO-17."""
-    p = pelvis_index(joint_set)
+    """Joints whose mean is the root of ``joint_set``: its root joint (pelvis, or a hand's wrist), or both
+    hips for COCO-17."""
+    p = root_index(joint_set)
     if p is not None:
         return (p,)
     names = JOINT_SETS[joint_set]
@@ -73,19 +81,47 @@ def pa_mpjpe(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (procrustes_align(pred, gt) - gt).norm(dim=-1).mean(dim=-1)
 
 
+def pa_mpvpe(pred_v: torch.Tensor, gt_v: torch.Tensor) -> torch.Tensor:
+    """Procrustes-aligned mean per-vertex position error. pred_v, gt_v: (B, V, 3) -> (B,), input unit.
+
+    The same similarity alignment as :func:`pa_mpjpe`, estimated on the vertices themselves."""
+    return pa_mpjpe(pred_v, gt_v)
+
+
+def f_score(pred_points: torch.Tensor, gt_points: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-sample F-score of two point clouds at distance ``threshold`` (input unit, e.g. metres).
+
+    pred_points (B, N, 3), gt_points (B, M, 3) -> (B,) in [0, 1]. A point counts as matched when
+    its nearest point of the other cloud is strictly closer than ``threshold``. No alignment is
+    done here: FreiHAND scores the Procrustes-aligned prediction
+    (:func:`mpt_train.protocols.freihand_metrics`). Distances in float64, in chunks of the batch."""
+    out = []
+    for p, g in zip(pred_points.double().split(16), gt_points.double().split(16)):
+        d = torch.cdist(p, g)  # (b, N, M)
+        precision = (d.min(dim=2).values < threshold).double().mean(dim=1)
+        recall = (d.min(dim=1).values < threshold).double().mean(dim=1)
+        total = precision + recall
+        out.append(torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), torch.zeros_like(total)))
+    return torch.cat(out).to(pred_points.dtype) if out else pred_points.new_zeros(0)
+
+
 def mpve(pred_v: torch.Tensor, gt_v: torch.Tensor, pred_root: torch.Tensor, gt_root: torch.Tensor) -> torch.Tensor:
     """Mean per-vertex error after root alignment. pred_v, gt_v: (B, V, 3); roots (B, 1, 3) -> (B,)."""
     return ((pred_v - pred_root) - (gt_v - gt_root)).norm(dim=-1).mean(dim=-1)
 
 
 class MetricAccumulator:
-    """Sums per-sample errors (metres) by name; :meth:`result` gives means in millimetres."""
+    """Sums per-sample errors (metres) by name; :meth:`result` gives means in millimetres (means as they
+    are for the names added with ``unitless=True``, e.g. F-scores)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.unitless: set[str] = set()
 
-    def add(self, name: str, per_sample: torch.Tensor) -> None:
+    def add(self, name: str, per_sample: torch.Tensor, unitless: bool = False) -> None:
+        if unitless:
+            self.unitless.add(name)
         v = per_sample.detach().double()
         self.sums[name] = self.sums.get(name, 0.0) + float(v.sum())
         self.counts[name] = self.counts.get(name, 0) + int(v.numel())
@@ -101,7 +137,8 @@ class MetricAccumulator:
         self.counts = {n: int(t[1, i]) for i, n in enumerate(names)}
 
     def result(self) -> dict[str, float]:
-        return {n: 1000.0 * self.sums[n] / max(self.counts[n], 1) for n in sorted(self.sums)}
+        return {n: (1.0 if n in self.unitless else 1000.0) * self.sums[n] / max(self.counts[n], 1)
+                for n in sorted(self.sums)}
 
 
 def evaluate_batch(acc: MetricAccumulator, pred: dict, targets: dict, joint_set: str,
