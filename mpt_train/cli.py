@@ -176,10 +176,19 @@ def _given(**fields):
 @click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
 @click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
 @click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17; hand presets hand21).")
+@click.option("--cameras", "camera_mode", type=click.Choice(["rig", "random"]), default="rig", show_default=True,
+              help="rig: the store's stored views; random: one random virtual camera per sample, projected on the "
+                   "device (distribution: mpt_train.views, README 'Random cameras and held-out rigs').")
+@click.option("--camera-config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="YAML file of the random-camera distribution's fields (e.g. distance_m: [3, 8]); with "
+                   "--cameras random.")
+@click.option("--store-cameras", default=None,
+              help="Train on these store cameras only, comma-separated indices (e.g. 0,2,4,6: the 4 Human3.6M "
+                   "cameras of an 8-camera store).")
 @click.option("--force", is_flag=True, help="Resume even if the store fingerprint differs.")
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mask_ratio, no_mhm, coords, mvm_ratio,
-             joint_set, force, allow_unfrozen, **loop):
+             joint_set, camera_mode, camera_config, store_cameras, force, allow_unfrozen, **loop):
     """Pre-train the mesh regression transformer on MoCap heatmaps streamed from a store.
 
     \b
@@ -207,9 +216,22 @@ def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mas
     inputs_cfg = inputs_preset(**_given(patch=patch, mask_ratio=mask_ratio, use_mhm=False if no_mhm else None,
                                         use_heatmaps=False if coords else None))
     cfg = _train_config(train_preset, out, loop | {"steps": loop["steps"] or 1})
+    from .views import CameraDistribution
+
+    if camera_config and camera_mode != "random":
+        raise click.UsageError("--camera-config needs --cameras random")
+    cameras = None
+    if camera_mode == "random":
+        cameras = CameraDistribution.load(camera_config) if camera_config else CameraDistribution.photographs()
+    subset = None
+    if store_cameras:
+        try:
+            subset = tuple(int(x) for x in store_cameras.split(","))
+        except ValueError as exc:
+            raise click.UsageError(f"--store-cameras {store_cameras!r}: expected comma-separated integers") from exc
     loader_cfg = LoaderConfig(shards=shards, num_workers=loop["workers"], allow_unfrozen=allow_unfrozen,
-                              storage_options=storage_options, cache_dir=cache_dir)
-    task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg)
+                              storage_options=storage_options, cache_dir=cache_dir, cameras=subset)
+    task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg, cameras=cameras)
     if epochs is not None:
         per_epoch = task.train_batches.num_batches(0)
         if per_epoch == 0:
@@ -245,8 +267,12 @@ def _figures_table(rows: dict[str, dict[str, float]]) -> str:
 @click.option("--max-batches", type=int, default=0, show_default=True, help="0: the whole split.")
 @click.option("--no-baseline", is_flag=True, help="Skip the mean-pose baseline.")
 @device_option
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json-out", "--out", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures to this JSON file.")
+@click.option("--rig", default=None,
+              help="Score the split's meshes seen by every camera of this rig instead of the stored views: a rig "
+                   "YAML file or a packaged rig name (h36m-s1, elevated-ring, close-wide; mpt_data.rigs), "
+                   "projected on the device; figures per camera and overall.")
 @click.option("--picture", default=None, type=click.Path(dir_okay=False),
               help="Also write a PNG file of varied samples: input heatmaps, predicted and true meshes, PA-MPJPE.")
 @click.option("--picture-samples", type=click.IntRange(1, 64), default=6, show_default=True,
@@ -255,10 +281,25 @@ def _figures_table(rows: dict[str, dict[str, float]]) -> str:
 @click.option("--allow-unfrozen", is_flag=True, help="Accept a store that is not frozen.")
 @click.option("--force", is_flag=True, help="Evaluate even if the store fingerprint differs from training.")
 def evaluate(checkpoint, shards, storage_options, cache_dir, split, batch_size, mask_ratio, max_batches, no_baseline,
-             device, json_out,
+             device, json_out, rig,
              picture, picture_samples, picture_seed, allow_unfrozen, force):
-    """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose."""
+    """MPJPE, PA-MPJPE and MPVE (mm) on a store split, with and without missing joints, vs a mean pose.
+
+    With --rig: the split's meshes projected through every camera of that rig, per camera and overall."""
     from .evaluate import evaluate_checkpoint
+
+    if rig:
+        from .evaluate import evaluate_rig
+
+        res = evaluate_rig(checkpoint, shards, rig, split, batch_size=batch_size, max_batches=max_batches,
+                           device=device, allow_unfrozen=allow_unfrozen, force=force,
+                           storage_options=storage_options, cache_dir=cache_dir)
+        click.echo(_figures_table(res))
+        if json_out:
+            from mpt_data.fileio import atomic_write_json
+
+            atomic_write_json(json_out, res, indent=2)
+        return
 
     res = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, mask_ratio=mask_ratio,
                               max_batches=max_batches, baseline=not no_baseline, device=device,

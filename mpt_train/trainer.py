@@ -135,6 +135,7 @@ class Task:
     rest of the epoch, :mod:`mpt_train.order`); other tasks resume on the same number only.
     param_groups(lr) -> the optimiser's parameter groups, each with its own peak "lr" (the schedule
     scales them all alike); None: every trainable parameter at the run's lr.
+    resume_must_match: keys of `config` whose saved value a resume must equal (e.g. "cameras").
     """
 
     model: torch.nn.Module
@@ -147,6 +148,7 @@ class Task:
     runtime: Runtime | None = None
     elastic_resume: bool = False
     param_groups: Callable[[float], list[dict[str, Any]]] | None = None
+    resume_must_match: tuple[str, ...] = ()
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -406,6 +408,12 @@ def _train_locked(cfg: TrainConfig, task: Task, runtime: Runtime, *, resume: boo
                 say(f"{loaded.folder}: written by {saved_world} rank(s) x {saved_batch}, resuming on "
                     f"{runtime.world_size} x {per_rank} (the same global batch); the rest of the epoch is "
                     f"re-partitioned: the same pairs, in another order")
+        saved_cfg = json.loads(state["config"])
+        for key in task.resume_must_match:
+            want = json.loads(json.dumps(task.config.get(key)))
+            if saved_cfg.get(key) != want:
+                raise ckpt.CheckpointError(f"{loaded.folder}: the run was trained with {key} {saved_cfg.get(key)!r}, "
+                                           f"this resume asks for {want!r}; resume with the same setting")
         if state["trainer"]["version"] != TRAINER_STATE_VERSION:
             raise ValueError(f"{out}: trainer state version {state['trainer']['version']} != {TRAINER_STATE_VERSION}")
         _load_model(model, state["model"])
