@@ -68,6 +68,7 @@ class TaskContext:
     torch_threads: int | None  # 1 inside cluster workers (one process per core); None: leave as is
     device: str = "cpu"  # "cpu" or "cuda": where the body-model forward runs (see _task_device)
     hands: tuple[str, ...] = ()  # hand recipes: the sides made of each sampled frame (mpt_data.meshes)
+    rig: Any = None  # the resolved camera rig (mpt_data.rigs.Rig); None: the Human3.6M rig of `cameras`
 
 
 # Stages of a partition task; each process sums its tasks' seconds per stage here (like the model cache, per
@@ -138,7 +139,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
     lay = ctx.layout
     arrays = {name: np.zeros((n, *rest), dtype=dtype) for name, (rest, dtype) in st.mesh_array_specs(lay).items()}
     overrides = dict(ctx.fps_overrides)
-    rig = _camera_rig(ctx.cameras)
+    rig = _camera_rig(ctx)
     sources = []
     for seg in part.segments:
         size = os.stat(seg.path).st_size
@@ -172,7 +173,8 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
             for name, j in joints.items():
                 arrays[f"{schema.JOINTS_GROUP}/{name}"][sl] = j
             lap("quantise")
-            j2d, vis, crop = _project_views(rig, joints[meshes.heatmap_joint_set(ctx.body_model_type)], verts)
+            j2d, vis, crop = _project_views(rig, joints[meshes.heatmap_joint_set(ctx.body_model_type)], verts,
+                                            meshes.heatmap_joint_set(ctx.body_model_type))
             arrays[schema.JOINTS2D][sl] = j2d
             arrays[schema.VISIBLE][sl] = vis
             arrays[schema.CROP][sl] = crop
@@ -353,7 +355,8 @@ def run_build(config: BuildConfig) -> BuildResult:
 def _run_build_locked(config: BuildConfig) -> BuildResult:
     out = Path(config.out)
     t_static = time.perf_counter()
-    static_arrays, static_attrs, model_info = _static_content(config)
+    rig = config.camera_rig()
+    static_arrays, static_attrs, model_info = _static_content(config, rig)
     t_static = time.perf_counter() - t_static
     rhash = recipe_hash(config, model_info["files"])
 
@@ -410,7 +413,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             body_model_dir=config.body_model_dir, body_model_type=config.body_model_type, num_betas=model_info["num_betas"],
             h36m_regressor=config.h36m_regressor, cameras=config.cameras, layout=layout, recipe_hash=rhash,
             batch_size=config.batch_size, torch_threads=None if client is None else 1, device=config.device,
-            hands=config.hands,
+            hands=config.hands, rig=rig,
         )
         arrays = sorted(st.mesh_array_specs(layout))
         todo = [p for p in parts if not st.record_is_valid(
@@ -503,36 +506,42 @@ def _summary(rows: list[dict], n: int, cameras: int, seconds: float) -> None:
 # hand, cameras and topology)
 
 
-def _static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, Any]]:
+def _static_content(cfg: BuildConfig, rig=None) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, Any]]:
     """Driver-owned arrays (cameras, topology, regressors) and facts about the body model
     (`mpt_data.meshes.static_content`). Fails at once (RecipeError) when no model file is found or one is
-    malformed."""
+    malformed. `rig`: the resolved camera rig (default: `cfg.camera_rig()`)."""
     arrays, info = meshes.static_content(cfg)
-    cam_arrays, cam_attrs = _camera_arrays(cfg.cameras)
+    cam_arrays, cam_attrs = _camera_arrays(cfg.camera_rig() if rig is None else rig)
     arrays.update(cam_arrays)
     return arrays, cam_attrs, info
 
 
-def _camera_rig(n: int):
-    from mpt_data.cameras import camera_rig
+def _camera_rig(ctx: TaskContext):
+    """The task's camera rig (`mpt_data.rigs.Rig`): the driver's resolved rig, or Human3.6M's of `ctx.cameras`."""
+    from mpt_data.rigs import standard_rig
 
-    return camera_rig(n)
+    return standard_rig(ctx.cameras) if ctx.rig is None else ctx.rig
 
 
-def _project_views(rig, joints: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B, C, K, 2) crop pixels, (B, C, K) visibility, (B, C, 3) crops of heatmap joints seen by the rig."""
-    from mpt_data.cameras import SUBJECT_POSITION, project_views
+def _project_views(rig, joints: np.ndarray, vertices: np.ndarray,
+                   joint_set: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, C, K, 2) crop pixels, (B, C, K) visibility, (B, C, 3) crops of heatmap joints seen by the rig, the
+    meshes' roots at the rig's subject position. A joint set with face keypoints (coco17) gets the face rule
+    (`cameras.face_facing`)."""
+    from mpt_data.cameras import face_rows, project_views
+    from mpt_data.conventions import JOINT_SETS
 
-    views = project_views(joints, vertices, rig, SUBJECT_POSITION)
+    rows = face_rows(JOINT_SETS.get(joint_set, ())) if joint_set is not None else None
+    views = project_views(joints, vertices, rig.cameras, rig.subject_position, face_rows=rows)
     return views.joints2d, views.visible, views.crop
 
 
-def _camera_arrays(n: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    from mpt_data.cameras import SUBJECT_POSITION, camera_rig, stack_cameras
+def _camera_arrays(rig) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    from mpt_data.cameras import stack_cameras
 
-    stacked = stack_cameras(camera_rig(n))
+    stacked = stack_cameras(rig.cameras)
     arrays = {schema.CAMERA_K: stacked["K"], schema.CAMERA_R: stacked["R"], schema.CAMERA_T: stacked["t"],
               schema.CAMERA_SIZE: stacked["image_size"]}
     group_attrs = {schema.CAMERAS: {schema.ATTR_CAMERA_NAMES: [str(x) for x in stacked["name"]],
-                                    schema.ATTR_SUBJECT_POSITION: [float(x) for x in SUBJECT_POSITION]}}
+                                    schema.ATTR_SUBJECT_POSITION: [float(x) for x in rig.subject_position]}}
     return arrays, group_attrs

@@ -25,6 +25,14 @@ Crop rule (``person_crop``): the square centred on the bounding box of the proje
 vertices, with side ``CROP_MARGIN`` (1.2) times the longer bbox side; ``to_crop`` maps image
 pixels into that square resampled to ``CROP_SIZE`` (224) pixels. A joint is visible when it
 is in front of the camera and inside [0, 224) in crop pixels.
+
+Face rule (``face_facing``): a face keypoint (nose, eyes, ears) is also not visible when it
+faces away from the camera. With the head centre h = the ears' midpoint, keypoint p faces
+camera centre c iff the angle between p - h (the keypoint's outward direction) and c - p
+(the ray to the camera) has cosine >= ``FACE_FACING_MIN_COS`` (-0.2, about 102 degrees).
+Seen from behind, the nose and eyes face away and are hidden while the ears (which point
+sideways) stay visible; seen from the left side, the right eye and right ear are hidden.
+``project_views`` applies it when given the face keypoints' rows (``face_rows``).
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpt_data.conventions import COCO_FACE_KEYPOINTS
 from mpt_data.schema import CROP_SIZE
 
 CROP_MARGIN = 1.2
+FACE_FACING_MIN_COS: float = -0.2
 PELVIS_HEIGHT_M = 0.9
 RIG_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -84,6 +94,33 @@ BACK_CAMERA = "54138969"
 
 # ---------------------------------------------------------------------------------------
 # Rotations
+
+
+def look_at_rotation(centre: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0),
+                     roll_deg: float = 0.0) -> np.ndarray:
+    """(3, 3) world -> camera rotation of a camera at ``centre`` looking at ``target`` (world metres).
+
+    Camera z (forward) points from centre to target; camera y (down) is -``up`` made orthogonal
+    to z, so ``up`` appears upwards in the image; x = y cross z (right). ``roll_deg`` then turns
+    the camera about its optical axis (positive: the image turns clockwise, the camera's x axis
+    towards its y axis). Raises ValueError when centre == target or ``up`` is parallel to the view.
+    """
+    forward = np.asarray(target, np.float64) - np.asarray(centre, np.float64)
+    norm = np.linalg.norm(forward)
+    if not norm > 1e-9:
+        raise ValueError("the camera centre and the look-at point coincide")
+    z = forward / norm
+    up = np.asarray(up, np.float64)
+    down = -(up - (up @ z) * z)
+    dn = np.linalg.norm(down)
+    if not dn > 1e-6 * max(np.linalg.norm(up), 1e-12):
+        raise ValueError("the up vector is parallel to the viewing direction")
+    y = down / dn
+    x = np.cross(y, z)
+    a = np.deg2rad(roll_deg)
+    xr = np.cos(a) * x + np.sin(a) * y
+    yr = -np.sin(a) * x + np.cos(a) * y
+    return np.stack([xr, yr, z])
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -281,6 +318,32 @@ def from_crop(uv_crop: np.ndarray, crop: np.ndarray, size: int = CROP_SIZE) -> n
     return (np.asarray(uv_crop, np.float32) * (crop[..., None, 2:3] / size) + crop[..., None, :2]).astype(np.float32)
 
 
+def face_facing(face_points: np.ndarray, camera_centres: np.ndarray) -> np.ndarray:
+    """Which face keypoints face the camera (see the module docstring's face rule).
+
+    face_points: (..., 5, 3) world metres in ``COCO_FACE_KEYPOINTS`` order (nose, left eye,
+    right eye, left ear, right ear). camera_centres: world metres, broadcastable to (..., 3).
+    Returns (..., 5) bool: dot(p - h, c - p) >= FACE_FACING_MIN_COS * |p - h| * |c - p| with
+    h the ears' midpoint (a keypoint at h counts as facing). Computed in float64.
+    """
+    p = np.asarray(face_points, np.float64)
+    c = np.asarray(camera_centres, np.float64)[..., None, :]
+    h = (p[..., 3:4, :] + p[..., 4:5, :]) / 2
+    out = p - h
+    ray = c - p
+    dot = (out * ray).sum(-1)
+    return dot >= FACE_FACING_MIN_COS * np.linalg.norm(out, axis=-1) * np.linalg.norm(ray, axis=-1)
+
+
+def face_rows(joint_names: Sequence[str]) -> tuple[int, ...] | None:
+    """Rows of the face keypoints (``COCO_FACE_KEYPOINTS`` order) in a joint set's names, or
+    None when the set has no face (HAND-21, for example)."""
+    names = list(joint_names)
+    if not all(k in names for k in COCO_FACE_KEYPOINTS):
+        return None
+    return tuple(names.index(k) for k in COCO_FACE_KEYPOINTS)
+
+
 def visibility(uv_crop: np.ndarray, depth: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """(..., N) bool: in front of the camera and inside [0, size) in crop pixels."""
     inside = (uv_crop >= 0).all(-1) & (uv_crop < size).all(-1)
@@ -307,6 +370,7 @@ def project_views(
     cams: Sequence[Camera],
     position: np.ndarray = SUBJECT_POSITION,
     chunk: int = 8,
+    face_rows: Sequence[int] | None = None,
 ) -> Views:
     """Project root-centred meshes through a rig.
 
@@ -315,6 +379,8 @@ def project_views(
     camera) comes from all of its vertices (``person_crop``); joints go to crop pixels.
     Same numbers as ``project`` + ``person_crop`` + ``to_crop`` per camera, computed for all
     cameras at once: X -> K (R (X + position) + t) is one (3C, 3) matrix and offset.
+    face_rows: the 5 rows of ``joints`` holding the face keypoints in ``COCO_FACE_KEYPOINTS``
+    order; a face keypoint that does not face its camera (``face_facing``) is not visible.
     """
     joints = np.asarray(joints, np.float32)
     vertices = np.asarray(vertices, np.float32)
@@ -343,4 +409,12 @@ def project_views(
     safe = np.where(np.abs(depth) < 1e-9, np.float32(1e-9), depth)
     juv = hj[..., :2] / safe[..., None]
     j2d = ((juv - crops[:, :, None, :2]) * (CROP_SIZE / crops[:, :, None, 2:3])).astype(np.float32)
-    return Views(joints2d=j2d, visible=visibility(j2d, depth), crop=crops, depth=depth.astype(np.float32))
+    visible = visibility(j2d, depth)
+    if face_rows is not None:
+        rows = np.asarray(face_rows, np.int64)
+        if rows.shape != (len(COCO_FACE_KEYPOINTS),):
+            raise ValueError(f"face_rows must hold {len(COCO_FACE_KEYPOINTS)} joint rows, got {rows.tolist()}")
+        centres = np.stack([cam.center for cam in cams])  # (C, 3)
+        face = joints[:, rows].astype(np.float64) + pos  # (B, 5, 3) world
+        visible[:, :, rows] &= face_facing(face[:, None], centres[None])
+    return Views(joints2d=j2d, visible=visible, crop=crops, depth=depth.astype(np.float32))

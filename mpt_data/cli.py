@@ -81,7 +81,10 @@ def synth(out, seed, vertices, sequences, seconds, no_picture):
 @click.option("--h36m-regressor", type=click.Path(dir_okay=False), help="J_regressor_h36m.npy: adds the h36m17 joint set.")
 @click.option("--target-fps", type=float, help="Sample this many frames per second of motion.")
 @click.option("--target-meshes", type=int, help="Sample about this many meshes in all (replaces --target-fps).")
-@click.option("--cameras", type=click.Choice(["1", "2", "4", "8"]), help="Virtual cameras per mesh.")
+@click.option("--cameras", type=click.IntRange(1, 64),
+              help="Virtual cameras per mesh: 1, 2, 4 or 8 for rig h36m, 1..64 for rig sphere; a rig file fixes it.")
+@click.option("--rig", help="Camera rig: h36m (default), sphere, a packaged rig (h36m-s1, elevated-ring, close-wide) "
+                            "or a rig YAML file (relative to the current directory); see the README, 'Camera rigs'.")
 @click.option("--include", "subsets_include", multiple=True, help="Only these AMASS subsets (repeat).")
 @click.option("--exclude", "subsets_exclude", multiple=True, help="Leave out these AMASS subsets (repeat).")
 @click.option("--chunk-meshes", type=int, help="Meshes per chunk (the loader's read unit).")
@@ -103,6 +106,7 @@ def build(recipe, no_progress, cameras, subsets_include, subsets_exclude, **opti
 
     \b
       mpt-data build --recipe pipelines/demo.yaml --cameras 8 --out ./store
+      mpt-data build --recipe demo --rig elevated-ring --out ./store-elevated
       mpt-data build --recipe amass-mpt --amass-root /data/amass --body-models /data/smplh
     """
     from mpt_data.build import build_store, load_recipe

@@ -33,9 +33,10 @@ def data_errors() -> tuple[type[BaseException], ...]:
     from mpt_data.images import AnnotationError
     from mpt_data.integrity import StoreError
     from mpt_data.recipe import RecipeError
+    from mpt_data.rigs import RigError
     from mpt_data.synth.images import SynthImagesError
 
-    return (StoreError, RecipeError, LockError, AnnotationError, MotionError, ModelFileError, SynthImagesError,
+    return (StoreError, RecipeError, RigError, LockError, AnnotationError, MotionError, ModelFileError, SynthImagesError,
             FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 

@@ -8,6 +8,14 @@ camera rig, the train/val/test split of subsets, and the store layout. Relative 
 body_model.dir, h36m_regressor) resolve against the current directory; `splits.from` (the project's data
 manifest) resolves against the recipe file's folder. Unknown keys and impossible values fail at once with a
 message naming the field.
+
+The camera rig (`rig`, `mpt_data.rigs`): `h36m` (the default: Human3.6M's rig, `cameras` 1, 2, 4 or 8),
+`sphere` (`cameras` 1..64 around a hand), a packaged rig by name (`pipelines/rigs/<name>.yaml`) or a rig file.
+A rig file named in a recipe resolves against the recipe file's folder (like `splits.from`); one given on the
+command line (`--rig`) against the current directory. A rig file fixes the camera count: `cameras` is taken
+from it when neither the recipe nor the command line sets it (or when `--rig` replaces the recipe's rig without
+`--cameras`), and must equal it otherwise. The rig's content (`rigs.rig_digest`), not its path, enters the
+recipe hash.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class BuildConfig:
     target_fps: float | None = None  # exactly one of target_fps / target_meshes
     target_meshes: int | None = None
     cameras: int = 4
+    rig: str = "h36m"  # h36m | sphere | a packaged rig name | a rig file (absolute once loaded; mpt_data.rigs)
     splits: tuple[tuple[str, str], ...] = ()  # (subset, split); subsets not listed are train
     chunk_meshes: int = 32
     shard_meshes: int = 2048
@@ -92,7 +101,25 @@ class BuildConfig:
         def absolute(p: str | None) -> str | None:
             return os.path.abspath(p) if p else p
 
-        return dataclasses.replace(self, **{f: absolute(getattr(self, f)) for f in (*self.PATH_FIELDS, "out")})
+        from mpt_data.rigs import is_rig_path
+
+        rig = os.path.abspath(self.rig) if is_rig_path(self.rig) else self.rig
+        return dataclasses.replace(self, rig=rig, **{f: absolute(getattr(self, f)) for f in (*self.PATH_FIELDS, "out")})
+
+    def camera_rig(self):
+        """The resolved camera rig (`mpt_data.rigs.Rig`); RecipeError when `cameras` disagrees with it, RigError
+        for a bad rig file."""
+        from mpt_data.rigs import BUILTIN_RIGS, SPHERE_MAX_CAMERAS, resolve_rig
+
+        if self.rig == "h36m" and self.cameras not in CAMERA_COUNTS:
+            raise RecipeError(f"cameras must be one of {CAMERA_COUNTS} for rig h36m, got {self.cameras}")
+        if self.rig == "sphere" and not 1 <= self.cameras <= SPHERE_MAX_CAMERAS:
+            raise RecipeError(f"cameras must be in 1..{SPHERE_MAX_CAMERAS} for rig sphere, got {self.cameras}")
+        rig = resolve_rig(self.rig, self.cameras)
+        if self.rig not in BUILTIN_RIGS and len(rig.cameras) != self.cameras:
+            raise RecipeError(f"cameras {self.cameras} does not match rig {self.rig} ({len(rig.cameras)} cameras): "
+                              f"set cameras to {len(rig.cameras)} or leave it out (the rig file decides)")
+        return rig
 
     def validate(self) -> None:
         """Raise RecipeError naming the first field that cannot work."""
@@ -106,8 +133,7 @@ class BuildConfig:
             raise RecipeError(f"sampling.target_fps must be > 0, got {self.target_fps}")
         if self.target_meshes is not None and not (self.target_meshes > 0):
             raise RecipeError(f"sampling.target_meshes must be > 0, got {self.target_meshes}")
-        if self.cameras not in CAMERA_COUNTS:
-            raise RecipeError(f"cameras must be one of {CAMERA_COUNTS}, got {self.cameras}")
+        self.camera_rig()  # the camera count against the rig, and a rig file's validity
         if self.num_betas < 1:
             raise RecipeError(f"body_model.num_betas must be >= 1, got {self.num_betas}")
         if self.body_model_type not in BODY_MODEL_TYPES:
@@ -152,6 +178,7 @@ _RECIPE_KEYS = {
     "sampling.target_fps": "target_fps",
     "sampling.target_meshes": "target_meshes",
     "cameras": "cameras",
+    "rig": "rig",
     "store.chunk_meshes": "chunk_meshes",
     "store.shard_meshes": "shard_meshes",
     "store.batch_size": "batch_size",
@@ -259,6 +286,12 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
                 raise RecipeError(f"recipe {p}: {unknown_key_message(key, [*_RECIPE_KEYS, 'splits.from', 'splits.subsets'])}")
             fields[_RECIPE_KEYS[key]] = value
         fields["splits"] = splits
+        if "rig" in fields:  # a rig file named in a recipe is relative to the recipe file, like splits.from
+            fields["rig"] = _rig_path(str(fields["rig"]), p.parent)
+    if overrides.get("rig") is not None:  # --rig: relative to the current directory
+        overrides = {**overrides, "rig": _rig_path(str(overrides["rig"]), Path.cwd())}
+        if overrides.get("cameras") is None:  # the recipe's camera count was for the recipe's rig
+            fields.pop("cameras", None)
     # A sampling flag replaces the recipe's sampling rule, whichever of the two the recipe used.
     if overrides.get("target_meshes") is not None:
         fields.pop("target_fps", None)
@@ -274,6 +307,10 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
         fields["fps_overrides"] = tuple(sorted((str(a), float(b)) for a, b in fields["fps_overrides"].items()))
     if isinstance(fields.get("splits"), dict):
         fields["splits"] = tuple(sorted(fields["splits"].items()))
+    if "cameras" not in fields and fields.get("rig", "h36m") not in ("h36m", "sphere"):
+        from mpt_data.rigs import resolve_rig
+
+        fields["cameras"] = len(resolve_rig(str(fields["rig"]), 0).cameras)  # a rig file: its camera count
     names = {f.name for f in dataclasses.fields(BuildConfig)}
     unknown = set(fields) - names
     if unknown:
@@ -284,12 +321,33 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
         raise RecipeError(str(err)) from err
 
 
+def _rig_path(spec: str, base: Path) -> str:
+    """A rig spec with a file path made absolute against ``base``; names (h36m, sphere, packaged) unchanged."""
+    from mpt_data.rigs import is_rig_path
+
+    if not is_rig_path(spec):
+        return spec
+    p = Path(spec).expanduser()
+    return str(p if p.is_absolute() else (base / p).absolute())
+
+
 def recipe_hash(cfg: BuildConfig, model_files: dict[str, str]) -> str:
     """SHA-256 of what decides the store's content besides the motion files: the recipe without its paths
-    and the hashes of the body-model files used (the motion files' hashes are in sequences.parquet)."""
+    and the hashes of the body-model files used (the motion files' hashes are in sequences.parquet).
+
+    The rig enters by its content (`rigs.rig_digest`), not its name or path; a rig with the content of the
+    Human3.6M rig of the same camera count adds nothing, so `rig: h36m` hashes as before rigs existed and the
+    same as its packaged copy (`rig: h36m-s1`, 4 cameras)."""
+    from mpt_data.rigs import rig_digest, standard_rig
+
     recipe = cfg.recipe()
     for k in BuildConfig.PATH_FIELDS:
         recipe.pop(k)
     recipe.pop("name")
+    recipe.pop("rig")
+    if cfg.rig != "h36m":
+        digest = rig_digest(cfg.camera_rig())
+        if cfg.cameras not in CAMERA_COUNTS or digest != rig_digest(standard_rig(cfg.cameras)):
+            recipe["rig_digest"] = digest
     blob = json.dumps({"recipe": recipe, "model_files": model_files, "schema": schema.SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

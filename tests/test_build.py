@@ -109,6 +109,13 @@ def test_meshes_match_the_body_model_and_projections_match_a_pinhole(reference_s
             x0, y0, side = crop[n, c]
             np.testing.assert_allclose(j2d[n, c], (uv - [x0, y0]) * 224 / side, atol=2e-2)
             inside = (j2d[n, c] >= 0).all(1) & (j2d[n, c] < 224).all(1) & (cam[:, 2] > 0)
+            # The face rule: nose, eyes and ears (COCO rows 0-4) facing away from the camera are not visible.
+            world = coco[n].astype(np.float64) + pos
+            head, centre = (world[3] + world[4]) / 2, -R[c].T @ t[c]
+            for k in range(5):
+                out, ray = world[k] - head, centre - world[k]
+                cos = out @ ray / (np.linalg.norm(out) * np.linalg.norm(ray))
+                inside[k] &= bool(cos >= -0.2)
             assert (vis[n, c] == inside).all()
             vcam = (verts[n] + pos) @ R[c].T + t[c]
             vuv = vcam[:, :2] / vcam[:, 2:] @ K[c][:2, :2].T + K[c][:2, 2]
