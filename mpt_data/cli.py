@@ -312,5 +312,38 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
                f"{', vertex_flip.npy' if summary['vertex_flip'] else ''}, mixture.yaml")
 
 
+@main.command()
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="FreiHAND folder: <split>_K.json, _mano.json, _xyz.json, _verts.json and <split>/rgb/.")
+@click.option("--split", type=click.Choice(["training", "evaluation"]), required=True, help="Which split to ingest.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root; <dataset>/ is made in it.")
+@click.option("--dataset", default="", help="Dataset name (default: freihand_<split>).")
+@click.option("--versions", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="Training colour versions to take (1-4; 0: every version whose images exist).")
+@click.option("--max-samples", type=click.IntRange(0), default=0, show_default=True,
+              help="Stop after this many images (0: all).")
+@click.option("--rows-per-shard", default=512, show_default=True, help="Images per Parquet shard file.")
+@click.option("--rows-per-group", default=32, show_default=True, help="Parquet row group: the trainer's read unit.")
+def freihand(root, split, out, dataset, versions, max_samples, rows_per_shard, rows_per_group):
+    """Ingest a FreiHAND split (its own layout) into image shards of hands (joint set hand21).
+
+    The evaluation split without its released annotations ingests too (no 3D truth: for prediction).
+    Also writes OUT/<dataset>.yaml, a mixture file naming the shards, for `mpt-train finetune --data`.
+    Layout, checks and columns: mpt_data/freihand.py.
+    """
+    from pathlib import Path
+
+    from .fileio import atomic_write_text
+    from .freihand import FreiHANDConfig, ingest_freihand
+
+    cfg = FreiHANDConfig(root, split, out, dataset, versions, max_samples, rows_per_shard, rows_per_group)
+    summary = ingest_freihand(cfg, progress=True)
+    mixture = Path(out) / f"{summary.dataset}.yaml"
+    atomic_write_text(mixture, f"datasets:\n  - name: {summary.dataset}\n    shards: {summary.dataset}\n"
+                               "    weight: 1.0\n")
+    click.echo(f"{summary.dataset}: {summary.written} of {summary.total} images written in {len(summary.shards)} "
+               f"shard(s); skipped {summary.skipped or 'none'}; mixture {mixture}")
+
+
 if __name__ == "__main__":
     main()

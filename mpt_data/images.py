@@ -207,20 +207,25 @@ def _labels_finite(data: dict[str, np.ndarray], i: int) -> bool:
 # Rows and shards
 
 
-def _schema():
+def _schema(joint_set: str = shard.DEFAULT_JOINT_SET):
+    """The Parquet schema of a shard whose rows carry ``joint_set`` (its size fixes the joint columns)."""
     import pyarrow as pa
 
+    from mpt_data.conventions import JOINT_SETS
+
     f32 = pa.float32()
+    k, pose = len(JOINT_SETS[joint_set]), shard.POSE_SIZES[joint_set]
     fields = [
         (shard.KEY, pa.string()), (shard.DATASET, pa.string()), (shard.IMGNAME, pa.string()), (shard.INDEX, pa.int32()),
         (shard.JPEG, pa.binary()), (shard.CROP_BOX, pa.list_(f32, 3)),
-        (shard.JOINTS2D, pa.list_(f32, NUM_COCO * 3)), (shard.PART, pa.list_(f32, NUM_SPIN * 3)),
-        (shard.JOINTS3D, pa.list_(f32, NUM_COCO * 4)), (shard.HAS_JOINTS3D, pa.bool_()),
+        (shard.JOINTS2D, pa.list_(f32, k * 3)), (shard.PART, pa.list_(f32, NUM_SPIN * 3)),
+        (shard.JOINTS3D, pa.list_(f32, k * 4)), (shard.HAS_JOINTS3D, pa.bool_()),
         (shard.SPIN_3D, pa.list_(f32, NUM_SPIN * 4)),
-        (shard.POSE, pa.list_(f32, 72)), (shard.BETAS, pa.list_(f32, 10)), (shard.HAS_SMPL, pa.bool_()),
+        (shard.POSE, pa.list_(f32, pose)), (shard.BETAS, pa.list_(f32, 10)), (shard.HAS_SMPL, pa.bool_()),
         (shard.VERTICES, pa.list_(f32)), (shard.HAS_VERTICES, pa.bool_()), (shard.GENDER, pa.string()),
     ]
-    return pa.schema(fields, metadata={shard.VERSION_METADATA_KEY: str(shard.SHARD_FORMAT_VERSION)})
+    return pa.schema(fields, metadata={shard.VERSION_METADATA_KEY: str(shard.SHARD_FORMAT_VERSION),
+                                       shard.JOINT_SET_METADATA_KEY: joint_set})
 
 
 def sample_row(data: dict[str, np.ndarray], i: int, image: np.ndarray, cfg: ImagesConfig) -> dict:
@@ -251,11 +256,12 @@ def sample_row(data: dict[str, np.ndarray], i: int, image: np.ndarray, cfg: Imag
     }
 
 
-def _write_table_atomic(rows: list[dict], path: Path, rows_per_group: int) -> None:
+def write_shard(rows: list[dict], path: Path, rows_per_group: int, joint_set: str = shard.DEFAULT_JOINT_SET) -> None:
+    """Write ``rows`` (dicts keyed by the column names) as one shard of ``joint_set``, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema()
+    schema = _schema(joint_set)
     columns = {}
     for column in schema:
         values = [r[column.name] for r in rows]
@@ -383,6 +389,6 @@ def _ingest_locked(cfg: ImagesConfig, data: dict[str, np.ndarray], root: Path, o
 
 def _flush(rows: list[dict], out: Path, k: int, rows_per_group: int) -> str:
     name = shard.SHARD_FILE.format(index=k)
-    _write_table_atomic(rows, out / name, rows_per_group)
+    write_shard(rows, out / name, rows_per_group)
     return name
 

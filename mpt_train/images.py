@@ -34,14 +34,18 @@ at every encounter (once per pass). A row group that cannot be read at all raise
 ``ImageShardError`` naming the file and row group.
 
 Samples are dicts of tensors in the targets layout of ``mpt_train.losses``: image (3, 224,
-224) float RGB in [0, 1]; joints2d (17, 2) crop pixels; visible (17,); joints3d (17, 3) metres,
-camera frame, pelvis at the origin; joints3d_conf (17,); has_joints3d (); vertices (V, 3);
+224) float RGB in [0, 1]; joints2d (K, 2) crop pixels; visible (K,); joints3d (K, 3) metres,
+camera frame, root at the origin; joints3d_conf (K,); has_joints3d (); vertices (V, 3);
 has_vertices (); pose (72,), betas (10,), has_smpl (); dataset index (). Samples without a
-mesh carry zeros of the configured vertex count.
+mesh carry zeros of the configured vertex count. K and the root follow the shards' joint set
+(``mpt_data.image_schema``): people K = 17 COCO joints with SPIN's pelvis as the root; hands K = 21
+(FreiHAND's order) with the wrist as the root, MANO pose (48,), and no flip augmentation (a mirrored
+right hand is a left hand). All datasets of one mixture carry the same joint set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -51,15 +55,14 @@ import numpy as np
 import torch
 
 from mpt_data import image_schema
-from mpt_data.conventions import SPIN_JOINTS
+from mpt_data.conventions import JOINT_SETS, SPIN_JOINTS, root_index
 
-from .augment import AugmentConfig, augment_sample, sample_params
+from .augment import AugmentConfig, augment_pose, augment_sample, sample_params
 from .data import derived_seed
 
 LOADER_STATE_VERSION = 2  # 2: per-slot skipped-row counts; a version-1 state (no skips possible then) loads
 CHOICE_BLOCK = 4096
 SPIN_PELVIS = SPIN_JOINTS.index("pelvis")
-NUM_COCO = 17
 
 
 class ImageShardError(RuntimeError):
@@ -155,6 +158,7 @@ class _Dataset:
     units: list[tuple[str, int, int]]  # (file, row group, rows)
     kept: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     first_row: dict[tuple[str, int], int] = field(default_factory=dict)  # (file, row group) -> its first row in the file
+    joint_set: str = image_schema.DEFAULT_JOINT_SET  # what its rows' joint columns hold (coco17 or hand21)
 
     def file_row(self, path: str, group: int, index: int) -> int:
         """Row number in the file of row ``index`` of a loaded (possibly cut-down) row group."""
@@ -174,6 +178,7 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
         raise FileNotFoundError(f"{folder}: no summary.json, not a finished `mpt-data images` output")
     info = json.loads(summary.read_text())
     units, first_row = [], {}
+    joint_set: str | None = None
     for shard in info["shards"]:
         path = folder / shard
         try:
@@ -182,9 +187,18 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
             raise ImageShardError(f"{path}: not a readable Parquet shard ({exc}); run `mpt-data images` again "
                                   f"for dataset {name}") from exc
         version = image_schema.shard_format_version(md.metadata)
-        if version != image_schema.SHARD_FORMAT_VERSION:
+        if version not in image_schema.READABLE_VERSIONS:
             raise ImageShardError(f"{path}: image shard format version {version}, this reader reads "
-                                  f"{image_schema.SHARD_FORMAT_VERSION}; run `mpt-data images` again for dataset {name}")
+                                  f"{', '.join(map(str, image_schema.READABLE_VERSIONS))}; run `mpt-data images` "
+                                  f"again for dataset {name}")
+        shard_set = image_schema.shard_joint_set(md.metadata)
+        if shard_set not in JOINT_SETS or shard_set not in image_schema.POSE_SIZES:
+            raise ImageShardError(f"{path}: joint set {shard_set!r} is not one image shards carry "
+                                  f"({', '.join(image_schema.POSE_SIZES)})")
+        if joint_set is not None and shard_set != joint_set:
+            raise ImageShardError(f"{path}: rows carry {shard_set!r} joints, earlier shards of dataset {name} "
+                                  f"carry {joint_set!r}; run the ingest again for it")
+        joint_set = shard_set
         start = 0
         for g in range(md.num_row_groups):
             rows = md.row_group(g).num_rows
@@ -194,7 +208,8 @@ def open_dataset(folder: str | Path, name: str) -> _Dataset:
     if not units:
         raise ImageShardError(f"{folder}: dataset {name} has no samples; run `mpt-data images` on annotations "
                               "with at least one usable person")
-    return _Dataset(name, float(info["config"]["context"]), units, first_row=first_row)
+    return _Dataset(name, float(info["config"]["context"]), units, first_row=first_row,
+                    joint_set=joint_set or image_schema.DEFAULT_JOINT_SET)
 
 
 def read_row_group(path: str, group: int):
@@ -229,6 +244,12 @@ class ImageStream(torch.utils.data.IterableDataset):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.datasets = [open_dataset(e.shards, e.name) for e in cfg.datasets]
+        sets = {ds.joint_set for ds in self.datasets}
+        if len(sets) > 1:
+            raise MixtureError("the datasets carry different joint sets ("
+                               + ", ".join(f"{ds.name}: {ds.joint_set}" for ds in self.datasets)
+                               + "); mix people with people and hands with hands")
+        self.joint_set = sets.pop()
         w = np.asarray([e.weight for e in cfg.datasets], np.float64)
         self.weights = w / w.sum()
         self.produced: dict[int, int] = {}  # slot -> samples produced (main-process bookkeeping)
@@ -355,11 +376,18 @@ class ImageStream(torch.utils.data.IterableDataset):
         """One sample (the module's layout) from a row of dataset ``d``, augmented with draws from
         ``rng`` as the stream's augmentation config says; ImageDecodeError for a bad JPEG."""
         cfg = self.cfg
-        j2 = np.asarray(row["joints2d"], np.float32).reshape(NUM_COCO, 3)
+        k = len(JOINT_SETS[self.joint_set])
+        j2 = np.asarray(row["joints2d"], np.float32).reshape(k, 3)
         s = np.asarray(row["S"], np.float32).reshape(len(SPIN_JOINTS), 4)
-        j3 = np.asarray(row["joints3d"], np.float32).reshape(NUM_COCO, 4)
-        pelvis_ok = bool(row["has_joints3d"]) and s[SPIN_PELVIS, 3] > 0
-        root = s[SPIN_PELVIS, :3] if pelvis_ok else np.zeros(3, np.float32)
+        j3 = np.asarray(row["joints3d"], np.float32).reshape(k, 4)
+        hand = self.joint_set != "coco17"
+        if hand:  # the root is the joint set's own (a hand's wrist): FreiHAND annotates it with the rest
+            r = root_index(self.joint_set)
+            pelvis_ok = bool(row["has_joints3d"]) and j3[r, 3] > 0
+            root = j3[r, :3] if pelvis_ok else np.zeros(3, np.float32)
+        else:  # people: SPIN's pelvis
+            pelvis_ok = bool(row["has_joints3d"]) and s[SPIN_PELVIS, 3] > 0
+            root = s[SPIN_PELVIS, :3] if pelvis_ok else np.zeros(3, np.float32)
         conf3 = (j3[:, 3] > 0) & pelvis_ok
         verts = np.asarray(row["vertices"], np.float32).reshape(-1, 3)
         has_v = bool(row["has_vertices"]) and pelvis_ok and len(verts) == cfg.num_vertices
@@ -371,7 +399,18 @@ class ImageStream(torch.utils.data.IterableDataset):
         }
         context = cfg.context or self.datasets[d].context
         p = sample_params(cfg.augment, rng)
+        if hand:
+            # A mirrored right hand is a left hand, which a right-hand MANO model cannot fit: no flips. The
+            # MANO pose's global rotation (its first 3 values) turns with the picture like SMPL's root.
+            p = dataclasses.replace(p, flip=False)
+            mano = sample.pop("pose")
+            root_pose = np.zeros(72, np.float32)
+            root_pose[:3] = mano[:3]
+            mano = mano.copy()
+            mano[:3] = augment_pose(root_pose, p)[:3]
         out = augment_sample(sample, context, p, cfg.augment.out_size, self.vertex_flip)
+        if hand:
+            out["pose"] = mano
         return {
             "image": torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255.0),
             "joints2d": torch.from_numpy(out["joints2d"]), "visible": torch.from_numpy(out["visible"]),

@@ -35,7 +35,7 @@ def test_mpt_data_imports_nothing_from_mpt_train():
 DATA_FLOW = {
     "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "remote", "raster", "topology", "amass",
                  "sampling", "cameras", "rigs", "recipe", "plan", "model_files", "kinematics", "body", "store", "meshes", "build", "freeze", "transfer", "preview", "images",
-                 "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
+                 "freihand", "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
                  "synth.images", "bench", "console", "cli"],
     "mpt_train": ["store", "order", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
@@ -131,7 +131,14 @@ def test_image_shards_carry_the_shared_columns_and_version_and_the_reader_refuse
     assert json.loads((folder / image_schema.SUMMARY_FILE).read_text())["version"] == image_schema.SHARD_FORMAT_VERSION
     assert sum(rows for _, _, rows in open_dataset(folder, "d").units) == 4
 
-    for version, shown in (("2", "version 2"), (None, "version None")):
+    assert open_dataset(folder, "d").joint_set == "coco17"
+    for version, shown in (("3", "version 3"), (None, "version None")):
         _rewrite_version(shard_file, version)
-        with pytest.raises(ImageShardError, match=re.escape(f"{shard_file}: image shard format {shown}, this reader reads 1")):
+        with pytest.raises(ImageShardError, match=re.escape(f"{shard_file}: image shard format {shown}, this reader reads 1, 2")):
             open_dataset(folder, "d")
+    # a version-1 shard (no joint-set key) still reads, as COCO-17
+    table = pq.read_table(shard_file)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != image_schema.JOINT_SET_METADATA_KEY.encode()}
+    meta[image_schema.VERSION_METADATA_KEY.encode()] = b"1"
+    pq.write_table(table.replace_schema_metadata(meta), shard_file)
+    assert open_dataset(folder, "d").joint_set == "coco17"
