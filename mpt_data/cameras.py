@@ -102,8 +102,9 @@ def look_at_rotation(centre: np.ndarray, target: np.ndarray, up: np.ndarray = (0
 
     Camera z (forward) points from centre to target; camera y (down) is -``up`` made orthogonal
     to z, so ``up`` appears upwards in the image; x = y cross z (right). ``roll_deg`` then turns
-    the camera about its optical axis (positive: the image turns clockwise, the camera's x axis
-    towards its y axis). Raises ValueError when centre == target or ``up`` is parallel to the view.
+    the camera about its optical axis: positive turns it clockwise seen from behind the camera
+    (its x axis towards its y axis), so the scene appears turned counter-clockwise in the image.
+    Raises ValueError when centre == target or ``up`` is parallel to the view.
     """
     forward = np.asarray(target, np.float64) - np.asarray(centre, np.float64)
     norm = np.linalg.norm(forward)

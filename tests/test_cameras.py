@@ -131,3 +131,86 @@ def test_project_views_batches_meshes_and_cameras():
     np.testing.assert_allclose(views.joints2d[2, 3], (uv - crop[:2]) * CROP_SIZE / crop[2], atol=1e-2)
     np.testing.assert_array_equal(views.visible, (views.joints2d >= 0).all(-1) & (views.joints2d < CROP_SIZE).all(-1))
     assert views.visible[:, :, 0].all()
+
+
+# --------------------------------------------------------------------------------------------
+# The face rule and look-at cameras
+
+# A head facing +y, z up, centred at the origin (so the person's right is +x): nose, left eye, right eye,
+# left ear, right ear (COCO order), roughly an adult's proportions in metres.
+HEAD = np.array([[0.0, 0.10, -0.01], [-0.032, 0.085, 0.03], [0.032, 0.085, 0.03], [-0.075, 0.0, 0.0],
+                 [0.075, 0.0, 0.0]])
+
+
+def test_face_rule_hides_the_far_side_of_the_head():
+    at = np.array([0.4, -1.0, 1.6])  # anywhere: the rule depends only on relative positions
+    head = HEAD + at
+    behind, front = at + [0.0, -3.0, 0.2], at + [0.0, 3.0, 0.2]
+    left, right = at + [-3.0, 0.0, 0.0], at + [3.0, 0.0, 0.0]
+    np.testing.assert_array_equal(cm.face_facing(head, behind), [False, False, False, True, True])
+    np.testing.assert_array_equal(cm.face_facing(head, front), [True] * 5)
+    np.testing.assert_array_equal(cm.face_facing(head, left), [True, True, False, True, False])
+    np.testing.assert_array_equal(cm.face_facing(head, right), [True, False, True, False, True])
+    # Broadcasting: (2 heads, 4 cameras) at once gives the same answers.
+    both = cm.face_facing(np.stack([head, head])[:, None], np.stack([behind, front, left, right])[None])
+    assert both.shape == (2, 4, 5)
+    np.testing.assert_array_equal(both[1, 2], [True, True, False, True, False])
+    # The threshold, written out: the right ear seen 100 degrees from its outward direction is facing
+    # (cos -0.17 >= -0.2), at 105 degrees it is not (cos -0.26).
+    for deg, facing in ((100.0, True), (105.0, False)):
+        a = np.deg2rad(deg)
+        cam = HEAD[4] + 1e3 * np.array([np.cos(a), np.sin(a), 0.0])  # far away: the ray's angle is deg
+        assert bool(cm.face_facing(HEAD, cam)[4]) is facing
+    assert cm.FACE_FACING_MIN_COS == -0.2
+
+
+def test_face_rows_of_joint_sets():
+    from mpt_data import conventions as cv
+
+    assert cm.face_rows(cv.JOINT_SETS["coco17"]) == (0, 1, 2, 3, 4)
+    assert cm.face_rows(cv.JOINT_SETS["smpl24"]) is None
+
+
+def test_look_at_rotation_points_the_camera_at_its_target():
+    centre, target = np.array([3.0, -2.0, 2.5]), np.array([0.2, 0.1, 0.9])
+    K = np.array([[800.0, 0.0, 320.0], [0.0, 810.0, 240.0], [0.0, 0.0, 1.0]])
+    for roll in (0.0, 7.0, -30.0):
+        R = cm.look_at_rotation(centre, target, roll_deg=roll)
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) == pytest.approx(1.0)
+        cam = cm.Camera("c", K, R, -R @ centre, (640, 480))
+        np.testing.assert_allclose(cam.center, centre, atol=1e-12)
+        uv, depth = cm.project(target[None], cam)
+        np.testing.assert_allclose(uv[0], [320.0, 240.0], atol=1e-3)  # the target lands on the principal point
+        assert depth[0] == pytest.approx(np.linalg.norm(target - centre), rel=1e-6)
+        above = cm.project((target + [0.0, 0.0, 0.5])[None], cam)[0][0] - [320.0, 240.0]
+        # world up is up in the image (smaller v); a positive roll turns the camera clockwise seen from behind
+        # it, so the scene (world up) turns counter-clockwise in the image
+        assert np.rad2deg(np.arctan2(above[0], -above[1])) == pytest.approx(-roll, abs=0.5)
+    with pytest.raises(ValueError, match="coincide"):
+        cm.look_at_rotation(centre, centre)
+    with pytest.raises(ValueError, match="parallel"):
+        cm.look_at_rotation([0.0, 0.0, 5.0], [0.0, 0.0, 0.0])
+
+
+def test_project_views_hides_face_keypoints_turned_away():
+    rng = np.random.default_rng(3)
+    body = _standing_points(300).astype(np.float32)
+    joints = np.concatenate([HEAD + [0.0, 0.0, 0.7], rng.uniform(-0.3, 0.3, (12, 3))]).astype(np.float32)[None]
+    pos = np.array([1.0, 2.0, 0.9])
+    K = np.array([[1000.0, 0.0, 500.0], [0.0, 1000.0, 500.0], [0.0, 0.0, 1.0]])
+    cams = []
+    for name, offset in (("front", [0.0, 4.0, 0.5]), ("back", [0.0, -4.0, 0.5]), ("left", [-4.0, 0.0, 0.5])):
+        R = cm.look_at_rotation(pos + offset, pos)
+        cams.append(cm.Camera(name, K, R, -R @ (pos + offset), (1000, 1000)))
+    plain = cm.project_views(joints, body[None], cams, pos)
+    assert plain.visible[0, :, :5].all()  # all in the crop and in front: only the face rule can hide them
+    views = cm.project_views(joints, body[None], cams, pos, face_rows=(0, 1, 2, 3, 4))
+    np.testing.assert_array_equal(views.visible[0, :, :5], [[True] * 5, [False, False, False, True, True],
+                                                            [True, True, False, True, False]])
+    np.testing.assert_array_equal(views.visible[..., 5:], plain.visible[..., 5:])
+    np.testing.assert_array_equal(views.joints2d, plain.joints2d)  # the rule changes visibility only
+    # face rows elsewhere in the joint array: the same decisions for the moved rows
+    order = np.r_[5:17, 0:5]
+    moved = cm.project_views(joints[:, order], body[None], cams, pos, face_rows=(12, 13, 14, 15, 16))
+    np.testing.assert_array_equal(moved.visible[0, :, 12:], views.visible[0, :, :5])
