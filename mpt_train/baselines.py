@@ -37,8 +37,9 @@ from .loading import BackboneMPT, MapFeed, load_checkpoint_run, no_finetune_mode
 from .model import MeshRegressor
 from .protocols import evaluate_protocol
 
-# Columns of the table, in mm, in this order (a protocol reports the ones it defines).
-COLUMNS = ("mpjpe", "pa_mpjpe", "mpve")
+# Columns of the table, in this order (a protocol reports the ones it defines): errors in mm, F-scores (FreiHAND)
+# unitless.
+COLUMNS = ("mpjpe", "pa_mpjpe", "mpve", "pa_mpvpe", "f_score_5mm", "f_score_15mm")
 
 
 def oracle_prepare(device: torch.device, inputs: InputConfig) -> Prepare:
@@ -153,15 +154,17 @@ def score_rows(rows: Mapping[str, Row], folders: list[str], protocol: str, devic
 
 
 def results_table(results: Mapping[str, Mapping[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """A markdown table (one row per model, the given columns in mm; "–" where a protocol has none)."""
+    """A markdown table (one row per model, the given columns: errors in mm with one decimal, F-scores with
+    three; "–" where a protocol has none)."""
     present = [c for c in columns if any(c in r for r in results.values())]
     width = max(len(n) for n in results) if results else 5
-    head = f"| {'model':<{width}} | " + " | ".join(f"{c} (mm)" for c in present) + " |"
-    rule = f"|{'-' * (width + 2)}|" + "|".join("-" * (len(c) + 7) for c in present) + "|"
+    titles = [c if c.startswith("f_score") else f"{c} (mm)" for c in present]
+    head = f"| {'model':<{width}} | " + " | ".join(titles) + " |"
+    rule = f"|{'-' * (width + 2)}|" + "|".join("-" * (len(t) + 2) for t in titles) + "|"
     lines = [head, rule]
     for name, r in results.items():
-        cells = [f"{r[c]:.1f}" if c in r else "–" for c in present]
-        lines.append(f"| {name:<{width}} | " + " | ".join(f"{v:>{len(c) + 5}}" for v, c in zip(cells, present)) + " |")
+        cells = [("–" if c not in r else f"{r[c]:.3f}" if c.startswith("f_score") else f"{r[c]:.1f}") for c in present]
+        lines.append(f"| {name:<{width}} | " + " | ".join(f"{v:>{len(t)}}" for v, t in zip(cells, titles)) + " |")
     return "\n".join(lines) + "\n"
 
 

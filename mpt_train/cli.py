@@ -346,6 +346,10 @@ def bench(shards, storage_options, cache_dir, batch_size, steps, device, compile
                f"({step['parameters'] / 1e6:.1f} M parameters)")
     click.echo(f"render + MHM = {100 * render['ms_per_batch'] / step['ms_per_step']:.1f} % of a paper step "
                f"(target <= 5 %)")
+    proj = b.bench_projection(batch_size=step["batch_size"], device=device)
+    click.echo(b.format_result(proj))
+    click.echo(f"on-device projection (--cameras random) = {100 * proj['ms_per_batch'] / step['ms_per_step']:.1f} % "
+               f"of a paper step (target <= 5 %)")
     if step["device"].startswith("cuda"):
         mm = b.bench_matmul(device)
         click.echo(f"device bf16 matmul: {mm['tflop_per_s']:.1f} TFLOP/s; paper step at "
@@ -512,8 +516,9 @@ def plot(runs, out):
 @click.option("--image-shards", "folders", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Image shard folder(s) of the benchmark (e.g. h36m_valid_protocol2, 3dpw_test), as written by "
                    "`mpt-data images` (repeatable).")
-@click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "train-metrics"]), default="h36m-p2",
-              show_default=True, help="Human3.6M protocol 2, 3DPW, or the training loop's MPJPE / PA-MPJPE / MPVE.")
+@click.option("--protocol", type=click.Choice(["h36m-p2", "3dpw", "freihand", "train-metrics"]), default="h36m-p2",
+              show_default=True, help="Human3.6M protocol 2, 3DPW, FreiHAND (PA-MPJPE, PA-MPVPE, F@5/15 mm; hand "
+              "models), or the training loop's MPJPE / PA-MPJPE / MPVE.")
 @click.option("--no-finetune", is_flag=True, help="CHECKPOINT is a pre-trained transformer: put the frozen "
               "off-the-shelf backbone in front of it (test without fine-tuning).")
 @backbone_options
@@ -538,7 +543,8 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
                     pretrained, train_data, no_baselines, h36m_regressor, out, picture, picture_count, batch_size,
                     max_batches, device):
     """Score models on image shards, with the baselines they must beat: Human3.6M protocol 2 (MPJPE,
-    PA-MPJPE on 14 joints), 3DPW (MPVE, MPJPE, PA-MPJPE) or the training metrics, in mm.
+    PA-MPJPE on 14 joints), 3DPW (MPVE, MPJPE, PA-MPJPE), FreiHAND (PA-MPJPE, PA-MPVPE, F@5 mm, F@15 mm)
+    or the training metrics, in mm.
 
     \b
     Rows besides the given models (see mpt_train/baselines.py):
@@ -566,8 +572,12 @@ def evaluate_images(checkpoints, folders, protocol, no_finetune, backbone, depth
         name, sep, path = item.partition("=")
         named[name if sep else ("model" if len(checkpoints) == 1 else item)] = path if sep else item
     if no_finetune:
+        from .finetune import fit_backbone
+        from .loading import load_checkpoint_model
+
         bcfg = _backbone_config(backbone, depth, width, backbone_checkpoint, True)
-        models = {name: no_finetune_model(path, bcfg, MapFeed(mode=feed)) for name, path in named.items()}
+        models = {name: no_finetune_model(path, fit_backbone(bcfg, load_checkpoint_model(path).cfg), MapFeed(mode=feed))
+                  for name, path in named.items()}
         sources = BaselineSources(pretrained=next(iter(named.values())))  # its oracle row; it is its own no-fine-tune
     else:
         models, sources = models_under_test(named)

@@ -29,7 +29,7 @@ LABEL_PX = 22  # height of the caption strips
 
 
 def seen_joints(model: torch.nn.Module, pred: dict, batch: dict) -> np.ndarray:
-    """(B, 17, 2) crop pixels (centres at integers) of the 2D joints ``model`` based its prediction on."""
+    """(B, K, 2) crop pixels (centres at integers) of the 2D joints ``model`` based its prediction on."""
     if isinstance(model, BackboneMPT):
         maps = pred["maps"].float()
         if model.feed.mode == "keypoints":
@@ -70,7 +70,9 @@ def comparison_grid(rows: Mapping[str, Row], folder: str, count: int = 6) -> np.
     picks = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
     batch = {k: torch.cat([samples[i][k] for i in picks]) for k in samples[0]}
     crops = (batch["image"].permute(0, 2, 3, 1).numpy()[..., ::-1] * 255).round().astype(np.uint8)  # RGB -> BGR
-    names = conventions.JOINT_SETS[conventions.HEATMAP_JOINT_SET]
+    hand = first.cfg.joint_set == "hand21"  # the maps a hand model reads are its 21 joints
+    names = conventions.JOINT_SETS["hand21" if hand else conventions.HEATMAP_JOINT_SET]
+    skeleton = conventions.HAND21_SKELETON if hand else conventions.COCO_SKELETON
     columns = []
     for name, row in rows.items():
         row.model.eval()
@@ -83,7 +85,7 @@ def comparison_grid(rows: Mapping[str, Row], folder: str, count: int = 6) -> np.
             K, t = perspective_from_weak(pred["camera"][i].float().cpu().numpy(), (0.0, 0.0, float(CROP_SIZE)))
             tile = render_mesh(crops[i].copy(), pred["vertices"][i].float().cpu().numpy() + t, faces, K,
                                color=(150, 180, 230))
-            tile = draw_pose(tile, seen[i], None, names, conventions.COCO_SKELETON, thickness=1, radius=2)
+            tile = draw_pose(tile, seen[i], None, names, skeleton, thickness=1, radius=2)
             tiles.append(_caption(tile, f"PA-MPJPE {float(errors[i]):.0f} mm"))
         columns.append(np.concatenate([_strip(CROP_SIZE, name), *tiles], axis=0))
     gap = np.full((columns[0].shape[0], 4, 3), 255, np.uint8)

@@ -1,8 +1,9 @@
 """Fine-tuning: a 2D pose backbone in front of the pre-trained transformer, trained end to end.
 
 This is the loop of :mod:`mpt_train.trainer` with another :class:`~mpt_train.trainer.Task`: the
-model is :class:`~mpt_train.loading.BackboneMPT` (image -> 17 pose feature maps -> 8x8 patches ->
-the transformer), the batches are the image mixture of :mod:`mpt_train.images`, ``prepare``
+model is :class:`~mpt_train.loading.BackboneMPT` (image -> K pose feature maps -> 8x8 patches ->
+the transformer; K = the maps the transformer was pre-trained on: 17 for people, 21 for hands, so the
+2D network's head gets 21 output channels in front of a hand model), the batches are the image mixture of :mod:`mpt_train.images`, ``prepare``
 moves images and targets to the device, and the criterion is the pre-training criterion (each
 term only where its ground truth exists). ``--freeze-backbone`` keeps the 2D network fixed (the
 paper's Table 4); evaluating a pre-trained checkpoint through a frozen off-the-shelf backbone
@@ -13,13 +14,14 @@ with no training at all is the paper's "test without fine-tuning"
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .augment import AugmentConfig
-from .backbones import BackboneConfig
+from .backbones import BackboneConfig, PoseFeatureMaps
 from .checkpoint import CheckpointError
 from .images import (ImageBatches, ImageEvalBatches, ImageStream, MixtureError, image_prepare, keep_units,
                      read_mixture)
@@ -29,7 +31,21 @@ from .model import MeshRegressor, topology_from_store
 from .runtime import Runtime
 from .trainer import Task, TrainConfig
 
-IMAGE_JOINT_SET = "coco17"  # the 3D joints image shards carry
+IMAGE_JOINT_SETS = ("coco17", "hand21")  # the 3D joints image shards carry (people, hands)
+
+
+def heatmap_channels(cfg) -> int:
+    """Heatmap channels K a transformer reads (its input tokens are patch x patch x K values of K maps on
+    the 224 px grid): 17 for COCO-17 people, 21 for hands."""
+    from mpt_data.schema import CROP_SIZE
+
+    patch = CROP_SIZE // max(1, math.isqrt(cfg.num_input_tokens))
+    return cfg.input_token_dim // (patch * patch)
+
+
+def fit_backbone(backbone: BackboneConfig, cfg) -> BackboneConfig:
+    """``backbone`` with as many output maps as the transformer of config ``cfg`` reads (21 for a hand model)."""
+    return dataclasses.replace(backbone, num_joints=heatmap_channels(cfg))
 
 
 def scratch_regressor(like: MeshRegressor, store: str, seed: int) -> MeshRegressor:
@@ -86,19 +102,27 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
     runtime = runtime or Runtime.start(train_cfg.device, train_cfg.precision)
     device = runtime.device
     backbone_cfg = dataclasses.replace(ft.backbone, frozen=ft.freeze_backbone)
-    model = load_checkpoint_model(ft.init, backbone_cfg, feed=ft.feed)
+    model = load_checkpoint_model(ft.init, feed=ft.feed)
+    if isinstance(model, MeshRegressor):  # a pre-trained transformer: the 2D network gets its K maps
+        backbone_cfg = fit_backbone(backbone_cfg, model.cfg)
+        model = BackboneMPT(PoseFeatureMaps(backbone_cfg), model, feed=ft.feed)
     if not isinstance(model, BackboneMPT):
         raise CheckpointError(f"{ft.init}: not a transformer checkpoint")
+    ft = dataclasses.replace(ft, backbone=fit_backbone(ft.backbone, model.cfg))  # recorded: the maps it makes
     model.backbone.set_frozen(ft.freeze_backbone)
     if ft.scratch_store:
         model.regressor = scratch_regressor(model.regressor, ft.scratch_store, train_cfg.seed)
-    if model.cfg.joint_set != IMAGE_JOINT_SET:
+    if model.cfg.joint_set not in IMAGE_JOINT_SETS:
         raise CheckpointError(f"{ft.init}: the transformer predicts {model.cfg.joint_set!r} joints; image shards "
-                              f"carry {IMAGE_JOINT_SET!r} 3D joints: pre-train with joint set {IMAGE_JOINT_SET}")
+                              f"carry {' or '.join(IMAGE_JOINT_SETS)} 3D joints: pre-train with one of those joint sets")
     nv = model.cfg.level_sizes[-1]
     mix = read_mixture(ft.data, seed=train_cfg.seed, num_vertices=nv,
                        augment=AugmentConfig(enabled=ft.augment))
     stream = ImageStream(mix, runtime.rank, runtime.world_size)
+    if stream.joint_set != model.cfg.joint_set:
+        raise MixtureError(f"{ft.data}: its images carry {stream.joint_set!r} joints, the transformer of {ft.init} "
+                           f"predicts {model.cfg.joint_set!r}: fine-tune a hand model on hand images (FreiHAND) and a "
+                           "body model on images of people")
     if ft.fraction < 1.0:
         keep_units(stream, ft.fraction, train_cfg.seed)
     if mix.vertex_flip:
