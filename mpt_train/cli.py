@@ -453,8 +453,17 @@ def train_pose(data, val, out, backbone, depth, width, backbone_checkpoint, sigm
     if loop["steps"] is not None and epochs is not None:
         raise click.UsageError("give --steps or --epochs, not both")
     tc = _train_config(TrainConfig.pose_network, out, loop)
-    pc = PoseNetConfig(data=data, val=tuple(val), backbone=_backbone_config(backbone, depth, width, backbone_checkpoint),
-                       sigma=sigma, workers=loop["workers"], augment=not no_augment)
+    import dataclasses
+
+    from mpt_data.conventions import JOINT_SETS
+
+    from .images import open_dataset, read_mixture
+
+    first = read_mixture(data).datasets[0]  # the network makes one map per joint the images carry (21 for hands)
+    maps = len(JOINT_SETS[open_dataset(first.shards, first.name).joint_set])
+    pc = PoseNetConfig(data=data, val=tuple(val), sigma=sigma, workers=loop["workers"], augment=not no_augment,
+                       backbone=dataclasses.replace(_backbone_config(backbone, depth, width, backbone_checkpoint),
+                                                    num_joints=maps))
     task = build_posenet_task(tc, pc)
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
