@@ -187,6 +187,29 @@ def bench_chunk_checks(shards: str, rounds: int = 3, allow_unfrozen: bool = Fals
             "check_share": best_hash / (best_read + best_hash)}
 
 
+def bench_projection(batch_size: int = 64, device: torch.device | str | None = None, num_vertices: int = 6890,
+                     iters: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Time the on-device view of ``--cameras random`` (:func:`mpt_train.views.random_views`: the camera
+    draw, projection of all vertices and the 17 heatmap joints, crop, visibility, face rule) on a
+    batch already on the device. Returns ms_per_batch and samples_per_s."""
+    from mpt_train.views import CameraDistribution, random_views
+
+    dev = choose_device(device)
+    batch = synthetic_loader_batch(batch_size, num_vertices=num_vertices, device=dev)
+    dist = CameraDistribution.photographs()
+    for _ in range(warmup):
+        random_views(batch, dist, "coco17", dev, joints_key="joints3d")
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = random_views(batch, dist, "coco17", dev, joints_key="joints3d")
+    _sync(dev)
+    sec = (time.perf_counter() - t0) / iters
+    assert out["joints2d"].shape[0] == batch_size
+    return {"what": f"on-device projection ({num_vertices} vertices)", "device": str(dev), "dtype": "float32",
+            "batch_size": batch_size, "ms_per_batch": 1e3 * sec, "samples_per_s": batch_size / sec, "gb_per_s": 0.0}
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One printable line per benchmark result."""
     if result["what"] == "chunk checks":
@@ -198,6 +221,9 @@ def format_result(result: dict[str, Any]) -> str:
                 f"{result['samples_per_s']:,.0f} samples/s with {result['num_workers']} worker(s) = "
                 f"{result['samples_per_s_per_worker']:,.0f} per worker (batch {result['batch_size']}, "
                 f"{result['batches']} batches) [{result['store']}]")
+    if result["what"].startswith("on-device projection"):
+        return (f"{result['what']} on {result['device']}: {result['samples_per_s']:,.0f} samples/s, "
+                f"{result['ms_per_batch']:.2f} ms per batch of {result['batch_size']}")
     return (f"{result['what']} on {result['device']} {result['dtype']}: {result['samples_per_s']:,.0f} samples/s, "
             f"{result['ms_per_batch']:.2f} ms per batch of {result['batch_size']}, "
             f"{result['gb_per_s']:.2f} GB/s heatmaps written")

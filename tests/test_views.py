@@ -207,3 +207,29 @@ def test_random_camera_run_resumes_bit_for_bit_and_refuses_another_setting(refer
     cfg, task = _build(store, tmp_path / "cut", None, steps=14)
     with pytest.raises(CheckpointError, match="cameras"):
         train(cfg, task, resume=True)
+
+
+def test_evaluate_rig_on_the_stores_own_rig_matches_the_stored_views(reference_store, tmp_path):
+    """evaluate --rig h36m-s1 (the reference store's 4 cameras, projected on the device) gives the figures of
+    the stored views' clean evaluation, camera by camera and overall."""
+    from click.testing import CliRunner
+
+    from mpt_train.cli import main
+    from mpt_train.evaluate import evaluate_checkpoint, evaluate_rig
+    from mpt_train.trainer import train
+
+    store = str(reference_store.path)
+    cfg, task = _build(store, tmp_path / "run", None, steps=2)
+    train(cfg, task)
+    ck = str(tmp_path / "run" / "latest")
+    res = evaluate_rig(ck, store, "h36m-s1", batch_size=16, device="cpu")
+    first = next(k for k in res if k != "overall")
+    assert len(res) == 5 and res["overall"]["samples"] == 4 * res[first]["samples"] > 0
+    stored = evaluate_checkpoint(ck, store, batch_size=16, baseline=False, device="cpu")["clean"]
+    for k in ("mpjpe", "pa_mpjpe", "mpve"):
+        assert abs(res["overall"][k] - stored[k]) < 0.05, (k, res["overall"][k], stored[k])
+    out = tmp_path / "rig.json"
+    r = CliRunner().invoke(main, ["evaluate", "--checkpoint", ck, "--shards", store, "--rig", "close-wide",
+                                  "--batch-size", "16", "--max-batches", "1", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "overall" in r.output and json.loads(out.read_text())["overall"]["samples"] > 0
