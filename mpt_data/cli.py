@@ -237,8 +237,8 @@ def copy(src, dst, storage_options, src_options, dst_options, workers, no_progre
 @click.option("--batch-size", type=int, default=512, show_default=True, help="Meshes per body-model forward.")
 @click.option("--vertices", type=int, default=6890, show_default=True, help="Vertices of the synthetic model.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch folder (default: a temporary one).")
-@click.option("--cameras", type=click.Choice(["1", "2", "4", "8"]), default="8", show_default=True,
-              help="Virtual cameras per mesh.")
+@click.option("--cameras", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Virtual cameras per mesh (Human3.6M's rig: 1, 2, 4 or 8).")
 @click.option("--profile", is_flag=True, help="Also print the build's seconds per stage.")
 @click.option("--scaling", is_flag=True, help="Only the scaling run: a large store built with 1 and 2 workers.")
 @click.option("--scaling-meshes", type=int, default=20000, show_default=True, help="Meshes of the scaling store.")
