@@ -106,16 +106,46 @@ H36M_TO_EVAL14: tuple[int, ...] = (3, 2, 1, 4, 5, 6, 16, 15, 14, 11, 12, 13, 8, 
 H36M_PELVIS = 0
 
 # ---------------------------------------------------------------------------------------
+# MANO hands (778 vertices, 16 joints). The official MANO_RIGHT.pkl / MANO_LEFT.pkl order:
+# the wrist, then per finger its three joints from the palm outwards, fingers in the order
+# index, middle, pinky, ring, thumb (the order of SMPL+H's 15 joints per hand, which are MANO's).
+MANO_NUM_VERTICES = 778
+MANO_FINGERS: tuple[str, ...] = _FINGERS  # index, middle, pinky, ring, thumb
+MANO_JOINTS: tuple[str, ...] = ("wrist",) + tuple(f"{finger}{k}" for finger in _FINGERS for k in (1, 2, 3))
+MANO_PARENTS: tuple[int, ...] = (-1,) + tuple(_hand_parents(0, 1))
+# Fingertip vertices of the official MANO topology: the ids smplx uses for MANO's five extra
+# tip joints (smplx, `vertex_joint_selector` / `joint_names.TIP_IDS['mano']`); Mesh Graphormer,
+# METRO and 4D-Humans use the same vertices. A model with another topology ships its own ids
+# (the synthetic hand writes `vertex_ids.json` beside its files).
+MANO_FINGERTIP_VERTEX_IDS: dict[str, int] = {"thumb": 744, "index": 320, "middle": 443, "ring": 554, "pinky": 671}
+
+# HAND-21: FreiHAND's (and the 2D hand-pose datasets') 21 keypoints: the wrist, then per finger
+# from the thumb to the little finger its base, two middle joints and its tip. The little finger
+# is MANO's pinky.
+HAND21_FINGERS: tuple[str, ...] = ("thumb", "index", "middle", "ring", "pinky")
+HAND21_JOINTS: tuple[str, ...] = ("wrist",) + tuple(f"{finger}{k}" for finger in HAND21_FINGERS for k in (1, 2, 3, 4))
+HAND21_PARENTS: tuple[int, ...] = (-1,) + tuple(0 if k == 0 else 1 + 4 * f + k - 1 for f in range(5) for k in range(4))
+HAND21_SKELETON: tuple[tuple[int, int], ...] = tuple((p, c) for c, p in enumerate(HAND21_PARENTS) if p >= 0)
+# HAND-21 joint k is MANO joint HAND21_FROM_MANO[k]; -1 marks a fingertip, a mesh vertex
+# (MANO_FINGERTIP_VERTEX_IDS[HAND21_FINGERS[(k - 1) // 4]]).
+HAND21_FROM_MANO: tuple[int, ...] = (0,) + tuple(
+    MANO_JOINTS.index(f"{finger}{k}") if k < 4 else -1 for finger in HAND21_FINGERS for k in (1, 2, 3, 4)
+)
+HAND21_TIPS: tuple[int, ...] = tuple(k for k, m in enumerate(HAND21_FROM_MANO) if m < 0)  # rows 4, 8, 12, 16, 20
+
+# ---------------------------------------------------------------------------------------
 # Joint sets a store may hold, by name.
 JOINT_SETS: dict[str, tuple[str, ...]] = {
     "smpl24": SMPL_JOINTS,
     "coco17": COCO_JOINTS,
     "h36m17": H36M_JOINTS,
+    "hand21": HAND21_JOINTS,
 }
 FLIP_PAIRS: dict[str, tuple[tuple[int, int], ...]] = {
     "smpl24": SMPL_FLIP_PAIRS,
     "coco17": COCO_FLIP_PAIRS,
     "h36m17": H36M_FLIP_PAIRS,
+    "hand21": (),  # a store holds right hands only (left ones mirrored): nothing to swap
 }
 HEATMAP_JOINT_SET = "coco17"  # the K = 17 heatmap channels
 
@@ -133,6 +163,16 @@ def pelvis_index(joint_set: str) -> int | None:
     """Index of the pelvis in ``joint_set``; COCO has none (use the hip midpoint)."""
     names = JOINT_SETS[joint_set]
     return names.index("pelvis") if "pelvis" in names else None
+
+
+def root_index(joint_set: str) -> int | None:
+    """Index of the joint a root-centred mesh has at the origin: the pelvis of a body set, the wrist of
+    ``hand21``; None for a set without one (COCO: use the hip midpoint)."""
+    names = JOINT_SETS[joint_set]
+    for root in ("pelvis", "wrist"):
+        if root in names:
+            return names.index(root)
+    return None
 
 
 # Vertex ids of the COCO face keypoints on the official SMPL / SMPL+H topology (6890
