@@ -403,3 +403,12 @@ def test_a_store_built_through_a_rig_file_holds_its_cameras_and_views(build_inpu
     np.testing.assert_array_equal(vis[..., :5] & ~cm.face_facing(face[:, None], centres[None]), False)
     assert (~cm.face_facing(face[:, None], centres[None])).any()  # some face keypoint is turned away
     assert group.attrs[schema.ATTR_RECIPE]["rig"] == str(path)
+
+
+def test_the_readme_example_rig_loads_and_faces_the_subject(tmp_path):
+    text = (REPO / "README.md").read_text()
+    start = text.index("```yaml", text.index("### Camera rigs")) + len("```yaml")
+    rig = rigs.load_rig(_write(tmp_path / "example.yaml", text[start: text.index("```", start)]))
+    assert [c.name for c in rig.cameras] == ["side", "high"]
+    for cam in rig.cameras:  # both put the subject position on their principal point
+        np.testing.assert_allclose(cm.project(rig.subject_position[None], cam)[0][0], cam.K[:2, 2], atol=1e-6)
