@@ -290,8 +290,8 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> BuildConfig
             fields["rig"] = _rig_path(str(fields["rig"]), p.parent)
     if overrides.get("rig") is not None:  # --rig: relative to the current directory
         overrides = {**overrides, "rig": _rig_path(str(overrides["rig"]), Path.cwd())}
-        if overrides.get("cameras") is None:  # the recipe's camera count was for the recipe's rig
-            fields.pop("cameras", None)
+        if overrides.get("cameras") is None and overrides["rig"] not in ("h36m", "sphere"):
+            fields.pop("cameras", None)  # the recipe's camera count was for its own rig: the file decides
     # A sampling flag replaces the recipe's sampling rule, whichever of the two the recipe used.
     if overrides.get("target_meshes") is not None:
         fields.pop("target_fps", None)

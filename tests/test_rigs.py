@@ -318,6 +318,9 @@ def test_recipe_rig_key_counts_paths_and_hash(tmp_path, monkeypatch):
     over = load_recipe(REPO / "pipelines" / "demo.yaml", rig="ring.yaml")
     assert over.rig == str(folder / "ring.yaml") and over.cameras == 3
     assert load_recipe(REPO / "pipelines" / "demo.yaml", rig="elevated-ring").cameras == 6
+    (folder / "r8.yaml").write_text("cameras: 8\nsampling:\n  target_fps: 10\n")
+    assert load_recipe(folder / "r8.yaml", rig="h36m").cameras == 8  # a built-in rig keeps the recipe's count
+    assert load_recipe(folder / "r8.yaml", rig="sphere").camera_rig().name == "sphere-8"
     assert load_recipe(REPO / "pipelines" / "demo.yaml", rig="sphere", cameras=16).camera_rig().name == "sphere-16"
     for rig, n, message in (("h36m", 3, r"one of \(1, 2, 4, 8\) for rig h36m"), ("sphere", 65, r"in 1\.\.64 for rig sphere")):
         with pytest.raises(RecipeError, match=message):
