@@ -19,6 +19,7 @@ import numpy as np
 from mpt_data import raster
 from mpt_data.fileio import atomic_write_bytes, atomic_write_text
 from mpt_data.synth import body as sb
+from mpt_data.synth import hand as sh
 from mpt_data.synth import motion as sm
 
 _GENDER_COLOURS = {"neutral": (150, 170, 200), "male": (200, 160, 120), "female": (140, 120, 210)}  # BGR
@@ -37,6 +38,7 @@ class SynthConfig:
     num_sequences: int = 14
     seconds: float = 4.0
     picture: bool = True
+    hands: bool = True  # also the synthetic MANO hand (hand_models/), ~8 s
 
 
 def _key_frame(kind: str, arrays: dict[str, np.ndarray]) -> int:
@@ -157,7 +159,7 @@ def sheet_with_key(columns: list[np.ndarray], titles: tuple[str, ...], genders: 
 
 
 def write_synthetic_inputs(config: SynthConfig) -> dict[str, Path]:
-    """Write body models, motions, body.png and the resolved config under ``config.out``."""
+    """Write body models, hand models, motions, body.png and the resolved config under ``config.out``."""
     import cv2
 
     out = Path(config.out)
@@ -165,6 +167,9 @@ def write_synthetic_inputs(config: SynthConfig) -> dict[str, Path]:
     written = {"body_models": out / "body_models", "amass": out / "amass"}
     sb.write_body_models(out / "body_models", seed=config.seed, num_vertices=config.num_vertices)
     sm.write_motions(out / "amass", seed=config.seed, num_sequences=config.num_sequences, seconds=config.seconds)
+    if config.hands:
+        sh.write_hand_models(out / "hand_models", seed=config.seed)
+        written["hand_models"] = out / "hand_models"
     if config.picture:
         sheet = pose_sheet(out / "body_models", seed=config.seed)
         ok, png = cv2.imencode(".png", sheet)
