@@ -345,5 +345,26 @@ def freihand(root, split, out, dataset, versions, max_samples, rows_per_shard, r
                f"shard(s); skipped {summary.skipped or 'none'}; mixture {mixture}")
 
 
+
+@main.command("synth-freihand")
+@click.option("--hand-models", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder with MANO_RIGHT.pkl (e.g. the hand_models/ of `mpt-data synth`); use the hand store's.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (FreiHAND's layout).")
+@click.option("--training", type=click.IntRange(1), default=32, show_default=True, help="Training annotations.")
+@click.option("--evaluation", type=click.IntRange(1), default=8, show_default=True, help="Evaluation annotations.")
+@click.option("--versions", type=click.IntRange(1, 4), default=2, show_default=True,
+              help="Training colour versions (images = versions x annotations).")
+@click.option("--no-eval-truth", is_flag=True, help="Leave out evaluation_xyz/verts/mano.json (as first released).")
+@click.option("--seed", default=0, show_default=True, help="Seed: same seed, same bytes.")
+def synth_freihand(hand_models, out, training, evaluation, versions, no_eval_truth, seed):
+    """Render a small synthetic hand dataset in exactly FreiHAND's layout (then `mpt-data freihand`)."""
+    from .synth.freihand import SynthFreiHANDConfig, write_synth_freihand
+
+    summary = write_synth_freihand(SynthFreiHANDConfig(hand_models, out, training, evaluation, versions,
+                                                       not no_eval_truth, seed=seed))
+    counts = summary["counts"]
+    click.echo(f"wrote {counts['training']['images']} training and {counts['evaluation']['images']} evaluation "
+               f"images to {out}")
+
 if __name__ == "__main__":
     main()

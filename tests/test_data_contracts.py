@@ -36,7 +36,7 @@ DATA_FLOW = {
     "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "remote", "raster", "topology", "amass",
                  "sampling", "cameras", "rigs", "recipe", "plan", "model_files", "kinematics", "body", "store", "meshes", "build", "freeze", "transfer", "preview", "images",
                  "freihand", "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
-                 "synth.images", "bench", "console", "cli"],
+                 "synth.images", "synth.freihand", "bench", "console", "cli"],
     "mpt_train": ["store", "order", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
                   "finetune", "posenet", "predict", "comparison", "plot", "bench", "cli"],

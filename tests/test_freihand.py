@@ -185,3 +185,104 @@ def test_a_mixture_of_people_and_hands_is_refused(tmp_path):
                                                 {"name": "h", "shards": str(tmp_path / "shards/freihand_training")}]}))
     with pytest.raises(MixtureError, match="different joint sets.*p: coco17, h: hand21"):
         ImageStream(read_mixture(mix))
+
+
+# ------------------------------------------------------------------------------------------
+# The synthetic FreiHAND-format dataset, and a hand model fine-tuned and scored on it
+
+
+@pytest.fixture(scope="module")
+def synth_fh(tmp_path_factory):
+    """A hand store (the real builder), the synthetic FreiHAND layout of its hand model, both splits ingested."""
+    from mpt_data.freihand import FreiHANDConfig, ingest_freihand
+    from mpt_data.synth.freihand import SynthFreiHANDConfig, write_synth_freihand
+
+    from test_hand_store import build_hand_store
+
+    root = tmp_path_factory.mktemp("synth_fh")
+    store = build_hand_store(root / "hands")
+    summary = write_synth_freihand(SynthFreiHANDConfig(str(store.hand_dir), str(root / "fh"), training=12,
+                                                       evaluation=6, versions=2))
+    for split in ("training", "evaluation"):
+        ingest_freihand(FreiHANDConfig(str(root / "fh"), split, str(root / "shards"), rows_per_group=4))
+    (root / "mix.yaml").write_text("datasets:\n  - {name: fh, shards: shards/freihand_training, weight: 1}\n")
+    return root, store, summary
+
+
+def test_synthetic_dataset_has_freihands_layout_and_the_joints_land_on_the_hand(synth_fh):
+    import cv2
+
+    from mpt_data.freihand import read_split
+
+    root, _, summary = synth_fh
+    fh = root / "fh"
+    assert summary["counts"] == {"training": {"annotations": 12, "images": 24},
+                                 "evaluation": {"annotations": 6, "images": 6}}
+    train = read_split(fh, "training")
+    assert train["K"].shape == (12, 3, 3) and train["mano"].shape == (12, 61)
+    assert train["xyz"].shape == (12, 21, 3) and train["verts"].shape == (12, 778, 3)
+    assert set(read_split(fh, "evaluation")) == {"K", "scale", "xyz", "verts", "mano"}
+    assert sorted(p.name for p in (fh / "training" / "rgb").iterdir()) == [f"{i:08d}.jpg" for i in range(24)]
+    # the wrist is the origin of the hand model: mano's last 3 values are its camera-frame position
+    assert np.allclose(train["mano"][:, 58:], train["xyz"][:, 0], atol=1e-6)
+    on_hand = []
+    for i in range(24):
+        img = cv2.imread(str(fh / "training" / "rgb" / f"{i:08d}.jpg"))
+        assert img.shape == (224, 224, 3)
+        a = i % 12
+        uv = train["xyz"][a] @ train["K"][a].T
+        uv = uv[:, :2] / uv[:, 2:]
+        assert (uv > 0).all() and (uv < 223).all()  # the whole hand is in the crop
+        if i < 12:  # green-screen version: the joints' pixels are the hand's, not the screen's
+            px = img[np.round(uv[:, 1]).astype(int), np.round(uv[:, 0]).astype(int)].astype(int)
+            on_hand.append(np.mean(np.abs(px - np.array([60, 180, 40])).sum(1) > 60))
+    assert np.mean(on_hand) > 0.8, on_hand
+    # the two colour versions of an annotation differ in looks only
+    v0 = cv2.imread(str(fh / "training" / "rgb" / "00000003.jpg"))
+    v1 = cv2.imread(str(fh / "training" / "rgb" / "00000015.jpg"))
+    assert np.abs(v0.astype(int) - v1.astype(int)).mean() > 5
+
+
+def test_hand_model_fine_tunes_on_synthetic_freihand_and_scores_by_its_protocol(synth_fh):
+    import torch
+    from click.testing import CliRunner
+
+    from mpt_train.backbones import TINY_BACKBONE
+    from mpt_train.cli import main as train_main
+    from mpt_train.data import LoaderConfig
+    from mpt_train.finetune import FinetuneConfig, build_finetune_task
+    from mpt_train.images import ImageEvalBatches, image_prepare
+    from mpt_train.inputs import InputConfig
+    from mpt_train.losses import LossConfig
+    from mpt_train.model import ModelConfig
+    from mpt_train.pretrain import build_pretrain_task
+    from mpt_train.protocols import evaluate_protocol
+    from mpt_train.trainer import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root, store, _ = synth_fh
+    cfg = TrainConfig.tiny(out=str(root / "pre"), steps=4, batch_size=8, log_every=1, checkpoint_every=4,
+                           val_every=0, progress=False, device="cpu")
+    train(cfg, build_pretrain_task(cfg, ModelConfig.tiny_hand(layers_per_block=1), InputConfig.tiny(), LossConfig(),
+                                   LoaderConfig(shards=str(store.path), num_workers=0)))
+    val = str(root / "shards" / "freihand_evaluation")
+    tc = TrainConfig.finetune(out=str(root / "ft"), steps=3, batch_size=4, log_every=1, checkpoint_every=3,
+                              val_every=0, progress=False, device="cpu")
+    ft = FinetuneConfig(init=str(root / "pre"), data=str(root / "mix.yaml"), val=(val,), backbone=TINY_BACKBONE)
+    task = build_finetune_task(tc, ft, LossConfig())
+    assert task.model.backbone.cfg.num_joints == 21 and task.model.cfg.joint_set == "hand21"
+    res = train(tc, task)
+    assert res["samples"] == 6.0 and np.isfinite(res["pa_mpjpe"]) and np.isfinite(res["mpve"])
+    scores = evaluate_protocol(task.model, ImageEvalBatches([val], 4, 778), image_prepare(torch.device("cpu")),
+                               "freihand", None, torch.device("cpu"))
+    assert set(scores) == {"pa_mpjpe", "pa_mpvpe", "f_score_5mm", "f_score_15mm", "samples"}
+    print("FreiHAND protocol, synthetic evaluation split: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    assert scores["samples"] == 6.0 and all(np.isfinite(v) for v in scores.values())
+    assert 0 < scores["pa_mpvpe"] < 200 and 0 <= scores["f_score_5mm"] <= scores["f_score_15mm"] <= 1
+    out = root / "table.md"
+    res = CliRunner().invoke(train_main, ["evaluate-images", "--checkpoint", f"hand={root / 'ft'}",
+                                          "--image-shards", val, "--protocol", "freihand", "--device", "cpu",
+                                          "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = out.read_text()
+    assert "f_score_5mm" in table and "pa_mpvpe (mm)" in table and "| hand " in table
