@@ -315,7 +315,8 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
 @main.command()
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
               help="FreiHAND folder: <split>_K.json, _mano.json, _xyz.json, _verts.json and <split>/rgb/.")
-@click.option("--split", type=click.Choice(["training", "evaluation"]), required=True, help="Which split to ingest.")
+@click.option("--set", "split", type=click.Choice(["training", "evaluation"]), required=True,
+              help="Which FreiHAND set to ingest (FreiHAND's set_name; --split names store splits elsewhere).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root; <dataset>/ is made in it.")
 @click.option("--dataset", default="", help="Dataset name (default: freihand_<split>).")
 @click.option("--versions", type=click.IntRange(0, 4), default=0, show_default=True,

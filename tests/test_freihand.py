@@ -157,14 +157,14 @@ def test_cli_ingests_and_names_a_bad_file(tmp_path):
     from mpt_data.cli import main
 
     _fake_layout(tmp_path / "fh", versions=1)
-    res = CliRunner().invoke(main, ["freihand", "--root", str(tmp_path / "fh"), "--split", "training",
+    res = CliRunner().invoke(main, ["freihand", "--root", str(tmp_path / "fh"), "--set", "training",
                                     "--out", str(tmp_path / "shards")])
     assert res.exit_code == 0, res.output
     assert "freihand_training: 5 of 5 images written" in res.output
     mixture = (tmp_path / "shards" / "freihand_training.yaml").read_text()
     assert "shards: freihand_training" in mixture
     (tmp_path / "fh" / "training_K.json").unlink()
-    res = CliRunner().invoke(main, ["freihand", "--root", str(tmp_path / "fh"), "--split", "training",
+    res = CliRunner().invoke(main, ["freihand", "--root", str(tmp_path / "fh"), "--set", "training",
                                     "--out", str(tmp_path / "shards")])
     assert res.exit_code == 1 and "training_K.json: file does not exist" in res.output
 
