@@ -98,24 +98,50 @@ def annotation_path(root: str | Path, split: str, what: str) -> Path:
     return Path(root) / f"{split}_{what}.json"
 
 
+def _json_entries(text: str, path: Path):
+    """The entries of a JSON list, decoded one at a time (the whole list as Python floats would take several
+    times the memory of the arrays: FreiHAND's training_verts.json holds 76 million numbers)."""
+    decoder = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if not text.startswith("[", i):
+        raise FreiHANDError(f"{path}: expected a JSON list of entries")
+    i += 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text):
+            raise FreiHANDError(f"{path}: not readable JSON (the list is not closed)")
+        if text[i] == "]":
+            return
+        try:
+            entry, i = decoder.raw_decode(text, i)
+        except ValueError as exc:
+            raise FreiHANDError(f"{path}: not readable JSON ({exc})") from exc
+        yield entry
+
+
 def _load_json_array(path: Path, tail: tuple[int, ...], n: int | None) -> np.ndarray:
     """``path`` as a float64 array (N, *tail): FreiHANDError naming the file for anything else."""
     if not path.is_file():
         raise FreiHANDError(f"{path}: file does not exist (the FreiHAND layout: ROOT/<split>_K.json, _mano.json, "
                             "_xyz.json, _verts.json and ROOT/<split>/rgb/)")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:
         raise FreiHANDError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(raw, list) or not raw:
+    rows = []
+    for k, entry in enumerate(_json_entries(text, path)):
+        try:
+            row = np.asarray(entry, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FreiHANDError(f"{path}: entry {k} is not a numeric array of shape {tail} ({exc})") from exc
+        if row.shape != tail:
+            raise FreiHANDError(f"{path}: entries have shape {row.shape}, expected {tail} (entry {k})")
+        rows.append(row)
+    del text
+    if not rows:
         raise FreiHANDError(f"{path}: expected a non-empty JSON list of entries of shape {tail}")
-    try:
-        arr = np.asarray(raw, np.float64)
-    except (TypeError, ValueError) as exc:
-        raise FreiHANDError(f"{path}: entries are not all numeric arrays of shape {tail} ({exc})") from exc
-    if arr.shape[1:] != tail:
-        raise FreiHANDError(f"{path}: entries have shape {arr.shape[1:]}, expected {tail}")
+    arr = np.stack(rows)
     if n is not None and len(arr) != n:
         raise FreiHANDError(f"{path}: {len(arr)} entries, but the split's K file has {n}")
     bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)

@@ -127,7 +127,7 @@ def test_missing_and_truncated_images_are_skipped_and_counted(tmp_path):
     ("missing", r"training_xyz\.json: file does not exist"),
     ("count", r"training_verts\.json: 4 entries, but the split's K file has 5"),
     ("nan", r"training_mano\.json: entry 2 holds a non-finite number"),
-    ("shape", r"training_xyz\.json: entries have shape \(21, 2\), expected \(21, 3\)"),
+    ("shape", r"training_xyz\.json: entries have shape \(21, 2\), expected \(21, 3\) \(entry 0\)"),
     ("json", r"training_K\.json: not readable JSON"),
 ])
 def test_bad_files_are_refused_with_their_name(tmp_path, damage, message):
