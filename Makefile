@@ -12,7 +12,7 @@ DEMO_SEQUENCES ?= 42
 DEMO_SECONDS   ?= 8
 PRETRAIN_STEPS ?= 1250
 
-.PHONY: demo test venv clean bench demo-data demo-pretrain demo-finetune
+.PHONY: demo test venv clean bench demo-data demo-pretrain demo-finetune demo-hands
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ bench: venv
 	$(BIN)/mpt-data bench
 	$(BIN)/mpt-train bench --shards $(OUT)/store
 
-demo: demo-data demo-pretrain demo-finetune
+demo: demo-data demo-pretrain demo-finetune demo-hands
 	@echo; echo "demo finished: pictures and figures are in $(OUT)/"; ls $(OUT)/*.png $(OUT)/*.json $(OUT)/*.md 2>/dev/null
 
 # --- data: synthetic body + motions -> a frozen store -------------------------------------------
@@ -119,6 +119,28 @@ $(OUT)/finetune.done: $(foreach r,$(FT_RUNS),$(OUT)/$(r).done)
 	$(BIN)/mpt-train predict --checkpoint $(OUT)/ft1pct --image $(OUT)/images/images/val/000003.jpg --out $(OUT)/predict \
 	  --bbox $$($(BIN)/python -c "import numpy as np; a = np.load('$(OUT)/images/synth_val.npz'); \
 	    w = float(a['scale'][3]) * 200 / 1.2; x, y = a['center'][3]; print(f'{x - w/2:.1f},{y - w/2:.1f},{w:.1f},{w:.1f}')")
+	touch $@
+
+# --- hands: the synthetic MANO-format hand -> a hand store -> tiny-hand pre-training -> evaluation picture ----
+# The right hand and the mirrored left hand of each sampled frame of the same motions, 8 cameras on a sphere
+# (pipelines/demo-hands.yaml). Two targets with stamps, beside the body stages: `make -j2 demo` overlaps them.
+HAND_STEPS ?= 400
+demo-hands: $(OUT)/hands_pretrain.done
+
+$(OUT)/hand_store.frozen: $(OUT)/synth/synth_config.json
+	$(BIN)/mpt-data build --recipe pipelines/demo-hands.yaml --amass-root $(OUT)/synth/amass \
+	  --body-models $(OUT)/synth/hand_models --out $(OUT)/hand_store --resume
+	$(BIN)/mpt-data freeze $(OUT)/hand_store
+	$(BIN)/mpt-data verify $(OUT)/hand_store
+	$(BIN)/mpt-data info $(OUT)/hand_store
+	$(BIN)/mpt-data preview $(OUT)/hand_store --mesh 1 --out $(OUT)/hand_preview.png
+	touch $@
+
+$(OUT)/hands_pretrain.done: $(OUT)/hand_store.frozen
+	$(BIN)/mpt-train pretrain --shards $(OUT)/hand_store --preset tiny-hand --out $(OUT)/hand_pretrain \
+	  --steps $(HAND_STEPS) --val-every 100 --workers 1 --resume
+	$(BIN)/mpt-train evaluate --checkpoint $(OUT)/hand_pretrain/latest --shards $(OUT)/hand_store --split val \
+	  --json-out $(OUT)/hand_pretrain_eval.json --picture $(OUT)/hand_pretrain_val.png
 	touch $@
 
 clean:
