@@ -43,7 +43,7 @@ Whole body in view, by construction: a vertex X has depth (X - C) . f >= d - |X|
 (C camera centre, f its unit optical axis, a the look-at point, root at 0). With d >= 2 m,
 |a| <= sqrt(3) * 0.15 = 0.26 m and any human mesh within 1.4 m of its pelvis (arms raised),
 every depth is > 0.3 m; the crop is then built around all projected vertices, so every vertex
-lies inside [0, 224) crop pixels (the 1.2 margin keeps the extreme ones 9 % of the side away
+lies inside [0, 224) crop pixels (the 1.2 margin keeps the extreme ones 1/12 of the side away
 from the border). No sample is redrawn. :class:`CameraDistribution` refuses a minimum
 distance below ``MIN_DISTANCE_M`` (2 m).
 """
