@@ -37,7 +37,7 @@ DATA_FLOW = {
                  "sampling", "cameras", "rigs", "recipe", "plan", "model_files", "kinematics", "body", "store", "meshes", "build", "freeze", "transfer", "preview", "images",
                  "freihand", "synth", "synth.surface", "synth.rig", "synth.body", "synth.motion", "synth.picture",
                  "synth.images", "synth.freihand", "bench", "console", "cli"],
-    "mpt_train": ["store", "order", "data", "inputs", "augment", "model", "losses", "metrics", "protocols", "backbones",
+    "mpt_train": ["store", "order", "data", "inputs", "views", "augment", "model", "losses", "metrics", "protocols", "backbones",
                   "checkpoint", "runtime", "loading", "evaluate", "images", "baselines", "report", "trainer", "pretrain",
                   "finetune", "posenet", "predict", "comparison", "plot", "bench", "cli"],
 }
