@@ -12,7 +12,7 @@ DEMO_SEQUENCES ?= 42
 DEMO_SECONDS   ?= 8
 PRETRAIN_STEPS ?= 1250
 
-.PHONY: demo test venv clean bench demo-data demo-pretrain demo-finetune demo-hands
+.PHONY: demo test venv clean bench demo-data demo-pretrain demo-finetune demo-hands cameras-experiment
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
