@@ -145,11 +145,11 @@ $(OUT)/hands_pretrain.done: $(OUT)/hand_store.frozen
 
 # --- random cameras vs fixed rigs: the README's "Random cameras and held-out rigs" table ----------------
 # One 8-camera store of the demo's motions; `tiny` pre-trained three times with the same seed and steps on
-# (a) the store's 4 Human3.6M cameras (indices 0,2,4,6), (b) all 8, (c) --cameras random; each scored on the
+# (a) the store's 4 Human3.6M cameras (indices 0,2,4,6), (b) all 8, (c) --views random; each scored on the
 # val split through the Human3.6M rig and the two held-out rigs (pipelines/rigs/).
 CAM_STEPS ?= 500
 CAM_RIGS  := h36m-s1 elevated-ring close-wide
-CAM_RUNS  := rig4:--store-cameras=0,2,4,6 rig8: random:--cameras=random
+CAM_RUNS  := rig4:--store-cameras=0,2,4,6 rig8: random:--views=random
 cameras-experiment: $(OUT)/cameras_table.md
 
 $(OUT)/cam_store.frozen: $(OUT)/synth/synth_config.json

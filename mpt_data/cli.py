@@ -56,16 +56,19 @@ storage_option = click.option("--storage-option", "storage_options", multiple=Tr
 @click.option("--sequences", type=int, default=14, show_default=True, help="SMPL+H motion files (plus one SMPL-X).")
 @click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of each motion.")
 @click.option("--no-picture", is_flag=True, help="Skip body.png.")
-def synth(out, seed, vertices, sequences, seconds, no_picture):
+@click.option("--no-hands", is_flag=True, help="Skip the MANO hand models (hand_models/).")
+def synth(out, seed, vertices, sequences, seconds, no_picture, no_hands):
     """Synthetic inputs in the real formats: OUT/body_models (SMPL, SMPL+H, AMASS model.npz,
-    vertex_ids.json), OUT/amass (AMASS-format motions) and OUT/body.png."""
+    vertex_ids.json), OUT/hand_models (MANO_RIGHT.pkl, MANO_LEFT.pkl, vertex_ids.json), OUT/amass
+    (AMASS-format motions, fingers included) and OUT/body.png."""
     from mpt_data.synth.body import MIN_VERTICES
     from mpt_data.synth.picture import SynthConfig, write_synthetic_inputs
 
     if vertices < MIN_VERTICES or sequences < 1 or seconds <= 0:
         raise click.BadParameter(f"need --vertices >= {MIN_VERTICES}, --sequences >= 1 and --seconds > 0")
     written = write_synthetic_inputs(SynthConfig(out=out, seed=seed, num_vertices=vertices,
-                                                 num_sequences=sequences, seconds=seconds, picture=not no_picture))
+                                                 num_sequences=sequences, seconds=seconds, picture=not no_picture,
+                                                 hands=not no_hands))
     for name, path in written.items():
         click.echo(f"{name}: {path}")
 
@@ -290,8 +293,8 @@ def images(annotations, image_root, out, dataset, context, crop_px, rows_per_sha
 @click.option("--seed", default=0, show_default=True, help="Seed: same seed, same bytes.")
 @click.option("--workers", default=1, show_default=True, help="Processes (same output whatever the number).")
 @click.option("--dataset", default="synth", show_default=True, help="Annotation file stem: DATASET_train.npz.")
-@click.option("--body-model-type", type=click.Choice(["smplh", "smpl"]), default="smplh", show_default=True,
-              help="Which model files of --body-models pose the bodies.")
+@click.option("--body-model-type", type=click.Choice(["smplh", "smpl", "mano"]), default="smplh", show_default=True,
+              help="Which model files of --body-models pose the bodies (smplh or smpl; hands: synth-freihand).")
 @click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifest.yaml", show_default=True,
               help="Data manifest whose AMASS subset split picks the val motions ('' for every tenth file).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -305,6 +308,9 @@ def synth_images(amass_root, body_models, out, train, val, image_size, seed, wor
     """
     from .synth.images import SynthImagesConfig, write_synth_images
 
+    if body_model_type == "mano":
+        raise click.BadParameter("synth-images renders whole bodies (smplh or smpl); synthetic hand images come from "
+                                 "mpt-data synth-freihand", param_hint="--body-model-type")
     cfg = SynthImagesConfig(amass_root, body_models, out, train=train, val=val, image_size=image_size, seed=seed,
                             workers=workers, dataset=dataset, model_type=body_model_type, manifest=manifest or None)
     summary = write_synth_images(cfg, progress=not no_progress)

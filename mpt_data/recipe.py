@@ -245,7 +245,8 @@ def packaged_recipes() -> dict[str, Path]:
     folder = Path(str(root))
     if not folder.is_dir():  # a zipped install: a recipe needs a real folder, its split manifest lies beside it
         raise RecipeError(f"the packaged recipes at {root} are not in a folder; give the path of a recipe file")
-    return {f.name[: -len(RECIPE_SUFFIX)]: f for f in sorted(folder.glob(f"*{RECIPE_SUFFIX}"))}
+    found = {f.name[: -len(RECIPE_SUFFIX)]: f for f in folder.glob(f"*{RECIPE_SUFFIX}")}
+    return {name: found[name] for name in sorted(found)}
 
 
 def find_recipe(recipe: str | Path) -> Path:

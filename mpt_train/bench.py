@@ -189,7 +189,7 @@ def bench_chunk_checks(shards: str, rounds: int = 3, allow_unfrozen: bool = Fals
 
 def bench_projection(batch_size: int = 64, device: torch.device | str | None = None, num_vertices: int = 6890,
                      iters: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Time the on-device view of ``--cameras random`` (:func:`mpt_train.views.random_views`: the camera
+    """Time the on-device view of ``--views random`` (:func:`mpt_train.views.random_views`: the camera
     draw, projection of all vertices and the 17 heatmap joints, crop, visibility, face rule) on a
     batch already on the device. Returns ms_per_batch and samples_per_s."""
     from mpt_train.views import CameraDistribution, random_views

@@ -176,12 +176,12 @@ def _given(**fields):
 @click.option("--coords", is_flag=True, help="Feed 2D joint coordinates instead of heatmaps (Table 3a).")
 @click.option("--mvm-ratio", type=float, default=None, help="Masked Vertex Modeling ratio (query tokens).")
 @click.option("--joint-set", default=None, help="3D joint set the model predicts (default: coco17; hand presets hand21).")
-@click.option("--cameras", "camera_mode", type=click.Choice(["rig", "random"]), default="rig", show_default=True,
+@click.option("--views", "camera_mode", type=click.Choice(["rig", "random"]), default="rig", show_default=True,
               help="rig: the store's stored views; random: one random virtual camera per sample, projected on the "
                    "device (distribution: mpt_train.views, README 'Random cameras and held-out rigs').")
 @click.option("--camera-config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="YAML file of the random-camera distribution's fields (e.g. distance_m: [3, 8]); with "
-                   "--cameras random.")
+                   "--views random.")
 @click.option("--store-cameras", default=None,
               help="Train on these store cameras only, comma-separated indices (e.g. 0,2,4,6: the 4 Human3.6M "
                    "cameras of an 8-camera store).")
@@ -219,7 +219,7 @@ def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mas
     from .views import CameraDistribution
 
     if camera_config and camera_mode != "random":
-        raise click.UsageError("--camera-config needs --cameras random")
+        raise click.UsageError("--camera-config needs --views random")
     cameras = None
     if camera_mode == "random":
         cameras = CameraDistribution.load(camera_config) if camera_config else CameraDistribution.photographs()
@@ -348,7 +348,7 @@ def bench(shards, storage_options, cache_dir, batch_size, steps, device, compile
                f"(target <= 5 %)")
     proj = b.bench_projection(batch_size=step["batch_size"], device=device)
     click.echo(b.format_result(proj))
-    click.echo(f"on-device projection (--cameras random) = {100 * proj['ms_per_batch'] / step['ms_per_step']:.1f} % "
+    click.echo(f"on-device projection (--views random) = {100 * proj['ms_per_batch'] / step['ms_per_step']:.1f} % "
                f"of a paper step (target <= 5 %)")
     if step["device"].startswith("cuda"):
         mm = b.bench_matmul(device)

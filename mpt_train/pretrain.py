@@ -79,8 +79,8 @@ def build_pretrain_task(cfg: TrainConfig, preset: ModelConfig, inputs_cfg: Input
 
     runtime: where the run computes; by default resolved from ``cfg.device`` / ``cfg.precision``
     (joining the process group first: the loader takes its rank from it).
-    cameras: None trains on the store's views (``--cameras rig``); a distribution draws one random
-    camera per training sample on the device (``--cameras random``): the loader's pairs, and so
+    cameras: None trains on the store's views (``--views rig``); a distribution draws one random
+    camera per training sample on the device (``--views random``): the loader's pairs, and so
     the samples per epoch, stay the store's (mesh, camera) pairs, each pair's key picks its camera.
     The setting is part of the run's config (``cameras``) and a resume must match it.
     """

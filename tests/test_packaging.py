@@ -127,11 +127,11 @@ def test_an_unknown_recipe_name_is_one_line_listing_the_packaged_ones(tmp_path, 
     from mpt_data.recipe import RecipeError, find_recipe
 
     with pytest.raises(RecipeError, match=r"^no recipe file or packaged recipe named 'amass'; packaged recipes: "
-                                          r"amass-mpt, demo \(or give the path of a YAML file\)$"):
+                                          r"amass-hands, amass-mpt, demo, demo-hands \(or give the path of a YAML file\)$"):
         find_recipe("amass")
     with pytest.raises(RecipeError, match=r"^recipe 'nowhere/amass-mpt.yaml' not found$"):
         find_recipe("nowhere/amass-mpt.yaml")
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(data_main, ["build", "--recipe", "amass", "--out", str(tmp_path / "s")])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    assert "packaged recipes: amass-mpt, demo" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert "packaged recipes: amass-hands, amass-mpt, demo, demo-hands" in res.output and len(res.output.strip().splitlines()) == 1, res.output

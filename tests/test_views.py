@@ -1,5 +1,5 @@
 """On-device views (mpt_train.views): parity with the builder's stored views, the random-camera draw,
-the whole body in every drawn crop, the face rule, and an exact resume of a --cameras random run."""
+the whole body in every drawn crop, the face rule, and an exact resume of a --views random run."""
 
 from __future__ import annotations
 
