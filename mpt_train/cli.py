@@ -231,7 +231,8 @@ def pretrain(shards, storage_options, cache_dir, out, preset, epochs, patch, mas
             raise click.UsageError(f"--store-cameras {store_cameras!r}: expected comma-separated integers") from exc
     loader_cfg = LoaderConfig(shards=shards, num_workers=loop["workers"], allow_unfrozen=allow_unfrozen,
                               storage_options=storage_options, cache_dir=cache_dir, cameras=subset)
-    task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig(), loader_cfg, cameras=cameras)
+    task = build_pretrain_task(cfg, model_cfg, inputs_cfg, LossConfig.for_joint_set(model_cfg.joint_set), loader_cfg,
+                              cameras=cameras)
     if epochs is not None:
         per_epoch = task.train_batches.num_batches(0)
         if per_epoch == 0:
@@ -410,7 +411,6 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
     """Fine-tune backbone + pre-trained transformer end to end on an image mixture (same loop as pretrain)."""
     from .finetune import FinetuneConfig, build_finetune_task
     from .loading import MapFeed
-    from .losses import LossConfig
     from .trainer import TrainConfig
 
     if loop["steps"] is not None and epochs is not None:
@@ -421,7 +421,7 @@ def finetune(init, data, val, out, backbone, depth, width, backbone_checkpoint, 
                         freeze_backbone=freeze_backbone, scratch_store=scratch_store, workers=loop["workers"],
                         augment=not no_augment, fraction=fraction, feed=MapFeed(mode=feed),
                         backbone_lr_scale=backbone_lr_scale)
-    task = build_finetune_task(tc, ft, LossConfig())
+    task = build_finetune_task(tc, ft)  # loss weights for the pre-trained model's joint set
     tc = _steps_for_epochs(tc, epochs, _image_rows(task), task.runtime.world_size, data)
     res = _run_training(tc, task, resume=loop["resume"], overwrite=loop["overwrite"])
     if task.runtime.is_main:  # under torchrun only rank 0 prints

@@ -93,10 +93,12 @@ class FinetuneConfig:
     backbone_lr_scale: float = 1.0
 
 
-def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: LossConfig,
+def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: LossConfig | None = None,
                         runtime: Runtime | None = None) -> Task:
     """The fine-tuning Task for :func:`mpt_train.trainer.train` (same loop as pre-training).
 
+    loss_cfg: the loss weights; by default those for the pre-trained model's joint set
+    (:meth:`LossConfig.for_joint_set`: hands weight their 3D terms 8).
     runtime: where the run computes; by default resolved from ``train_cfg.device`` / ``precision``.
     """
     runtime = runtime or Runtime.start(train_cfg.device, train_cfg.precision)
@@ -130,6 +132,7 @@ def build_finetune_task(train_cfg: TrainConfig, ft: FinetuneConfig, loss_cfg: Lo
     batches = ImageBatches(stream, train_cfg.batch_size, ft.workers, pin_memory=device.type == "cuda")
     val = list(ft.val)
     prepare = image_prepare(device)
+    loss_cfg = loss_cfg or LossConfig.for_joint_set(model.cfg.joint_set)
     return Task(
         model=model, criterion=Criterion(loss_cfg, model.regressor), train_batches=batches,
         prepare=prepare,

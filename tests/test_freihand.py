@@ -263,14 +263,15 @@ def test_hand_model_fine_tunes_on_synthetic_freihand_and_scores_by_its_protocol(
     root, store, _ = synth_fh
     cfg = TrainConfig.tiny(out=str(root / "pre"), steps=4, batch_size=8, log_every=1, checkpoint_every=4,
                            val_every=0, progress=False, device="cpu")
-    train(cfg, build_pretrain_task(cfg, ModelConfig.tiny_hand(layers_per_block=1), InputConfig.tiny(), LossConfig(),
+    train(cfg, build_pretrain_task(cfg, ModelConfig.tiny_hand(layers_per_block=1), InputConfig.tiny(), LossConfig.hand(),
                                    LoaderConfig(shards=str(store.path), num_workers=0)))
     val = str(root / "shards" / "freihand_evaluation")
     tc = TrainConfig.finetune(out=str(root / "ft"), steps=3, batch_size=4, log_every=1, checkpoint_every=3,
                               val_every=0, progress=False, device="cpu")
     ft = FinetuneConfig(init=str(root / "pre"), data=str(root / "mix.yaml"), val=(val,), backbone=TINY_BACKBONE)
-    task = build_finetune_task(tc, ft, LossConfig())
+    task = build_finetune_task(tc, ft)  # the loss weights of the model's joint set: a hand's
     assert task.model.backbone.cfg.num_joints == 21 and task.model.cfg.joint_set == "hand21"
+    assert task.config["loss"] == LossConfig.hand().to_dict() and LossConfig.hand().vertices == 8.0
     res = train(tc, task)
     assert res["samples"] == 6.0 and np.isfinite(res["pa_mpjpe"]) and np.isfinite(res["mpve"])
     scores = evaluate_protocol(task.model, ImageEvalBatches([val], 4, 778), image_prepare(torch.device("cpu")),

@@ -35,7 +35,7 @@ def build(store, out, steps: int, **train_overrides):
     cfg = TrainConfig.tiny(**{"out": str(out), "steps": steps, "batch_size": 16, "log_every": 1,
                               "checkpoint_every": 1000, "val_every": 0, "progress": False, "device": "cpu",
                               **train_overrides})
-    task = build_pretrain_task(cfg, ModelConfig.tiny_hand(layers_per_block=1), InputConfig.tiny(), LossConfig(),
+    task = build_pretrain_task(cfg, ModelConfig.tiny_hand(layers_per_block=1), InputConfig.tiny(), LossConfig.hand(),
                                LoaderConfig(shards=str(store.path), num_workers=0))
     return cfg, task
 
@@ -91,8 +91,12 @@ def test_pretrain_and_evaluate_commands_take_the_hand_preset(hand_store, tmp_pat
                                     "--steps", "3", "--batch-size", "8", "--workers", "0", "--no-progress",
                                     "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    model = json.loads((run / "config.json").read_text())["model"]
+    saved = json.loads((run / "config.json").read_text())
+    model = saved["model"]
     assert model["joint_set"] == "hand21" and model["num_joints"] == 21 and model["level_sizes"][-1] == 778
+    # a hand's 3D terms (metres, a hand ~1/8 of a body) weighted 8 against the crop-unit 2D term
+    assert saved["loss"] == {"vertices": 8.0, "vertices_coarse": 8.0, "joints": 8.0, "joints_reg": 8.0,
+                             "joints_proj": 1.0}
     res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "latest"), "--shards", store,
                                     "--device", "cpu", "--json-out", str(tmp_path / "e.json"),
                                     "--picture", str(tmp_path / "cmp.png"), "--picture-samples", "3"])
