@@ -1,4 +1,6 @@
-"""`mpt-data build`: AMASS folder + recipe -> a sharded Zarr store, written by a Dask cluster.
+"""`mpt-data build`: AMASS folder (or a folder of MANO parameter files) + recipe -> a sharded Zarr store, written
+by a Dask cluster. What depends on the source kind and the body model (listing and reading the files, the
+forward, the stored pose and shape) is `mpt_data.meshes`'s.
 
 The build has three phases:
 
@@ -69,6 +71,7 @@ class TaskContext:
     device: str = "cpu"  # "cpu" or "cuda": where the body-model forward runs (see _task_device)
     hands: tuple[str, ...] = ()  # hand recipes: the sides made of each sampled frame (mpt_data.meshes)
     rig: Any = None  # the resolved camera rig (mpt_data.rigs.Rig); None: the Human3.6M rig of `cameras`
+    reader: meshes.SequenceReader = meshes.SequenceReader()  # reads a source file of the recipe's kind
 
 
 # Stages of a partition task; each process sums its tasks' seconds per stage here (like the model cache, per
@@ -121,7 +124,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
 
     Idempotent: a re-run (after a worker died) writes the same bytes and the same record.
     """
-    from mpt_data.amass import MotionError, read_motion
+    from mpt_data.amass import MotionError
 
     if ctx.torch_threads:
         import torch
@@ -146,7 +149,7 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         if size != seg.size:
             raise st.StoreError(f"{seg.path} changed size since the plan ({seg.size} -> {size} bytes); restart the build")
         try:
-            motion = read_motion(seg.path, ctx.amass_root, overrides)
+            motion = ctx.reader(seg.path, ctx.amass_root, overrides)
         except MotionError as err:  # it passed the plan, so it changed since
             raise st.StoreError(f"{seg.path} no longer reads as it did in the plan ({err}); restart the build") from err
         frames = np.asarray(seg.frames, dtype=np.int64)
@@ -154,14 +157,14 @@ def run_partition(ctx: TaskContext, part: Partition) -> dict[str, Any]:
         lap("read")
         model = _body_model(ctx, seg.gender, times)
         clock = time.perf_counter()
-        betas = meshes.mesh_betas(ctx.body_model_type, motion.betas, ctx.num_betas)
+        betas = meshes.mesh_betas(ctx.body_model_type, motion.betas, ctx.num_betas, ctx.reader.kind)
         sides = np.asarray(seg.sides, dtype=np.int64) if seg.sides else None
         for b in range(0, frames.shape[0], ctx.batch_size):
             fr = frames[b : b + ctx.batch_size]
             sl = slice(lo + b, lo + b + fr.shape[0])
             poses, verts, joints = meshes.forward_frames(model, ctx.body_model_type, motion.poses[fr], betas,
                                                          None if sides is None else sides[b : b + ctx.batch_size],
-                                                         ctx.hands)
+                                                         ctx.hands, ctx.reader.kind)
             lap("forward")
             try:
                 arrays[schema.VERTICES][sl] = st.quantise_vertices(verts)
@@ -269,11 +272,11 @@ def _disconnect(client, cluster) -> None:
 
 
 def _selected_files(cfg: BuildConfig) -> list[Path]:
-    from mpt_data.amass import find_motion_files, subset_and_subject
+    from mpt_data.amass import subset_and_subject
 
     root = Path(cfg.amass_root)
     out = []
-    for p in find_motion_files(root):
+    for p in meshes.find_source_files(cfg.source_kind, root):
         subset, _ = subset_and_subject(p.relative_to(root).as_posix())
         if cfg.subsets_include and subset not in cfg.subsets_include:
             continue
@@ -289,21 +292,23 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "part"):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr)
 
 
-def _scan_files(client, files: list[Path], config: BuildConfig) -> list[dict]:
-    """The plan rows of `files` (in their order), read in this process or on the cluster, with a progress bar
-    (the plan reads and validates every file: minutes for all of AMASS)."""
+def _scan_files(client, files: list[Path], config: BuildConfig,
+                reader: meshes.SequenceReader | None = None) -> list[dict]:
+    """The plan rows of `files` (in their order), read by `reader` (default: AMASS motion files) in this process
+    or on the cluster, with a progress bar (the plan reads and validates every file: minutes for all of AMASS)."""
     overrides = dict(config.fps_overrides)
     bar = _progress(len(files), "plan", config.progress, unit="file")
     try:
         if client is None:
             rows = []
             for p in files:
-                rows.append(scan_file(str(p), config.amass_root, overrides))
+                rows.append(scan_file(str(p), config.amass_root, overrides, reader))
                 bar.update(1)
             return rows
         from distributed import as_completed
 
-        futures = client.map(scan_file, [str(p) for p in files], root=config.amass_root, fps_overrides=overrides)
+        futures = client.map(scan_file, [str(p) for p in files], root=config.amass_root, fps_overrides=overrides,
+                             read=reader)
         for _ in as_completed(futures):
             bar.update(1)
         return client.gather(futures)
@@ -387,8 +392,8 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
     t_startup = time.perf_counter() - t0
     try:
         files = _selected_files(config)
-        _log(f"plan: reading and validating {len(files)} motion files")
-        rows = _scan_files(client, files, config)
+        _log(f"plan: reading and validating {len(files)} {config.source_kind} files")
+        rows = _scan_files(client, files, config, model_info["reader"])
         rows, parts, n = plan_build(config, rows)
         missing = sorted({r["gender"] for r in rows if r["status"] == "ok"} - set(model_info["genders"]))
         if missing:
@@ -413,7 +418,7 @@ def _run_build_locked(config: BuildConfig) -> BuildResult:
             body_model_dir=config.body_model_dir, body_model_type=config.body_model_type, num_betas=model_info["num_betas"],
             h36m_regressor=config.h36m_regressor, cameras=config.cameras, layout=layout, recipe_hash=rhash,
             batch_size=config.batch_size, torch_threads=None if client is None else 1, device=config.device,
-            hands=config.hands, rig=rig,
+            hands=config.hands, rig=rig, reader=model_info["reader"],
         )
         arrays = sorted(st.mesh_array_specs(layout))
         todo = [p for p in parts if not st.record_is_valid(

@@ -1,9 +1,10 @@
 """The meshes a recipe makes: SMPL / SMPL+H bodies, or MANO right hands (a left hand mirrored into a right one).
 
-Everything the builder does that depends on the body-model type lives here: loading the model (once per
-process, by the caller), the forward pass of a batch of sampled frames, the pose and shape stored per mesh,
-the heatmap joint set, and the driver's static content (template, faces, coarse levels, regressors, the
-model files' hashes). `mpt_data.build` runs the same plan, projection and write for both.
+Everything the builder does that depends on the body-model type or the source kind lives here: listing and
+reading the source files (`find_source_files`, `SequenceReader`), loading the model (once per process, by the
+caller), the forward pass of a batch of sampled frames, the pose and shape stored per mesh, the heatmap joint
+set, and the driver's static content (template, faces, coarse levels, regressors, the model files' hashes).
+`mpt_data.build` runs the same plan, projection and write for all of them.
 
 Bodies (`body_model.type: smplh | smpl`): one mesh per sampled frame, the file's betas (truncated or
 zero-padded to the recipe's count), COCO-17 heatmap joints, root (placement and centring) at the pelvis.
@@ -22,10 +23,18 @@ stored vertices and joints, and it is what the rig places at its subject positio
 targets and `conventions.root_index("hand21")` agree, and FreiHAND's scores are taken after Procrustes
 alignment, where the root choice does not matter. The stored pose is MANO's 48 values (global 3 + 15 x 3),
 heatmap joints `hand21` (K = 21).
+
+Hands from MANO parameter files (`sources.kind: mano_params`, `body_model.type: mano`, no `hands`): each sampled
+frame of a file makes one mesh, with the right-hand model. The stored pose is the file's 48 values as
+`mpt_data.mano_params.read_params` returns them: a left file's mirrored into a right hand, a file with
+`flat_hand_mean: false` made relative to the flat hand (the model's `hands_mean` added), so every stored pose
+poses the flat-mean model. Shape: the file's betas, truncated or zero-padded to the model's count (they are
+MANO's own shape space here, so they are carried over). Root and joints as above.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,39 @@ HAND_TYPE = "mano"
 HAND_JOINT_SET = "hand21"
 HAND_MODEL_SIDE = "right"  # every hand mesh is made with the right-hand model (left hands are mirrored)
 MANO_POSE_DIM = 48  # global wrist rotation 3 + 15 finger joints x 3
+PARAMS_SOURCE = "mano_params"  # recipe.SOURCE_KINDS: MANO parameter files instead of AMASS motions
+
+
+def find_source_files(source_kind: str, root: str | Path) -> list[Path]:
+    """The source files under `root`, sorted by relative path: AMASS motion files, or every `*.npz` of a
+    parameter folder (entries that are not regular files included, for the reader to give their reason)."""
+    if source_kind == PARAMS_SOURCE:
+        from mpt_data.mano_params import find_param_files
+
+        return find_param_files(root)
+    from mpt_data.amass import find_motion_files
+
+    return find_motion_files(root)
+
+
+@dataclass(frozen=True)
+class SequenceReader:
+    """Reads one source file of the recipe's kind into the record the plan and the build tasks use: an AMASS
+    `Motion` (`amass.read_motion`) or `mano_params.HandParams` (`read_params` with the right-hand model's
+    `hands_mean`). Small and picklable, so the driver makes it once and ships it to the cluster's tasks.
+    Called as `reader(path, root, fps_overrides)`; raises `amass.MotionError` for a file that cannot be used."""
+
+    kind: str = "amass"
+    hands_mean: tuple[float, ...] = ()  # mano_params: the MANO file's (45,) hands_mean
+
+    def __call__(self, path: str | Path, root: str | Path, fps_overrides=None):
+        if self.kind == PARAMS_SOURCE:
+            from mpt_data.mano_params import read_params
+
+            return read_params(path, root, fps_overrides, hands_mean=np.asarray(self.hands_mean, np.float64))
+        from mpt_data.amass import read_motion
+
+        return read_motion(path, root, fps_overrides)
 
 
 def is_hand(model_type: str) -> bool:
@@ -73,26 +115,33 @@ def load_model(model_dir: str, model_type: str, gender: str, num_betas: int, h36
                                           h36m_regressor=h36m), gender, device)
 
 
-def mesh_betas(model_type: str, file_betas: np.ndarray, num: int) -> np.ndarray:
-    """(num,) float32 shape of every mesh of one sequence: the file's betas truncated or zero-padded (bodies),
-    zeros (hands: see the module docstring)."""
+def mesh_betas(model_type: str, file_betas: np.ndarray, num: int, source_kind: str = "amass") -> np.ndarray:
+    """(num,) float32 shape of every mesh of one sequence: the file's betas truncated or zero-padded (bodies,
+    and hands from MANO parameter files), zeros (hands from AMASS: see the module docstring)."""
     out = np.zeros(num, dtype=np.float32)
-    if not is_hand(model_type):
+    if not is_hand(model_type) or source_kind == PARAMS_SOURCE:
         k = min(num, file_betas.shape[0])
         out[:k] = file_betas[:k]
     return out
 
 
 def forward_frames(model, model_type: str, poses: np.ndarray, betas: np.ndarray, sides: np.ndarray | None = None,
-                   hands: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+                   hands: tuple[str, ...] = (), source_kind: str = "amass",
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The meshes of a batch sharing one betas vector.
 
-    poses: (B, 156) SMPL+H axis-angle of each mesh's source frame. betas: (nb,). sides: (B,) index into
-    `hands` of each mesh (hands only). Returns the stored pose (B, P) float32 (the SMPL+H pose, or the
-    mesh's own 48-value MANO pose), root-centred vertices (B, V, 3) and {joint set: (B, J, 3)}, metres,
-    AMASS world axes.
+    poses: (B, 156) SMPL+H axis-angle of each mesh's source frame, or for `source_kind` mano_params (B, 48)
+    right-hand MANO poses relative to the flat hand (`mano_params.HandParams.poses`). betas: (nb,).
+    sides: (B,) index into `hands` of each mesh (hands from AMASS only). Returns the stored pose (B, P)
+    float32 (the SMPL+H pose, or the mesh's own 48-value MANO pose), root-centred vertices (B, V, 3) and
+    {joint set: (B, J, 3)}, metres, the source's world axes (AMASS's z-up world; a parameter file's frame).
     """
-    if is_hand(model_type):
+    if source_kind == PARAMS_SOURCE:
+        if not is_hand(model_type) or poses.ndim != 2 or poses.shape[1] != MANO_POSE_DIM:
+            raise ValueError(f"MANO parameter poses (B, {MANO_POSE_DIM}) pose a mano model, got {poses.shape} "
+                             f"for {model_type!r}")
+        stored = np.asarray(poses, np.float32)
+    elif is_hand(model_type):
         from mpt_data.hand import hand_pose_from_smplh
 
         if sides is None or sides.shape[0] != poses.shape[0]:
@@ -135,7 +184,9 @@ def _load_for_static(cfg: BuildConfig) -> tuple[Any, dict[str, Path], str, list[
             model = HandModel.load(hcfg, HAND_MODEL_SIDE)
         except (ModelFileError, FileNotFoundError, ValueError) as err:
             raise RecipeError(f"hand model: {err}") from err
-        return model, {HAND_MODEL_SIDE: path}, HAND_MODEL_SIDE, sorted(GENDERS)
+        # A parameter file has no gender (""): one MANO model poses every file.
+        genders = sorted(GENDERS) + ([""] if cfg.source_kind == PARAMS_SOURCE else [])
+        return model, {HAND_MODEL_SIDE: path}, HAND_MODEL_SIDE, genders
 
     from mpt_data.body import BodyModel, BodyModelConfig, find_model_file
 
@@ -165,7 +216,8 @@ def static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, A
     """The driver-owned mesh arrays (template, faces, coarse levels, regressors) and facts about the model:
     {"files" (hashes, for the recipe hash), "genders" (the motion files' genders it can make), "num_vertices",
     "num_betas", "joint_sets" ({name: J}), "heatmap_joint_set", "pose_dim", "describe" (the store's
-    `body_model` attribute)}. RecipeError when no model file is found or one is malformed."""
+    `body_model` attribute), "reader" (the `SequenceReader` of the recipe's source kind)}. RecipeError when no
+    model file is found or one is malformed."""
     from mpt_data.amass import file_sha256
 
     model, model_files, source, genders = _load_for_static(cfg)
@@ -183,7 +235,16 @@ def static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, A
     describe: dict[str, Any] = {"type": cfg.body_model_type, "num_vertices": model.num_vertices,
                                 "num_joints": model.num_joints, "num_betas": model.num_betas,
                                 "topology_from": source, "files": files}
-    if is_hand(cfg.body_model_type):
+    reader = SequenceReader()
+    if cfg.source_kind == PARAMS_SOURCE:
+        reader = SequenceReader(PARAMS_SOURCE, tuple(float(x) for x in _hands_mean(model_files[HAND_MODEL_SIDE])))
+        describe.update(source=PARAMS_SOURCE, sides="each file's side key (default right)", model_side=HAND_MODEL_SIDE,
+                        left_hands="mirrored into the right model",
+                        betas="from the parameter files (truncated or zero-padded to num_betas)",
+                        pose="the files' pose relative to the flat hand "
+                             "(hands_mean added where flat_hand_mean is false)",
+                        root="wrist (MANO joint 0)")
+    elif is_hand(cfg.body_model_type):  # unchanged for AMASS hand recipes: this attribute is in their fingerprint
         describe.update(sides=list(cfg.hands), model_side=HAND_MODEL_SIDE, left_hands="mirrored into the right model",
                         betas="zero (MANO mean shape)", root="wrist (MANO joint 0)")
     info = {
@@ -195,8 +256,19 @@ def static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, A
         "heatmap_joint_set": heatmap_joint_set(cfg.body_model_type),
         "pose_dim": pose_dim(cfg.body_model_type),
         "describe": describe,
+        "reader": reader,
     }
     return arrays, info
+
+
+def _hands_mean(model_file: Path) -> np.ndarray:
+    """(45,) float64 `hands_mean` of a MANO file (zeros when it has none, as `hand.HandModel` takes it); the
+    file loaded and validated already, so only its values are read here."""
+    from mpt_data.hand import NUM_FINGER_VALUES
+    from mpt_data.model_files import load_model_file
+
+    data = load_model_file(model_file)
+    return np.asarray(data.get("hands_mean", np.zeros(NUM_FINGER_VALUES)), np.float64).reshape(-1)
 
 
 def topology_arrays(template: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:

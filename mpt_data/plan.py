@@ -5,15 +5,22 @@ here with its reason and can never shift indices later. Kept sequences get their
 path order; the mesh range is cut into partitions of exactly one shard each, so each write task owns whole
 shards. Everything here is a pure function of the files and the recipe: any number of workers gets the same plan.
 
-A hand recipe (`hands: [right, left]`) makes one mesh per hand side of each sampled frame: frame f's meshes
-are consecutive, in the recipe's `hands` order, so a sequence of F sampled frames owns F x len(hands) meshes
-(a shard may end between the sides of one frame). A body recipe makes one mesh per sampled frame.
+A hand recipe on AMASS (`hands: [right, left]`) makes one mesh per hand side of each sampled frame: frame f's
+meshes are consecutive, in the recipe's `hands` order, so a sequence of F sampled frames owns F x len(hands)
+meshes (a shard may end between the sides of one frame). A body recipe, and a hand recipe on MANO parameter
+files (`sources.kind: mano_params`, where each file names its one side and no `hands` are listed), make one
+mesh per sampled frame, with `Segment.sides` empty.
+
+The plan reads the files through a reader of the recipe's source kind (`mpt_data.meshes.SequenceReader`, made
+by the driver and passed to `scan_file`), so this module needs no model and no source-specific code: both
+readers raise `amass.MotionError` with a reason and return a record with `gender`, `fps` and `num_frames`.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +43,12 @@ class Segment:
     split: int
     frames: tuple[int, ...]  # source frame index of each mesh
     mesh_start: int  # global mesh index of frames[0]
-    sides: tuple[int, ...] = ()  # hand recipes: each mesh's index into the recipe's `hands`; () for bodies
+    sides: tuple[int, ...] = ()  # AMASS hand recipes: each mesh's index into the recipe's `hands`; () otherwise
 
 
 def meshes_per_frame(cfg: BuildConfig) -> int:
-    """Meshes made of one sampled frame: one per hand side of a hand recipe, else 1."""
+    """Meshes made of one sampled frame: one per hand side of an AMASS hand recipe, else 1 (bodies, and
+    MANO parameter files, whose recipes list no `hands`)."""
     return max(1, len(cfg.hands))
 
 
@@ -52,14 +60,18 @@ class Partition:
     segments: tuple[Segment, ...]
 
 
-def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str, Any]:
-    """Read and validate one motion file fully; return its sequences-table row (status 'ok' or 'skipped').
+def scan_file(path: str, root: str, fps_overrides: dict[str, float],
+              read: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Read and validate one source file fully; return its sequences-table row (status 'ok' or 'skipped').
 
-    Any entry with a motion-file name gets a row: a folder, FIFO, dangling or looping link, an unreadable,
-    corrupt or implausible file (see `amass.read_motion`) is 'skipped' with its reason, never an exception.
+    read: `read(path, root, fps_overrides)` -> a record with `gender`, `fps`, `num_frames`, raising
+    MotionError (the recipe's `meshes.SequenceReader`); None: `amass.read_motion`. Any listed entry gets a
+    row: a folder, FIFO, dangling or looping link, an unreadable, corrupt or implausible file (see
+    `amass.read_motion`, `mano_params.read_params`) is 'skipped' with its reason, never an exception.
     """
     from mpt_data.amass import MotionError, file_sha256, read_motion, subset_and_subject
 
+    read = read_motion if read is None else read
     p = Path(path)
     rel = Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
     subset, subject = subset_and_subject(rel)
@@ -67,7 +79,7 @@ def scan_file(path: str, root: str, fps_overrides: dict[str, float]) -> dict[str
                            "frames": 0, "size": 0, "sha256": "", "status": "skipped", "reason": ""}
     try:
         # Read first: it names what a non-regular entry is (a stat would just fail on a dangling link).
-        motion = read_motion(p, root, fps_overrides)
+        motion = read(p, root, fps_overrides)
         row["size"] = p.stat().st_size
         row["sha256"] = file_sha256(p)
     except MotionError as err:
@@ -94,7 +106,7 @@ def plan_build(cfg: BuildConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[
     per_frame = meshes_per_frame(cfg)
     if cfg.target_fps is not None:
         rate = float(cfg.target_fps)
-    else:  # target_meshes counts meshes: a hand recipe samples a len(hands)-th as many frames
+    else:  # target_meshes counts meshes: an AMASS hand recipe samples a len(hands)-th as many frames
         rate = allocate_target([r["frames"] for r in ok], [r["fps"] for r in ok],
                                max(1, -(-int(cfg.target_meshes) // per_frame)))
     next_mesh = 0

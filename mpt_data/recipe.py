@@ -3,8 +3,8 @@
 A recipe is named by its file or, for the recipes installed with the package (`pipelines/*.yaml`, shipped as
 the package `mpt_data.pipelines`), by its bare name: `--recipe amass-mpt`.
 
-A recipe names the sources (AMASS root, subsets, frame-rate overrides), the body model, the sampling rule, the
-camera rig, the train/val/test split of subsets, and the store layout. Relative data paths (amass_root,
+A recipe names the sources (kind, root folder, subsets, frame-rate overrides), the body model, the sampling
+rule, the camera rig, the train/val/test split of subsets, and the store layout. Relative data paths (amass_root,
 body_model.dir, h36m_regressor) resolve against the current directory; `splits.from` (the project's data
 manifest) resolves against the recipe file's folder. Unknown keys and impossible values fail at once with a
 message naming the field.
@@ -16,6 +16,12 @@ command line (`--rig`) against the current directory. A rig file fixes the camer
 from it when neither the recipe nor the command line sets it (or when `--rig` replaces the recipe's rig without
 `--cameras`), and must equal it otherwise. The rig's content (`rigs.rig_digest`), not its path, enters the
 recipe hash.
+
+Sources (`sources.kind`, `mpt_data.meshes`): `amass` (the default: AMASS motion files under `sources.amass_root`;
+with `body_model.type: mano` each frame makes the meshes of the recipe's `hands`) or `mano_params` (a folder of
+MANO parameter files, `mpt_data.mano_params`, under the same `sources.amass_root` key: one right-hand mesh per
+sampled frame, each file naming its side, so it needs `body_model.type: mano` and no `hands`). The kind enters
+the recorded recipe (and its hash) only when it is not `amass`, so existing recipes hash as before.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ SPLIT_NAMES = tuple(schema.SPLITS)
 CAMERA_COUNTS = (1, 2, 4, 8)
 BODY_MODEL_TYPES = ("smplh", "smpl", "mano")  # mano: the hand path (mpt_data.meshes), one mesh per hand side
 HAND_SIDES = ("right", "left")
+SOURCE_KINDS = ("amass", "mano_params")  # where meshes come from: AMASS motion files, or MANO parameter files
+DEFAULT_SOURCE_KIND = "amass"
 
 
 class RecipeError(ValueError):
@@ -50,7 +58,8 @@ class BuildConfig:
     """
 
     name: str = "store"
-    amass_root: str = ""
+    source_kind: str = DEFAULT_SOURCE_KIND  # amass | mano_params (SOURCE_KINDS)
+    amass_root: str = ""  # the source folder: the AMASS root, or the folder of MANO parameter files
     subsets_include: tuple[str, ...] = ()  # empty: every subset under the root
     subsets_exclude: tuple[str, ...] = ()
     fps_overrides: tuple[tuple[str, float], ...] = ()  # (subset, fps): replaces the files' frame rates
@@ -92,6 +101,8 @@ class BuildConfig:
             d["hands"] = list(self.hands)
         else:
             d.pop("hands")
+        if self.source_kind == DEFAULT_SOURCE_KIND:  # likewise: AMASS recipes keep the hash they had
+            d.pop("source_kind")
         return d
 
     def with_absolute_paths(self) -> BuildConfig:
@@ -123,8 +134,13 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Raise RecipeError naming the first field that cannot work."""
+        if self.source_kind not in SOURCE_KINDS:
+            raise RecipeError(f"sources.kind must be one of {SOURCE_KINDS}, got {self.source_kind!r}")
+        params = self.source_kind == "mano_params"
         if not self.amass_root or not Path(self.amass_root).is_dir():
-            raise RecipeError(f"sources.amass_root {self.amass_root!r} is not a directory: point it at the AMASS folder (<root>/<subset>/<subject>/*_poses.npz)")
+            where = ("the folder of MANO parameter files (<root>/<subset>/.../*.npz)" if params
+                     else "the AMASS folder (<root>/<subset>/<subject>/*_poses.npz)")
+            raise RecipeError(f"sources.amass_root {self.amass_root!r} is not a directory: point it at {where}")
         if not self.body_model_dir or not Path(self.body_model_dir).is_dir():
             raise RecipeError(f"body_model.dir {self.body_model_dir!r} is not a directory: point it at the folder with the {self.body_model_type.upper()} model files")
         if (self.target_fps is None) == (self.target_meshes is None):
@@ -138,10 +154,17 @@ class BuildConfig:
             raise RecipeError(f"body_model.num_betas must be >= 1, got {self.num_betas}")
         if self.body_model_type not in BODY_MODEL_TYPES:
             raise RecipeError(f"body_model.type must be one of {BODY_MODEL_TYPES}, got {self.body_model_type!r}")
+        if params and self.body_model_type != "mano":
+            raise RecipeError(f"sources.kind mano_params needs body_model.type mano (it is {self.body_model_type!r}): "
+                              "parameter files pose MANO hands")
+        if params and self.hands:
+            raise RecipeError(f"hands {list(self.hands)} is for sources.kind amass; remove it for sources.kind "
+                              "mano_params: each parameter file names its own side and makes one mesh per frame")
         if self.body_model_type == "mano":
-            if not self.hands or any(h not in HAND_SIDES for h in self.hands) or len(set(self.hands)) != len(self.hands):
+            sides_ok = all(h in HAND_SIDES for h in self.hands) and len(set(self.hands)) == len(self.hands)
+            if not params and not (self.hands and sides_ok):
                 raise RecipeError(f"hands must list distinct sides of {HAND_SIDES} for body_model.type mano, got "
-                                  f"{list(self.hands)}")
+                                  f"{list(self.hands)} (or set sources.kind mano_params for MANO parameter files)")
             if self.h36m_regressor:
                 raise RecipeError("body_model.h36m_regressor is a body joint set; remove it for body_model.type mano")
         elif self.hands:
@@ -166,6 +189,7 @@ class BuildConfig:
 
 _RECIPE_KEYS = {
     "name": "name",
+    "sources.kind": "source_kind",
     "sources.amass_root": "amass_root",
     "sources.include": "subsets_include",
     "sources.exclude": "subsets_exclude",

@@ -34,7 +34,7 @@ def test_mpt_data_imports_nothing_from_mpt_train():
 # tasks and tools built on them. A module may import only modules before it (the README's code map follows it).
 DATA_FLOW = {
     "mpt_data": ["schema", "conventions", "fileio", "image_schema", "integrity", "remote", "raster", "topology", "amass",
-                 "sampling", "cameras", "rigs", "recipe", "plan", "model_files", "kinematics", "body", "hand", "store", "meshes", "build", "freeze", "transfer", "preview", "images",
+                 "sampling", "cameras", "rigs", "recipe", "plan", "model_files", "kinematics", "body", "hand", "mano_params", "store", "meshes", "build", "freeze", "transfer", "preview", "images",
                  "freihand", "synth", "synth.surface", "synth.rig", "synth.body", "synth.hand", "synth.motion", "synth.picture",
                  "synth.images", "synth.freihand", "bench", "console", "cli"],
     "mpt_train": ["store", "order", "data", "inputs", "views", "augment", "model", "losses", "metrics", "protocols", "backbones",
