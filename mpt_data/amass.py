@@ -28,7 +28,7 @@ import os
 import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,19 +95,19 @@ def is_motion_file(path: Path) -> bool:
     return path.name.endswith(SMPLH_SUFFIX) or path.name.endswith(SMPLX_SUFFIX)
 
 
-def find_motion_files(root: str | Path) -> list[Path]:
-    """All motion files under ``root``, sorted by their path relative to ``root``.
+def find_files(root: str | Path, wanted: Callable[[Path], bool], what: str = "AMASS root") -> list[Path]:
+    """Every entry under ``root`` that ``wanted`` accepts by name, sorted by its path relative to ``root``.
 
     Symlinked folders and files are followed (AMASS subsets are often linked in from where they
     were unpacked), each real folder once, so a link cycle ends. Paths keep the names under
     ``root`` (the link's name, not its target's). Hidden files and folders (names starting with
-    ".") are ignored. Entries that are not regular files but carry a motion-file name (folders,
-    dangling or looping links, FIFOs) are included, for `read_motion` to reject with a reason.
-    Raises ``FileNotFoundError`` if ``root`` is not a directory.
+    ".") are ignored. Entries that are not regular files but carry a wanted name (folders,
+    dangling or looping links, FIFOs) are included, for the reader to reject with a reason.
+    Raises ``FileNotFoundError`` naming ``what`` if ``root`` is not a directory.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"AMASS root {root} is not a directory")
+        raise FileNotFoundError(f"{what} {root} is not a directory")
     found = []
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -117,13 +117,18 @@ def find_motion_files(root: str | Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        # Every entry with a motion-file name is returned, files or not (a folder, a dangling or looping
-        # link, a FIFO): `read_motion` gives each its reason, so none vanishes from the table unexplained.
+        # Every entry with a wanted name is returned, files or not (a folder, a dangling or looping
+        # link, a FIFO): the reader gives each its reason, so none vanishes from the table unexplained.
         for name in list(files) + dirs:
             p = Path(folder) / name
-            if not name.startswith(".") and is_motion_file(p):
+            if not name.startswith(".") and wanted(p):
                 found.append(p)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def find_motion_files(root: str | Path) -> list[Path]:
+    """All AMASS motion files under ``root`` (:func:`is_motion_file`), as :func:`find_files` lists them."""
+    return find_files(root, is_motion_file)
 
 
 def subset_and_subject(rel_path: str) -> tuple[str, str]:
@@ -146,8 +151,8 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _decode_text(value: np.ndarray, key: str) -> str:
-    """A string stored as str, bytes, or a 0-d / 1-element array of either."""
+def decode_text(value: np.ndarray, key: str) -> str:
+    """A string stored as str, bytes, or a 0-d / 1-element array of either, stripped and lower-cased."""
     arr = np.asarray(value)
     if arr.size != 1:
         raise MotionError(f"{key} is not a single string")
@@ -162,9 +167,9 @@ def _decode_text(value: np.ndarray, key: str) -> str:
     return item.strip().lower()
 
 
-def _numeric(data: Mapping[str, np.ndarray], key: str) -> np.ndarray:
-    """A numeric field as float64 (wide enough that a finite source value stays finite), no NaN or inf."""
-    arr = data[key]
+def numeric_field(arr: np.ndarray, key: str) -> np.ndarray:
+    """A numeric field as float64 (wide enough that a finite source value stays finite), no NaN or inf;
+    MotionError naming ``key`` otherwise."""
     if arr.dtype.kind not in "fiu":
         raise MotionError(f"{key} has non-numeric dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
@@ -214,13 +219,12 @@ _FIELD_BUDGET = {"poses": MAX_FIELD_BYTES, "trans": MAX_FIELD_BYTES}
 _ZIP_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error)
 
 
-def _read_member(zf: zipfile.ZipFile, member: str, key: str) -> np.ndarray:
-    """One .npy member, its declared size checked against the key's budget before any data is read.
+def _read_member(zf: zipfile.ZipFile, member: str, key: str, budget: int) -> np.ndarray:
+    """One .npy member, its declared size checked against ``budget`` bytes before any data is read.
 
     The zip stream decompresses as it is read and exactly the declared bytes are read, so neither a
     header declaring a huge shape nor a small deflate bomb can make this allocate more than the budget.
     """
-    budget = _FIELD_BUDGET.get(key, MAX_SMALL_FIELD_BYTES)
     with zf.open(member) as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -233,7 +237,7 @@ def _read_member(zf: zipfile.ZipFile, member: str, key: str) -> np.ndarray:
         except ValueError as e:
             raise MotionError(f"key {key!r} is not a valid .npy array ({e})") from e
         if dtype.hasobject:
-            raise MotionError(f"key {key!r} holds pickled objects")
+            raise MotionError(f"key {key!r} holds pickled Python objects (refused: a motion file is data)")
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
         if nbytes > budget:
@@ -248,9 +252,15 @@ def _read_member(zf: zipfile.ZipFile, member: str, key: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
 
 
-def _load_fields(path: Path) -> dict[str, np.ndarray]:
-    """The keys read_motion uses (others, e.g. marker tables, are never touched), as
-    arrays; MotionError for anything unreadable."""
+def read_npz_fields(path: str | Path, keys: tuple[str, ...], budgets: Mapping[str, int]
+                    ) -> tuple[dict[str, np.ndarray], set[str]]:
+    """({key: array} of the ``keys`` present in the .npz at ``path``, the names of all its keys).
+
+    Only ``keys`` are read (others, e.g. marker tables, are never touched); each key's declared size
+    is checked against ``budgets.get(key, MAX_SMALL_FIELD_BYTES)`` before its data is read, a key
+    holding Python objects is refused unread, and every member is read to its end, where zipfile
+    checks the CRC. MotionError with a short reason for anything unreadable or not a regular file.
+    """
     with open_regular(path) as f:
         magic = f.read(6)
         f.seek(0)
@@ -265,11 +275,11 @@ def _load_fields(path: Path) -> dict[str, np.ndarray]:
             with zipfile.ZipFile(f) as zf:
                 names = set(zf.namelist())
                 out = {}
-                for key in _NEEDED_KEYS:
+                for key in keys:
                     member = f"{key}.npy" if f"{key}.npy" in names else key if key in names else None
                     if member is not None:
-                        out[key] = _read_member(zf, member, key)
-                return out
+                        out[key] = _read_member(zf, member, key, budgets.get(key, MAX_SMALL_FIELD_BYTES))
+                return out, {n.removesuffix(".npy") for n in names}
         except _ZIP_ERRORS as e:
             raise MotionError(f"truncated or corrupt zip: {e}") from e
         except (NotImplementedError, RuntimeError) as e:  # compression method unknown to zipfile, encryption
@@ -278,7 +288,8 @@ def _load_fields(path: Path) -> dict[str, np.ndarray]:
             raise MotionError(f"unreadable file: {e.strerror or e}") from e
 
 
-def _check_fps(fps: float, what: str) -> float:
+def check_fps(fps: float, what: str) -> float:
+    """``fps`` if it is a plausible frame rate (finite, > 0, within FPS_RANGE); MotionError naming ``what``."""
     if not np.isfinite(fps):
         raise MotionError(f"{what} is not finite ({fps})")
     if fps == 0:
@@ -325,13 +336,13 @@ def read_motion(
     except ValueError:
         raise MotionError(f"not under the AMASS root {root}") from None
     subset, subject = subset_and_subject(rel)
-    data = _load_fields(path)
+    data, _ = read_npz_fields(path, _NEEDED_KEYS, _FIELD_BUDGET)
 
     for key in ("poses", "trans", "betas", "gender"):
         if key not in data:
             raise MotionError(f"missing key {key!r}")
 
-    poses = _numeric(data, "poses")
+    poses = numeric_field(data["poses"], "poses")
     if poses.ndim != 2 or poses.shape[1] not in (cv.AMASS_SMPLH_POSE_DIM, cv.AMASS_SMPLX_POSE_DIM):
         raise MotionError(
             f"poses has shape {poses.shape}, expected (T, {cv.AMASS_SMPLH_POSE_DIM}) "
@@ -339,7 +350,7 @@ def read_motion(
         )
     layout = "smplx" if poses.shape[1] == cv.AMASS_SMPLX_POSE_DIM else "smplh"
     if "surface_model_type" in data:
-        declared = _decode_text(data["surface_model_type"], "surface_model_type")
+        declared = decode_text(data["surface_model_type"], "surface_model_type")
         if declared not in ("smplh", "smplx"):
             raise MotionError(f"unsupported surface_model_type {declared!r}")
         if declared != layout:
@@ -352,14 +363,14 @@ def read_motion(
         raise MotionError(f"poses hold a {angle:.3g} rad rotation (frame {frame}, joint {joint}), beyond the "
                           f"{MAX_ROTATION_RAD:.3g} rad of a plausible axis-angle pose")
 
-    trans = _numeric(data, "trans")
+    trans = numeric_field(data["trans"], "trans")
     if trans.shape != (num_frames, 3):
         raise MotionError(f"trans has shape {trans.shape}, expected ({num_frames}, 3)")
     far, (frame, _) = _worst(np.abs(trans))
     if far > MAX_ABS_TRANS_M:
         raise MotionError(f"trans reaches {far:.3g} m (frame {frame}), beyond ±{MAX_ABS_TRANS_M:g} m")
 
-    betas = _numeric(data, "betas")
+    betas = numeric_field(data["betas"], "betas")
     if betas.ndim == 2 and betas.shape[0] == 1:
         betas = betas[0]
     if betas.ndim != 1 or not 1 <= betas.shape[0] <= MAX_BETAS:
@@ -369,12 +380,12 @@ def read_motion(
         raise MotionError(f"betas[{k}] is {betas[k]:.3g}, beyond ±{MAX_ABS_BETA:g} (shape coefficients are in "
                           f"standard deviations)")
 
-    gender = _decode_text(data["gender"], "gender")
+    gender = decode_text(data["gender"], "gender")
     if gender not in GENDERS:
         raise MotionError(f"unknown gender {gender!r}")
 
     if fps_overrides is not None and subset in fps_overrides:
-        fps = _check_fps(float(fps_overrides[subset]), f"fps override for {subset!r}")
+        fps = check_fps(float(fps_overrides[subset]), f"fps override for {subset!r}")
     else:
         key = next((k for k in FPS_KEYS if k in data), None)
         if key is None:
@@ -382,7 +393,7 @@ def read_motion(
         fps_arr = data[key]
         if fps_arr.dtype.kind not in "fiu" or fps_arr.size != 1:
             raise MotionError(f"{key} is not a number")
-        fps = _check_fps(float(fps_arr.reshape(())), key)
+        fps = check_fps(float(fps_arr.reshape(())), key)
 
     if layout == "smplx":
         poses = poses[:, list(cv.SMPLX_TO_SMPLH_POSE_COLUMNS)]

@@ -218,7 +218,7 @@ def test_read_params_refuses_bad_values_in_one_line(tmp_path):
     mean = np.zeros(45)
     good = dict(pose=np.zeros((2, 48)), betas=np.zeros(10))
     cases = {
-        "fps0.npz": (dict(good, fps=np.array(0.0)), "fps must be > 0, got 0"),
+        "fps0.npz": (dict(good, fps=np.array(0.0)), "fps missing or zero"),
         "betas_t.npz": (dict(good, betas=np.zeros((2, 10))), "betas has shape (2, 10), expected (B,) or (1, B)"),
         "flag.npz": (dict(good, flat_hand_mean=np.array("yes")), "flat_hand_mean is not a single boolean"),
         "spin.npz": (dict(good, pose=np.full((2, 48), 20.0)), "rad rotation (frame 0, joint 0)"),
