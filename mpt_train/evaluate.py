@@ -136,6 +136,21 @@ def mean_pose(batches: Iterable[dict], prepare: Prepare, max_batches: int = 0
     return {"mean_pose": procrustes_mean(j, v), "mean_camera_frame": (j.mean(0), v.mean(0))}
 
 
+def _checkpoint_on_store(checkpoint: str, shards: str, split: str, device: str, allow_unfrozen: bool, force: bool,
+                         storage_options: dict | None, cache_dir: str | None):
+    """(device, store-location kwargs, a probe loader of the split, the model on the device, its run config):
+    the checkpoint is refused when it was trained on another store, unless ``force``."""
+    from .data import LoaderConfig, PairLoader
+    from .loading import load_checkpoint_run
+
+    dev = choose_device(device)
+    where = dict(storage_options=storage_options or {}, cache_dir=cache_dir)
+    probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
+                                    shuffle=False, drop_last=False, **where))
+    model, run_cfg = load_checkpoint_run(checkpoint, expected_fingerprint=probe.fingerprint, force=force)
+    return dev, where, probe, model.to(dev), run_cfg
+
+
 def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, batch_size: int = 64,
                         mask_ratio: float = 0.3, max_batches: int = 0, baseline: bool = True,
                         baseline_batches: int = 50, num_workers: int = 0, device: str = "auto",
@@ -156,14 +171,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "val", *, bat
 
     from .data import LoaderConfig, PairLoader
     from .inputs import InputConfig, prepare_batch
-    from .loading import load_checkpoint_run
 
-    dev = choose_device(device)
-    where = dict(storage_options=storage_options or {}, cache_dir=cache_dir)
-    probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
-                                    shuffle=False, drop_last=False, **where))
-    model, run_cfg = load_checkpoint_run(checkpoint, expected_fingerprint=probe.fingerprint, force=force)
-    model = model.to(dev)
+    dev, where, probe, model, run_cfg = _checkpoint_on_store(checkpoint, shards, split, device, allow_unfrozen,
+                                                             force, storage_options, cache_dir)
     inputs_cfg = InputConfig(**run_cfg["inputs"])
     loader_cfg = LoaderConfig(shards=shards, split=split, batch_size=batch_size, num_workers=num_workers,
                               joint_set=model.cfg.joint_set, allow_unfrozen=allow_unfrozen, **where).for_eval(split)
@@ -347,16 +357,11 @@ def evaluate_rig(checkpoint: str, shards: str, rig: str, split: str = "val", *, 
 
     from .data import LoaderConfig, PairLoader
     from .inputs import InputConfig, prepare_batch
-    from .loading import load_checkpoint_run
     from .views import heatmap_joints_key, rig_views
 
     the_rig = resolve_rig(rig, 8)
-    dev = choose_device(device)
-    where = dict(storage_options=storage_options or {}, cache_dir=cache_dir)
-    probe = PairLoader(LoaderConfig(shards=shards, split=split, num_workers=0, allow_unfrozen=allow_unfrozen,
-                                    shuffle=False, drop_last=False, **where))
-    model, run_cfg = load_checkpoint_run(checkpoint, expected_fingerprint=probe.fingerprint, force=force)
-    model = model.to(dev)
+    dev, where, probe, model, run_cfg = _checkpoint_on_store(checkpoint, shards, split, device, allow_unfrozen,
+                                                             force, storage_options, cache_dir)
     clean = InputConfig(**run_cfg["inputs"]).without_augmentation()
     heatmap_set = probe.reader.attrs.get(schema.ATTR_HEATMAP_JOINT_SET, "coco17")
     key = heatmap_joints_key(model.cfg.joint_set, heatmap_set)

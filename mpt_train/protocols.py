@@ -122,10 +122,7 @@ def evaluate_protocol(model: torch.nn.Module, batches, prepare, protocol: str, h
     inner.eval()
     acc = MetricAccumulator()
     n = 0
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        inputs, targets = prepare(batch)
+    for inputs, targets in _prepared(batches, prepare, max_batches):
         pred = inner(inputs)
         if protocol == "h36m-p2":
             s = targets["spin3d"]
@@ -145,14 +142,19 @@ def evaluate_protocol(model: torch.nn.Module, batches, prepare, protocol: str, h
     return out
 
 
+def _prepared(batches, prepare, max_batches: int):
+    """(inputs, targets) of each batch, the first ``max_batches`` of them (0: all)."""
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        yield prepare(batch)
+
+
 def _evaluate_freihand(model: torch.nn.Module, batches, prepare, max_batches: int) -> dict[str, float]:
     model.eval()
     acc = MetricAccumulator()
     n = 0
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        inputs, targets = prepare(batch)
+    for inputs, targets in _prepared(batches, prepare, max_batches):
         ok = targets["has_joints3d"].bool() & targets["has_vertices"].bool()
         if not ok.any():
             continue
