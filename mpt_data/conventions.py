@@ -133,6 +133,9 @@ HAND21_FROM_MANO: tuple[int, ...] = (0,) + tuple(
 )
 HAND21_TIPS: tuple[int, ...] = tuple(k for k, m in enumerate(HAND21_FROM_MANO) if m < 0)  # rows 4, 8, 12, 16, 20
 
+# The skeleton drawn over each heatmap joint set's 2D joints (previews, evaluation pictures).
+HEATMAP_SKELETONS: dict[str, tuple[tuple[int, int], ...]] = {"coco17": COCO_SKELETON, "hand21": HAND21_SKELETON}
+
 # ---------------------------------------------------------------------------------------
 # Joint sets a store may hold, by name.
 JOINT_SETS: dict[str, tuple[str, ...]] = {

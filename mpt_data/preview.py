@@ -28,13 +28,11 @@ HEATMAP_ALPHA = 0.9  # weight of the colour map where a heatmap is 1 (it fades w
 
 
 def heatmap_skeleton(joint_set: str) -> tuple[tuple[int, int], ...]:
-    """The skeleton edges drawn over a heatmap joint set's 2D joints: COCO-17's, or HAND-21's (wrist to each
-    fingertip); StoreError for a set that has none."""
-    if joint_set == "coco17":
-        return conventions.COCO_SKELETON
-    if joint_set == "hand21":
-        return conventions.HAND21_SKELETON
-    raise st.StoreError(f"no skeleton is defined for the heatmap joint set {joint_set!r}")
+    """The skeleton edges drawn over a heatmap joint set's 2D joints (`conventions.HEATMAP_SKELETONS`: COCO-17's,
+    or HAND-21's, wrist to each fingertip); StoreError for a set that has none."""
+    if joint_set not in conventions.HEATMAP_SKELETONS:
+        raise st.StoreError(f"no skeleton is defined for the heatmap joint set {joint_set!r}")
+    return conventions.HEATMAP_SKELETONS[joint_set]
 
 
 def joint_heatmaps(joints2d: np.ndarray, visible: np.ndarray, size: int = schema.CROP_SIZE,
@@ -126,7 +124,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def render_panels(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> tuple[np.ndarray, np.ndarray]:
     """Two (224 * scale, 224 * scale, 3) uint8 BGR pictures of camera c: the mesh with the 2D joints and
-    skeleton, limbs coloured by side (`mpt_data.raster.SIDE_COLOURS`); and the K heatmaps (their maximum,
+    skeleton, limbs coloured by side or finger (`mpt_data.raster.PART_COLOURS`); and the K heatmaps (their maximum,
     colour-mapped) over the dimmed mesh."""
     from mpt_data import raster
 
@@ -150,8 +148,9 @@ def render_panels(views: MeshViews, c: int, scale: int = PANEL_SCALE) -> tuple[n
             _label(heat, f"cam {name}: {len(names)} heatmaps (max)"))
 
 
-def legend_strip(width: int, height: int = LEGEND_PX) -> np.ndarray:
-    """(height, width, 3) uint8 BGR key: the side colours of the skeleton and the heatmap colour scale."""
+def legend_strip(width: int, height: int = LEGEND_PX, joint_set: str = "coco17") -> np.ndarray:
+    """(height, width, 3) uint8 BGR key: the part colours of the skeleton (sides of a body, fingers of a hand)
+    and the heatmap colour scale."""
     import cv2
 
     from mpt_data import raster
@@ -159,8 +158,11 @@ def legend_strip(width: int, height: int = LEGEND_PX) -> np.ndarray:
     strip = np.full((height, width, 3), 0, np.uint8)
     font, y = cv2.FONT_HERSHEY_SIMPLEX, height // 2
     x = 6
-    for side, text in (("left", "left"), ("right", "right"), ("centre", "midline")):
-        cv2.rectangle(strip, (x, y - 6), (x + 12, y + 6), raster.SIDE_COLOURS[side], -1)
+    names = conventions.JOINT_SETS.get(joint_set, ())
+    parts = sorted(set(raster.joint_sides(names)), key=list(raster.PART_COLOURS).index) or ["left", "right", "centre"]
+    keys = [(p, "midline" if p == "centre" and "left" in parts else "wrist" if p == "centre" else p) for p in parts]
+    for side, text in keys:
+        cv2.rectangle(strip, (x, y - 6), (x + 12, y + 6), raster.PART_COLOURS[side], -1)
         cv2.putText(strip, text, (x + 17, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         x += 22 + cv2.getTextSize(text, font, 0.45, 1)[0][0] + 12
     cv2.putText(strip, "heatmap 0", (x, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
@@ -187,7 +189,7 @@ def preview_image(path: str | Path, index: int, storage_options: dict | None = N
     for i, p in enumerate(columns):
         r, q = divmod(i, PANELS_PER_ROW)
         sheet[TITLE_PX + r * h : TITLE_PX + (r + 1) * h, q * w : (q + 1) * w] = p
-    sheet[TITLE_PX + rows * h :] = legend_strip(cols * w)
+    sheet[TITLE_PX + rows * h :] = legend_strip(cols * w, joint_set=views.joint_set)
     split = {v: k for k, v in schema.SPLITS.items()}.get(views.split, str(views.split))
     cv2.putText(sheet, f"{str(path).rstrip('/').rsplit('/', 1)[-1]}  mesh {index}  ({split})  heatmaps sigma={SIGMA:g} px", (6, 17),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

@@ -15,12 +15,19 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from mpt_data.conventions import HAND21_FINGERS
+
 _SUBPIXEL_BITS = 4  # cv2 fixed-point drawing: coordinates scaled by 2**4
 
 # Skeleton colours by the subject's own side (BGR), the same in every picture: left blue, right orange,
 # the midline (edges joining the two sides, joints on neither) green.
 SIDE_COLOURS: dict[str, tuple[int, int, int]] = {"left": (255, 150, 30), "right": (0, 140, 255),
                                                  "centre": (60, 200, 60)}
+# A hand's joints are coloured by finger (BGR); the wrist keeps the midline colour.
+FINGER_COLOURS: dict[str, tuple[int, int, int]] = {"thumb": (220, 80, 220), "index": (0, 210, 255),
+                                                   "middle": (230, 230, 60), "ring": (255, 120, 40),
+                                                   "pinky": (40, 90, 255)}
+PART_COLOURS: dict[str, tuple[int, int, int]] = {**SIDE_COLOURS, **FINGER_COLOURS}
 
 
 def project(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -143,14 +150,23 @@ def draw_keypoints(
 
 
 def joint_sides(names: Sequence[str]) -> tuple[str, ...]:
-    """"left", "right" or "centre" for each joint name of `mpt_data.conventions` ("left_*" / "right_*" name the
-    subject's own side; nose, pelvis, spine ... are on neither)."""
-    return tuple("left" if n.startswith("left_") else "right" if n.startswith("right_") else "centre" for n in names)
+    """The part each joint name of `mpt_data.conventions` is drawn in: "left" or "right" ("left_*" / "right_*"
+    name the subject's own side), a hand joint's finger (`conventions.HAND21_FINGERS`: "thumb1" -> "thumb"),
+    else "centre" (nose, pelvis, spine, the wrist ...). Keys of `PART_COLOURS`."""
+    def part(n: str) -> str:
+        if n.startswith("left_"):
+            return "left"
+        if n.startswith("right_"):
+            return "right"
+        return next((f for f in HAND21_FINGERS if n.startswith(f) and n[len(f):].isdigit()), "centre")
+
+    return tuple(part(n) for n in names)
 
 
 def edge_side(sides: Sequence[str], a: int, b: int) -> str:
-    """The side an edge (a, b) is drawn in: a side both ends share or one end has while the other is on the
-    midline (the nose to the left eye is left); an edge joining left and right is "centre"."""
+    """The part an edge (a, b) is drawn in: a part both ends share or one end has while the other is on the
+    midline (the nose to the left eye is left, the wrist to the thumb's base is the thumb); an edge joining
+    two parts (left and right) is "centre"."""
     ends = {sides[a], sides[b]} - {"centre"}
     return ends.pop() if len(ends) == 1 else "centre"
 
@@ -163,9 +179,9 @@ def draw_pose(
     edges: Sequence[tuple[int, int]],
     thickness: int = 2,
     radius: int = 3,
-    colours: dict[str, tuple[int, int, int]] = SIDE_COLOURS,
+    colours: dict[str, tuple[int, int, int]] = PART_COLOURS,
 ) -> np.ndarray:
-    """Skeleton and keypoints coloured by the subject's side (``colours``, see :func:`edge_side`).
+    """Skeleton and keypoints coloured by the subject's side, or a hand's finger (``colours``, see :func:`edge_side`).
 
     points (K,2) pixels, visible (K,) bool or None (all), names (K,) joint names, edges index pairs; a dot has a
     dark rim so it shows on light and dark backgrounds. Returns the new image."""

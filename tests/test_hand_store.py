@@ -165,7 +165,7 @@ def test_freeze_verify_info_and_preview_commands_work_on_a_hand_store(hand_store
     import cv2
 
     from mpt_data.cli import main
-    from mpt_data.preview import PANEL_SCALE, TITLE_PX, joint_heatmaps, read_mesh_views
+    from mpt_data.preview import LEGEND_PX, PANEL_SCALE, TITLE_PX, joint_heatmaps, read_mesh_views
 
     runner = CliRunner()
     res = runner.invoke(main, ["verify", str(hand_store.path)])
@@ -191,6 +191,18 @@ def test_freeze_verify_info_and_preview_commands_work_on_a_hand_store(hand_store
             px, py = int(x * PANEL_SCALE), int(y * PANEL_SCALE)
             b, gr, r = heat[py, px]
             assert r > 100 and r > b + 60 and r > gr + 60, (c, x, y, heat[py, px])  # JET's hot end (red)
+    # the skeleton is coloured by finger, and the key names the fingers, not a body's sides
+    from mpt_data.conventions import HAND21_FINGERS, HAND21_JOINTS
+    from mpt_data.raster import FINGER_COLOURS, SIDE_COLOURS, joint_sides
+
+    assert joint_sides(HAND21_JOINTS) == ("centre",) + tuple(f for f in HAND21_FINGERS for _ in range(4))
+    assert len(set(FINGER_COLOURS.values()) | {SIDE_COLOURS["centre"]}) == 6
+    key, joints = img[-LEGEND_PX:].astype(int), img[TITLE_PX:TITLE_PX + side].astype(int)
+    for colour in list(FINGER_COLOURS.values()) + [SIDE_COLOURS["centre"]]:
+        assert (np.abs(key - colour).max(-1) <= 2).sum() >= 100, colour  # its swatch
+        assert (np.abs(joints - colour).max(-1) <= 2).sum() >= 20, colour  # drawn over the mesh
+    for colour in (SIDE_COLOURS["left"], SIDE_COLOURS["right"]):
+        assert (np.abs(key - colour).max(-1) <= 2).sum() < 100  # no swatch (the heatmap bar may pass near it)
 
 
 def test_a_hand_recipe_needs_its_sides_and_a_body_recipe_refuses_them(tmp_path):

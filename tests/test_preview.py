@@ -88,11 +88,14 @@ def test_sides_follow_the_joint_names_and_flip_pairs():
         for a, b in conventions.FLIP_PAIRS[joint_set]:
             assert {sides[a], sides[b]} == {"left", "right"}, (joint_set, names[a], names[b])
             paired |= {a, b}
-        assert all(sides[i] == "centre" for i in range(len(names)) if i not in paired), joint_set
+        unpaired = {sides[i] for i in range(len(names)) if i not in paired}  # the midline, or a hand's fingers
+        assert unpaired <= {"centre"} | (set(conventions.HAND21_FINGERS) if joint_set == "hand21" else set()), joint_set
     coco = joint_sides(conventions.COCO_JOINTS)
     assert coco[:3] == ("centre", "left", "right")
     assert [edge_side(coco, a, b) for a, b in ((15, 13), (14, 12), (5, 6), (0, 1), (0, 2))] == \
         ["left", "right", "centre", "left", "right"]
+    hand = joint_sides(conventions.HAND21_JOINTS)  # the wrist to a finger's base is drawn in that finger
+    assert [edge_side(hand, a, b) for a, b in ((0, 1), (0, 17), (3, 4))] == ["thumb", "pinky", "thumb"]
 
 
 def test_limbs_are_drawn_in_their_side_colour_and_heatmaps_peak_hot_at_the_joints(reference_store):
