@@ -169,6 +169,7 @@ class HandModel:
         self.num_betas = min(int(num_betas), shapedirs.shape[2])
         self.faces = faces.astype(np.int32)
         self.flat_hand_mean = bool(flat_hand_mean)
+        self.hands_mean = hands_mean  # (45,) float64, the file's mean finger pose (zeros when it has none)
         self.joint_sets: tuple[str, ...] = ("hand21",)
         self.tip_ids = dict(tip_ids)
         self._levels = chain_levels(parents.tolist())

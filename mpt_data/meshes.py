@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 
 from mpt_data import conventions, schema
-from mpt_data.recipe import BuildConfig, RecipeError
+from mpt_data.recipe import MANO_PARAMS_SOURCE, BuildConfig, RecipeError
 
 HAND_TYPE = "mano"
 HAND_JOINT_SET = "hand21"
 HAND_MODEL_SIDE = "right"  # every hand mesh is made with the right-hand model (left hands are mirrored)
 MANO_POSE_DIM = 48  # global wrist rotation 3 + 15 finger joints x 3
-PARAMS_SOURCE = "mano_params"  # recipe.SOURCE_KINDS: MANO parameter files instead of AMASS motions
+PARAMS_SOURCE = MANO_PARAMS_SOURCE  # MANO parameter files instead of AMASS motions (recipe.SOURCE_KINDS)
 
 
 def find_source_files(source_kind: str, root: str | Path) -> list[Path]:
@@ -237,7 +237,7 @@ def static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, A
                                 "topology_from": source, "files": files}
     reader = SequenceReader()
     if cfg.source_kind == PARAMS_SOURCE:
-        reader = SequenceReader(PARAMS_SOURCE, tuple(float(x) for x in _hands_mean(model_files[HAND_MODEL_SIDE])))
+        reader = SequenceReader(PARAMS_SOURCE, tuple(float(x) for x in model.hands_mean))
         describe.update(source=PARAMS_SOURCE, sides="each file's side key (default right)", model_side=HAND_MODEL_SIDE,
                         left_hands="mirrored into the right model",
                         betas="from the parameter files (truncated or zero-padded to num_betas)",
@@ -259,16 +259,6 @@ def static_content(cfg: BuildConfig) -> tuple[dict[str, np.ndarray], dict[str, A
         "reader": reader,
     }
     return arrays, info
-
-
-def _hands_mean(model_file: Path) -> np.ndarray:
-    """(45,) float64 `hands_mean` of a MANO file (zeros when it has none, as `hand.HandModel` takes it); the
-    file loaded and validated already, so only its values are read here."""
-    from mpt_data.hand import NUM_FINGER_VALUES
-    from mpt_data.model_files import load_model_file
-
-    data = load_model_file(model_file)
-    return np.asarray(data.get("hands_mean", np.zeros(NUM_FINGER_VALUES)), np.float64).reshape(-1)
 
 
 def topology_arrays(template: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:

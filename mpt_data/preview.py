@@ -158,10 +158,9 @@ def legend_strip(width: int, height: int = LEGEND_PX, joint_set: str = "coco17")
     strip = np.full((height, width, 3), 0, np.uint8)
     font, y = cv2.FONT_HERSHEY_SIMPLEX, height // 2
     x = 6
-    names = conventions.JOINT_SETS.get(joint_set, ())
-    parts = sorted(set(raster.joint_sides(names)), key=list(raster.PART_COLOURS).index) or ["left", "right", "centre"]
-    keys = [(p, "midline" if p == "centre" and "left" in parts else "wrist" if p == "centre" else p) for p in parts]
-    for side, text in keys:
+    parts = set(raster.joint_sides(conventions.JOINT_SETS[joint_set]))
+    for side in (p for p in raster.PART_COLOURS if p in parts):
+        text = ("wrist" if joint_set == "hand21" else "midline") if side == "centre" else side
         cv2.rectangle(strip, (x, y - 6), (x + 12, y + 6), raster.PART_COLOURS[side], -1)
         cv2.putText(strip, text, (x + 17, y + 5), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         x += 22 + cv2.getTextSize(text, font, 0.45, 1)[0][0] + 12

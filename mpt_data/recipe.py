@@ -40,8 +40,9 @@ SPLIT_NAMES = tuple(schema.SPLITS)
 CAMERA_COUNTS = (1, 2, 4, 8)
 BODY_MODEL_TYPES = ("smplh", "smpl", "mano")  # mano: the hand path (mpt_data.meshes), one mesh per hand side
 HAND_SIDES = ("right", "left")
-SOURCE_KINDS = ("amass", "mano_params")  # where meshes come from: AMASS motion files, or MANO parameter files
 DEFAULT_SOURCE_KIND = "amass"
+MANO_PARAMS_SOURCE = "mano_params"
+SOURCE_KINDS = (DEFAULT_SOURCE_KIND, MANO_PARAMS_SOURCE)  # where meshes come from: AMASS motions, MANO parameters
 
 
 class RecipeError(ValueError):
@@ -136,7 +137,7 @@ class BuildConfig:
         """Raise RecipeError naming the first field that cannot work."""
         if self.source_kind not in SOURCE_KINDS:
             raise RecipeError(f"sources.kind must be one of {SOURCE_KINDS}, got {self.source_kind!r}")
-        params = self.source_kind == "mano_params"
+        params = self.source_kind == MANO_PARAMS_SOURCE
         if not self.amass_root or not Path(self.amass_root).is_dir():
             where = ("the folder of MANO parameter files (<root>/<subset>/.../*.npz)" if params
                      else "the AMASS folder (<root>/<subset>/<subject>/*_poses.npz)")
